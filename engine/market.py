@@ -1,0 +1,217 @@
+"""The shared, seeded market model: price(asset, tick) is a pure function of (seed, asset, tick).
+
+Volatile assets follow a driftless log-Brownian path built as a Brownian bridge on a dyadic tree:
+the value at any tick is reached from the root in O(log n) steps, each driven by a counter-based
+draw keyed by (seed, asset, side, point), so no history is replayed and every worker on every
+machine agrees. Innovations are Student-t (ν = 4, scaled to unit variance) for fat tails.
+Stablecoins mean-revert around 1.00 with bounded noise and rare depegs shaped like USDC's
+March 2023 drop to 0.87. Only IEEE-exact float operations (+ − × ÷ √) feed the path; the final
+exponential is taken in Decimal, whose results are correctly rounded, so prices agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Context, Decimal
+
+from engine.assets import ASSETS, STABLECOINS
+from engine.rng import key_bytes, open_unit, words
+
+LEVELS = 40  # each side of the epoch spans 2**40 ticks (2 million years of minutes)
+SPAN = 2**LEVELS
+SECONDS_PER_YEAR = 365 * 86_400
+MIN_PRICE = Decimal("0.00000001")
+_EIGHT_DP = Decimal("0.00000001")
+_EXP_CTX = Context(prec=34)
+_T4_SCALE = 1.0 / math.sqrt(2.0)  # a Student-t with ν = 4 has variance 2
+
+# Stablecoin model: AR(1)-like weights over the last OU_TERMS ticks of bounded noise.
+OU_PHI = 0.85
+OU_TERMS = 40
+OU_SIGMA = 0.00026  # stationary std ≈ 0.0005
+DEPEG_PROB_PER_DAY = 1 / 500
+DEPEG_DEPTH = 0.13  # USDC went to 0.87
+DEPEG_DROP_S = 3_600
+DEPEG_RECOVER_S = 48 * 3_600
+_CACHE_LIMIT = 500_000
+
+
+@dataclass(frozen=True, slots=True)
+class AssetParams:
+    """Start price at the epoch and annualised volatility (ignored for stablecoins)."""
+
+    start_price_usd: Decimal
+    annual_vol: Decimal
+    stable: bool = False
+
+
+DEFAULT_ASSET_PARAMS: Mapping[str, AssetParams] = {
+    "BTC": AssetParams(Decimal("65000"), Decimal("0.65")),
+    "ETH": AssetParams(Decimal("3200"), Decimal("0.85")),
+    "USDT": AssetParams(Decimal("1"), Decimal("0"), stable=True),
+    "USDC": AssetParams(Decimal("1"), Decimal("0"), stable=True),
+    "XRP": AssetParams(Decimal("0.55"), Decimal("0.80")),
+    "ADA": AssetParams(Decimal("0.45"), Decimal("0.95")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MarketParams:
+    """Everything the price of a tick depends on."""
+
+    seed: int
+    tick_s: int
+    epoch: datetime
+    assets: Mapping[str, AssetParams] = field(default_factory=lambda: dict(DEFAULT_ASSET_PARAMS))
+
+
+def _t4(key: bytes, counter: int) -> float:
+    """A unit-variance Student-t (ν = 4) draw by Bailey's polar method (only exact float ops)."""
+    attempt = 0
+    while True:
+        w = words(key, (counter << 6) | attempt)
+        for i in range(0, 8, 2):
+            u = 2.0 * open_unit(w[i]) - 1.0
+            v = 2.0 * open_unit(w[i + 1]) - 1.0
+            s = u * u + v * v
+            if 0.0 < s < 1.0:
+                return u * math.sqrt(4.0 * (1.0 / math.sqrt(s) - 1.0) / s) * _T4_SCALE
+        attempt += 1  # all four pairs rejected: about one draw in 470
+
+
+class Market:
+    """Prices from the model. Results are memoised per instance; the cache never changes them."""
+
+    def __init__(self, params: MarketParams) -> None:
+        self.params = params
+        self._tick_us = params.tick_s * 1_000_000
+        self._sigma: dict[str, float] = {}
+        for asset, p in params.assets.items():
+            per_tick = (p.annual_vol * p.annual_vol * params.tick_s / SECONDS_PER_YEAR).sqrt()
+            self._sigma[asset] = float(per_tick)
+        self._keys = {a: key_bytes(params.seed, "market", a) for a in ASSETS}
+        self._points: dict[tuple[str, int], float] = {}
+        self._prices: dict[tuple[str, int], Decimal] = {}
+        self._noise: dict[tuple[str, int], float] = {}
+        self._day_ticks = max(1, 86_400 // params.tick_s)
+
+    # -- time ---------------------------------------------------------------------------------
+    def tick_of(self, at: datetime) -> int:
+        """The tick containing time `at` (ticks are tick_s long, tick 0 starts at the epoch)."""
+        return ((at - self.params.epoch) // timedelta(microseconds=1)) // self._tick_us
+
+    def tick_time(self, tick: int) -> datetime:
+        """The start of a tick."""
+        return self.params.epoch + timedelta(seconds=tick * self.params.tick_s)
+
+    # -- prices -------------------------------------------------------------------------------
+    def price(self, asset: str, tick: int) -> Decimal:
+        """The model price of `asset` at `tick`, rounded to 8 decimals, never below 1e-8."""
+        cache_key = (asset, tick)
+        cached = self._prices.get(cache_key)
+        if cached is not None:
+            return cached
+        params = self.params.assets[asset]
+        if params.stable:
+            level = 1.0 + self._ou(asset, tick) - self.depeg_drop(asset, tick)
+            raw = _EXP_CTX.multiply(Decimal(level), params.start_price_usd)
+        else:
+            log_move = Decimal(self._sigma[asset] * self._brownian(asset, tick))
+            raw = _EXP_CTX.multiply(params.start_price_usd, _EXP_CTX.exp(log_move))
+        result = max(MIN_PRICE, raw.quantize(_EIGHT_DP, context=_EXP_CTX))
+        if len(self._prices) > _CACHE_LIMIT:
+            self._prices.clear()
+        self._prices[cache_key] = result
+        return result
+
+    def prices_at(self, tick: int) -> dict[str, Decimal]:
+        """Every asset's price at one tick."""
+        return {asset: self.price(asset, tick) for asset in ASSETS}
+
+    # -- the volatile path --------------------------------------------------------------------
+    def _brownian(self, asset: str, tick: int) -> float:
+        """W(tick) of a standard Brownian motion with W(0) = 0, a separate tree on each side."""
+        if tick == 0:
+            return 0.0
+        side = "f" if tick > 0 else "b"
+        target = abs(tick)
+        if target > SPAN:
+            raise ValueError("tick outside the model's span")
+        key = self._keys[asset] + side.encode()
+        points = self._points
+        if len(points) > _CACHE_LIMIT:
+            points.clear()
+        top = (asset + side, SPAN)
+        w_hi = points.get(top)
+        if w_hi is None:
+            w_hi = math.sqrt(float(SPAN)) * _t4(key, 0)
+            points[top] = w_hi
+        if target == SPAN:
+            return w_hi
+        lo, hi, w_lo = 0, SPAN, 0.0
+        tag = asset + side
+        while True:
+            mid = (lo + hi) >> 1
+            w_mid = points.get((tag, mid))
+            if w_mid is None:
+                half_std = math.sqrt(float(hi - lo)) * 0.5
+                w_mid = (w_lo + w_hi) * 0.5 + half_std * _t4(key, mid)
+                points[(tag, mid)] = w_mid
+            if mid == target:
+                return w_mid
+            if target < mid:
+                hi, w_hi = mid, w_mid
+            else:
+                lo, w_lo = mid, w_mid
+
+    # -- stablecoins --------------------------------------------------------------------------
+    def _bounded_noise(self, asset: str, tick: int) -> float:
+        cache_key = (asset, tick)
+        value = self._noise.get(cache_key)
+        if value is None:
+            w = words(self._keys[asset] + b"n", tick)
+            # Irwin-Hall of four uniforms, centred and scaled to unit variance: bounded by ±3.47.
+            value = (open_unit(w[0]) + open_unit(w[1]) + open_unit(w[2]) + open_unit(w[3]) - 2.0) * math.sqrt(3.0)
+            if len(self._noise) > _CACHE_LIMIT:
+                self._noise.clear()
+            self._noise[cache_key] = value
+        return value
+
+    def _ou(self, asset: str, tick: int) -> float:
+        total, weight = 0.0, 1.0
+        for lag in range(OU_TERMS):
+            total += weight * self._bounded_noise(asset, tick - lag)
+            weight *= OU_PHI
+        return OU_SIGMA * total
+
+    def _depeg_event(self, asset: str, day: int) -> tuple[int, float] | None:
+        """(start tick, depth) of the depeg starting on `day`, if any."""
+        w = words(self._keys[asset] + b"d", day)
+        if open_unit(w[0]) >= DEPEG_PROB_PER_DAY:
+            return None
+        start = day * self._day_ticks + int(open_unit(w[1]) * self._day_ticks)
+        depth = DEPEG_DEPTH * (0.5 + open_unit(w[2]))
+        return start, depth
+
+    def depeg_drop(self, asset: str, tick: int) -> float:
+        """How far below its peg a stablecoin is pushed by depeg events at `tick` (0 most days)."""
+        tick_s = self.params.tick_s
+        span_days = (DEPEG_DROP_S + DEPEG_RECOVER_S) // 86_400 + 2
+        day = tick // self._day_ticks
+        drop = 0.0
+        for d in range(day - span_days, day + 1):
+            event = self._depeg_event(asset, d)
+            if event is None:
+                continue
+            start, depth = event
+            elapsed = (tick - start) * tick_s
+            if elapsed < 0:
+                continue
+            if elapsed < DEPEG_DROP_S:
+                drop += depth * elapsed / DEPEG_DROP_S
+            elif elapsed < DEPEG_DROP_S + DEPEG_RECOVER_S:
+                drop += depth * (1.0 - (elapsed - DEPEG_DROP_S) / DEPEG_RECOVER_S)
+        return drop

@@ -1,0 +1,163 @@
+"""Settings from the environment (and an optional .env), validated once at start."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from engine.market import DEFAULT_ASSET_PARAMS, AssetParams, MarketParams
+from engine.strategies import STRATEGIES
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class SettingsError(Exception):
+    """A missing or malformed setting; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """Every knob of simengine. Names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        description="Postgres DSN (postgresql://user:pass@host:port/db).",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
+    sim_seed: int = Field(default=42, ge=0, lt=2**63, description="Seed of the market model and of every run.")
+    sim_lease_s: int = Field(default=60, ge=1, le=86_400, description="How long a claimed slot stays claimed.")
+    sim_admin_keys_sha256: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Comma-separated hex SHA-256 digests of accepted admin keys."
+    )
+    sim_admin_key: str | None = Field(default=None, description="The admin key simctl users presents.")
+    sim_tick_s: int = Field(default=60, ge=1, le=86_400, description="Length of one market tick.")
+    sim_epoch: datetime = Field(
+        default=datetime(2024, 1, 1, tzinfo=UTC), description="Time at which the model starts at the start prices."
+    )
+    sim_start_prices: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=lambda: {a: p.start_price_usd for a, p in DEFAULT_ASSET_PARAMS.items()},
+        description="Start prices as ASSET=PRICE,... (e.g. BTC=65000,ETH=3200).",
+    )
+    sim_volatility: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=lambda: {a: p.annual_vol for a, p in DEFAULT_ASSET_PARAMS.items()},
+        description="Annualised volatility per asset as ASSET=VOL,...",
+    )
+    sim_slippage_bps: int = Field(default=5, ge=0, le=1000, description="Fill price offset from the market price.")
+    sim_default_strategy: str = Field(default="random", description="Strategy of users with none set.")
+    sim_max_trades_per_run: int = Field(default=3, ge=0, le=50, description="Upper bound of the random strategy.")
+    sim_batch_size: int = Field(default=200, ge=1, le=5000, description="Users per job.")
+    sim_scheduler_interval_ms: int = Field(default=500, ge=10, le=60_000, description="Pause between scheduler passes.")
+    sim_max_queued_jobs: int = Field(default=64, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth.")
+    sim_max_failures: int = Field(default=5, ge=1, le=100, description="Failed attempts before a user is auto-paused.")
+    sim_retry_base_s: int = Field(default=5, ge=1, le=3600, description="First backoff after a failed run (doubles each time).")
+    sim_worker_concurrency: int = Field(default=4, ge=1, le=256, description="Jobs one worker runs at once.")
+    sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
+    sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
+    sim_queue_name: str = Field(default="simengine:queue", min_length=1, description="arq queue name.")
+    sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
+    sim_log_json: bool | None = Field(default=None, description="JSON logs; default: JSON unless on a terminal.")
+
+    @field_validator("sim_admin_keys_sha256", mode="before")
+    @classmethod
+    def _split_digests(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+        if isinstance(value, (tuple, list)):
+            for digest in value:
+                if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
+                    raise ValueError("expected comma-separated 64-character hex SHA-256 digests")
+            return tuple(d.lower() for d in value)
+        return value
+
+    @field_validator("sim_start_prices", "sim_volatility", mode="before")
+    @classmethod
+    def _parse_asset_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        parsed: dict[str, Decimal] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            asset, sep, number = part.partition("=")
+            asset = asset.strip().upper()
+            if not sep or asset not in DEFAULT_ASSET_PARAMS:
+                raise ValueError(f"expected ASSET=NUMBER pairs with ASSET in {sorted(DEFAULT_ASSET_PARAMS)}")
+            try:
+                parsed[asset] = Decimal(number.strip())
+            except ArithmeticError:
+                raise ValueError(f"{number.strip()!r} is not a number") from None
+            if not parsed[asset].is_finite() or parsed[asset] <= 0:
+                raise ValueError(f"{asset} must be a positive number")
+        return parsed
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_pg_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("expected a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis:// URL")
+        return value
+
+    @field_validator("sim_default_strategy")
+    @classmethod
+    def _check_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy; expected one of {', '.join(sorted(STRATEGIES))}")
+        return value
+
+    @field_validator("sim_log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("expected debug, info, warning or error")
+        return value.lower()
+
+    @field_validator("sim_epoch")
+    @classmethod
+    def _check_epoch(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2024-01-01T00:00:00Z")
+        return value
+
+    def market_params(self) -> MarketParams:
+        """The market model's parameters as the engine core takes them."""
+        assets = {
+            asset: AssetParams(
+                start_price_usd=self.sim_start_prices.get(asset, base.start_price_usd),
+                annual_vol=self.sim_volatility.get(asset, base.annual_vol),
+                stable=base.stable,
+            )
+            for asset, base in DEFAULT_ASSET_PARAMS.items()
+        }
+        return MarketParams(seed=self.sim_seed, tick_s=self.sim_tick_s, epoch=self.sim_epoch, assets=assets)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def load_settings() -> Settings:
+    """Build the Settings, turning a validation error into one line naming the setting."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        raise SettingsError(f"configuration error: {name}: {err['msg']}") from None

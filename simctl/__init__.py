@@ -1,0 +1,1 @@
+"""simctl: the operators' command line."""

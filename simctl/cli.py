@@ -1,0 +1,344 @@
+"""simctl: every operator command. Exit codes: 0 success, 1 check failed or refused, 2 bad usage
+or configuration. Every refusal is one line on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from simconfig import Settings, SettingsError, load_settings
+from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="simctl",
+    help="Operate simengine, the paper-trading simulation engine. "
+    "Configuration comes from the environment (DATABASE_URL, REDIS_URL, SIM_*) and .env.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class Exit(Exception):
+    """Stop with a one-line message and an exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise Exit(2, str(exc)) from None
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine, mapping the project's errors to exit codes and one line."""
+    try:
+        return asyncio.run(coro_fn())
+    except Unavailable as exc:
+        raise Exit(2, str(exc)) from None
+    except (NotFound, Refused, MigrationError) as exc:
+        raise Exit(1, str(exc)) from None
+    except StoreError as exc:
+        raise Exit(1, str(exc)) from None
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def print_json(data: object) -> None:
+    out.print(json.dumps(data, default=_json_default, indent=2), markup=False)
+
+
+# -- migrate ----------------------------------------------------------------------------------
+@app.command()
+def migrate() -> None:
+    """Apply pending migrations from sql/migrations; running it again changes nothing.
+
+    Refuses (exit 1) when an applied migration's file has changed since.
+
+    Example: simctl migrate
+    """
+    s = settings()
+
+    async def go() -> None:
+        from store.db import connection
+        from store.migrate import migrate as do_migrate
+
+        async with connection(s.database_url) as conn:
+            report = await do_migrate(conn)
+        if report.applied:
+            out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+        else:
+            out.print(f"up to date ({len(report.already)} migration(s) applied)")
+
+    run_async(go)
+
+
+# -- seed-demo --------------------------------------------------------------------------------
+@app.command("seed-demo")
+def seed_demo(
+    users: Annotated[int, typer.Option("--users", min=1, max=10_000_000, help="How many demo users.")],
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the generated names and deposits.")] = 1,
+    interval_s: Annotated[
+        int, typer.Option("--interval-s", min=1, help="Their sim_interval_s; first slots spread over it.")
+    ] = 300,
+) -> None:
+    """Create N demo users with a deposit, a portfolio row and simulation on.
+
+    Each user's balance is explained by one completed deposit transaction; first slots are spread
+    over the next interval so the load is smooth. All users are created in one transaction.
+
+    Example: simctl seed-demo --users 10000 --seed 7
+    """
+    s = settings()
+
+    async def go() -> int:
+        from store.db import connection
+        from store.seed import seed_demo as do_seed
+
+        async with connection(s.database_url) as conn:
+            with Progress(
+                TextColumn("seeding"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(), console=err, transient=True,
+            ) as progress:
+                task = progress.add_task("seed", total=users)
+                return await do_seed(
+                    conn, users, seed, interval_s, lambda n: progress.advance(task, n)
+                )
+
+    created = run_async(go)
+    out.print(f"created {created} demo user(s)")
+
+
+# -- processes --------------------------------------------------------------------------------
+@app.command()
+def scheduler(
+    once: Annotated[bool, typer.Option("--once", help="Do one pass and exit.")] = False,
+) -> None:
+    """Lease due users and enqueue their slots on Redis (runs until SIGTERM/SIGINT).
+
+    Several schedulers at once are safe: claims use FOR UPDATE SKIP LOCKED and a lease in Postgres.
+
+    Example: simctl scheduler --once
+    """
+    s = settings()
+
+    async def go() -> None:
+        from workers.logs import configure_logging
+        from workers.scheduler import run_scheduler
+
+        configure_logging(s)
+        await run_scheduler(s, once)
+
+    run_async(go)
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
+) -> None:
+    """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
+
+    Example: simctl worker --burst
+    """
+    s = settings()
+    from arq.worker import Worker
+
+    from workers.jobs import worker_settings
+    from workers.logs import configure_logging
+
+    configure_logging(s)
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        Worker(**worker_settings(s), burst=burst).run()
+    except Unavailable as exc:
+        raise Exit(2, str(exc)) from None
+    except (OSError, ConnectionError) as exc:
+        raise Exit(2, f"cannot reach Redis or Postgres: {exc}") from None
+
+
+# -- run --------------------------------------------------------------------------------------
+@app.command()
+def run(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run and print it.")] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", min=0.1, help="How long --wait waits.")] = 60.0,
+) -> None:
+    """Make a user due now and enqueue that slot; the slot still runs at most once.
+
+    Refuses (exit 1) a user who is disabled, paused, deactivated or deleted. With --wait, prints the
+    run's outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
+
+    Example: simctl run 42 --wait
+    """
+    s = settings()
+
+    async def go() -> dict[str, Any] | None:
+        from arq import create_pool as create_redis
+        from arq.connections import RedisSettings
+
+        from store.db import connection
+        from store.ops import make_due_now, resolve_user, run_of_slot
+        from store.runs import Claim
+        from workers.jobs import JOB_NAME, encode_claims, job_id
+
+        async with connection(s.database_url) as conn:
+            uid = await resolve_user(conn, user)
+            queue: asyncio.Queue[str] = asyncio.Queue()
+            await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
+            slot = await make_due_now(conn, uid, s.sim_lease_s)
+            try:
+                redis = await create_redis(RedisSettings.from_dsn(s.redis_url))
+            except (OSError, ConnectionError) as exc:
+                raise Unavailable(f"cannot reach Redis: {exc}") from None
+            try:
+                ids, slots = encode_claims([Claim(uid, slot)])
+                await redis.enqueue_job(
+                    JOB_NAME, ids, slots, _job_id=job_id(ids, slots), _queue_name=s.sim_queue_name
+                )
+            finally:
+                await redis.aclose()
+            err.print(f"user {uid}: slot {slot.isoformat()} enqueued")
+            if not wait:
+                return None
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while True:
+                found = await run_of_slot(conn, uid, slot)
+                if found is not None:
+                    return found
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise Refused(f"user {uid}: no run for slot {slot.isoformat()} within {timeout_s} s")
+                try:
+                    await asyncio.wait_for(queue.get(), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+
+    result = run_async(go)
+    if result is not None:
+        print_json(result)
+
+
+# -- status / reconcile -----------------------------------------------------------------------
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Due users, lag, queue depth, recent runs and failures.
+
+    Example: simctl status --json
+    """
+    s = settings()
+
+    async def go() -> dict[str, Any]:
+        from redis.asyncio import Redis
+
+        from store.db import connection
+        from store.ops import status as read_status
+
+        async with connection(s.database_url) as conn:
+            data = await read_status(conn)
+        client = Redis.from_url(s.redis_url)
+        try:
+            data["queue_depth"] = await client.zcard(s.sim_queue_name)
+        except (OSError, ConnectionError):
+            data["queue_depth"] = None
+        finally:
+            await client.aclose()
+        return data
+
+    data = run_async(go)
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        out.print(f"{key:>16}: {value}")
+
+
+@app.command()
+def reconcile(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+) -> None:
+    """Rebuild every balance and holding from the ledger rows and compare.
+
+    Exit 0 when clean, 1 with each discrepancy named (user, field, expected, found).
+
+    Example: simctl reconcile --json
+    """
+    s = settings()
+
+    async def go() -> list[Any]:
+        from store.db import connection
+        from store.ops import reconcile as do_reconcile
+
+        async with connection(s.database_url) as conn:
+            return await do_reconcile(conn, user)
+
+    found = run_async(go)
+    if as_json:
+        print_json(
+            {
+                "clean": not found,
+                "discrepancies": [
+                    {"user_id": d.user_id, "field": d.field, "expected": d.expected, "found": d.found}
+                    for d in found
+                ],
+            }
+        )
+    else:
+        for d in found:
+            out.print(str(d))
+        if not found:
+            out.print("clean: every balance and holding matches the ledger")
+    if found:
+        raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"simctl: {message}", markup=False)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's usage errors and our own become one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args or ["--help"], standalone_mode=False)
+    except click_exc.UsageError as exc:
+        fail(2, f"error: {exc.format_message()} (see --help)")
+    except click_exc.ClickException as exc:
+        fail(exc.exit_code, f"error: {exc.format_message()}")
+    except (typer.Abort, KeyboardInterrupt):
+        fail(130, "interrupted")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exit as exc:
+        fail(exc.code, str(exc))
+    sys.exit(result if isinstance(result, int) else 0)
+
+

@@ -1,0 +1,269 @@
+-- Named queries, loaded once at start (store/sqlfiles.py). Values are always bound parameters.
+
+-- materialize_null_slots --
+-- NULL sim_next_run_at means "due now": the slot becomes now() the moment a scheduler finds it,
+-- so every later step (lease, fencing, the slot's uniqueness) sees one concrete slot.
+-- Uses idx_users_sim_due (IS NULL is an index condition on it).
+UPDATE users SET sim_next_run_at = now()
+ WHERE id = ANY(ARRAY(
+        SELECT id FROM users
+         WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+           AND sim_next_run_at IS NULL
+         LIMIT $1
+           FOR UPDATE SKIP LOCKED))
+
+-- claim_due --
+-- The lease: due, unleased users in slot order, up to $1, leased for $2 seconds.
+-- `id = ANY(ARRAY(...))` keeps the walk on idx_users_sim_due (IN (subquery) seq-scans).
+-- SKIP LOCKED: rows a worker or another scheduler holds are left to them, so schedulers never wait.
+-- sim_claimed_until is in no index, so taking the lease is a HOT update.
+UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
+ WHERE u.id = ANY(ARRAY(
+        SELECT id FROM users
+         WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+           AND sim_next_run_at <= now()
+           AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
+         ORDER BY sim_next_run_at
+         LIMIT $1
+           FOR UPDATE SKIP LOCKED))
+RETURNING u.id, u.sim_next_run_at
+
+-- batch_prelude --
+-- Shared lock against `prices import` (which takes it exclusively), and the imported spans.
+SELECT pg_advisory_xact_lock_shared($1) AS locked,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(asset, first_at, last_at)), '[]'::jsonb)
+          FROM price_import_spans) AS spans
+
+-- lock_batch --
+-- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)
+-- and loads what a run needs. Reservations: open withdrawals via idx_user_withdrawals.
+SELECT u.id, u.balance_usd, u.sim_next_run_at,
+       (u.sim_enabled AND NOT u.sim_paused AND u.is_active AND u.deleted_at IS NULL) AS eligible,
+       u.sim_strategy, u.sim_params, u.sim_fail_count,
+       p.user_id IS NOT NULL AS has_portfolio,
+       coalesce(p.btc, 0) AS btc, coalesce(p.eth, 0) AS eth, coalesce(p.usdt, 0) AS usdt,
+       coalesce(p.usdc, 0) AS usdc, coalesce(p.xrp, 0) AS xrp, coalesce(p.ada, 0) AS ada,
+       r.r_btc, r.r_eth, r.r_usdt, r.r_usdc, r.r_xrp, r.r_ada
+  FROM users u
+  LEFT JOIN portfolio p ON p.user_id = u.id
+  LEFT JOIN LATERAL (
+        SELECT sum(w.amount) FILTER (WHERE w.asset = 'BTC') AS r_btc,
+               sum(w.amount) FILTER (WHERE w.asset = 'ETH') AS r_eth,
+               sum(w.amount) FILTER (WHERE w.asset = 'USDT') AS r_usdt,
+               sum(w.amount) FILTER (WHERE w.asset = 'USDC') AS r_usdc,
+               sum(w.amount) FILTER (WHERE w.asset = 'XRP') AS r_xrp,
+               sum(w.amount) FILTER (WHERE w.asset = 'ADA') AS r_ada
+          FROM withdrawals w
+         WHERE w.user_id = u.id AND w.status IN ('pending', 'processing')) r ON true
+ WHERE u.id = ANY($1::bigint[])
+ ORDER BY u.id
+   FOR UPDATE OF u
+
+-- imported_prices --
+-- The latest imported tick at or before each (asset, time), via the primary key (asset, at).
+SELECT q.asset, q.at, h.price_usd
+  FROM unnest($1::text[], $2::timestamptz[]) AS q(asset, at)
+  CROSS JOIN LATERAL (
+        SELECT price_usd FROM price_history
+         WHERE asset = q.asset AND at <= q.at AND source = 'import'
+         ORDER BY at DESC LIMIT 1) h
+
+-- ensure_portfolios --
+INSERT INTO portfolio (user_id) SELECT unnest($1::bigint[]) ON CONFLICT (user_id) DO NOTHING
+
+-- apply_batch --
+-- Every write of a batch of runs in one statement (one round trip): the sim_runs rows, trades,
+-- ledger rows, holdings and value, the balance and the next slot, the model prices used, and one
+-- NOTIFY per run (delivered at commit). New values are absolute: the rows are locked by
+-- lock_batch in this transaction, and the core computed them from what it read.
+WITH run_in AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::int[], $4::numeric[],
+                         $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[],
+                         $9::numeric[], $10::numeric[], $11::numeric[])
+        AS x(user_id, slot, trades_count, balance, btc, eth, usdt, usdc, xrp, ada, value)
+), runs AS (
+    INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome, trades_count)
+    SELECT user_id, slot, $12::timestamptz, clock_timestamp(), 'applied', trades_count FROM run_in
+    RETURNING id, user_id, scheduled_for, trades_count
+), trade_in AS (
+    SELECT * FROM unnest($13::bigint[], $14::text[], $15::text[], $16::numeric[], $17::numeric[],
+                         $18::numeric[], $19::numeric[], $20::numeric[], $21::numeric[])
+        WITH ORDINALITY AS t(user_id, side, asset, amount, price, total, fee, before, after, ord)
+), trades_out AS (
+    INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd,
+                        is_simulated, balance_before, balance_after, sim_run_id, generated_at)
+    SELECT t.user_id, t.side, t.asset, t.amount, t.price, t.total, t.fee, true, t.before, t.after,
+           r.id, r.scheduled_for
+      FROM trade_in t JOIN runs r ON r.user_id = t.user_id
+     ORDER BY t.ord
+    RETURNING id, user_id, trade_type, balance_after - balance_before AS delta
+), ledger AS (
+    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
+    SELECT user_id, trade_type, delta, 'USD', 'completed', 'trade:' || id, 'simulated trade'
+      FROM trades_out
+), holdings AS (
+    UPDATE portfolio p
+       SET btc = x.btc, eth = x.eth, usdt = x.usdt, usdc = x.usdc, xrp = x.xrp, ada = x.ada,
+           usd_value = x.value, updated_at = now()
+      FROM run_in x
+     WHERE p.user_id = x.user_id
+), prices AS (
+    INSERT INTO price_history (asset, at, price_usd, source)
+    SELECT * , 'model' FROM unnest($22::text[], $23::timestamptz[], $24::numeric[])
+    ON CONFLICT (asset, at) DO NOTHING
+), advanced AS (
+    UPDATE users u
+       SET balance_usd = x.balance, portfolio_value_usd = x.value,
+           sim_last_run_at = now(), sim_run_count = u.sim_run_count + 1, updated_at = now(),
+           -- Next slot: slot + interval, or now() + interval if that is already past.
+           sim_next_run_at = CASE
+               WHEN x.slot + make_interval(secs => u.sim_interval_s) < now()
+               THEN now() + make_interval(secs => u.sim_interval_s)
+               ELSE x.slot + make_interval(secs => u.sim_interval_s) END,
+           sim_claimed_until = NULL, sim_fail_count = 0, sim_last_error = NULL
+      FROM run_in x
+     WHERE u.id = x.user_id
+    RETURNING u.id
+)
+SELECT r.id AS run_id, r.user_id,
+       pg_notify('sim_run', json_build_object(
+           'user_id', r.user_id, 'run_id', r.id, 'scheduled_for', r.scheduled_for,
+           'trades_count', r.trades_count)::text) AS notified
+  FROM runs r JOIN advanced a ON a.id = r.user_id
+
+-- record_failure --
+-- A user whose run failed: count it, keep the error, retry after a doubling backoff (the lease
+-- column doubles as "not before"), and auto-pause after $4 failures.
+UPDATE users
+   SET sim_fail_count = sim_fail_count + 1,
+       sim_last_error = left($2, 1000),
+       sim_claimed_until = now() + make_interval(secs => $3::int * (2 ^ least(sim_fail_count, 16))),
+       sim_paused = sim_paused OR sim_fail_count + 1 >= $4,
+       updated_at = now()
+ WHERE id = $1
+RETURNING sim_fail_count, sim_paused
+
+-- audit --
+INSERT INTO admin_audit (admin_key, action, target_user_id, details)
+VALUES ($1, $2, $3, $4::jsonb)
+RETURNING id
+
+-- seed_users --
+-- Demo users, their portfolio row and the deposit that explains their balance, set-based.
+WITH u AS (
+    INSERT INTO users (email, full_name, password_hash, balance_usd, sim_enabled, sim_interval_s,
+                       sim_next_run_at)
+    SELECT e, n, 'demo-no-login', a, true, $5::int, s
+      FROM unnest($1::text[], $2::text[], $3::numeric[], $4::timestamptz[]) AS x(e, n, a, s)
+    ON CONFLICT (email) DO NOTHING
+    RETURNING id, balance_usd
+), p AS (
+    INSERT INTO portfolio (user_id) SELECT id FROM u
+), t AS (
+    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
+    SELECT id, 'deposit', balance_usd, 'USD', 'completed', 'seed-demo', 'demo opening deposit'
+      FROM u
+)
+SELECT count(*) FROM u
+
+-- insert_model_prices --
+-- The market ticker: model ticks for other services to read; idempotent on (asset, at).
+INSERT INTO price_history (asset, at, price_usd, source)
+SELECT a, t, p, 'model' FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS x(a, t, p)
+ON CONFLICT (asset, at) DO NOTHING
+
+-- make_due_now --
+-- `simctl run`: the user's slot becomes due now (an earlier due slot is kept, so a slot still
+-- runs at most once), leased so the scheduler does not enqueue it a second time.
+UPDATE users
+   SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now()),
+       sim_claimed_until = now() + make_interval(secs => $2)
+ WHERE id = $1
+RETURNING sim_next_run_at
+
+-- user_for_update --
+SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_at
+  FROM users WHERE id = $1 FOR UPDATE
+
+-- user_by_email --
+SELECT id FROM users WHERE email = lower(btrim($1))
+
+-- run_of_slot --
+SELECT r.id, r.outcome, r.trades_count, r.scheduled_for, r.finished_at,
+       coalesce((SELECT json_agg(json_build_object(
+                    'trade_type', t.trade_type, 'asset', t.asset, 'amount', t.amount::text,
+                    'price_usd', t.price_usd::text, 'total_usd', t.total_usd::text,
+                    'fee_usd', t.fee_usd::text) ORDER BY t.id)
+                   FROM trades t WHERE t.sim_run_id = r.id), '[]'::json) AS trades
+  FROM sim_runs r WHERE r.user_id = $1 AND r.scheduled_for = $2
+
+-- status --
+SELECT
+  (SELECT count(*) FROM users
+    WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+      AND (sim_next_run_at IS NULL OR sim_next_run_at <= now())) AS due_now,
+  (SELECT extract(epoch FROM now() - min(sim_next_run_at))::float8 FROM users
+    WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+      AND sim_next_run_at <= now()) AS oldest_lag_s,
+  (SELECT count(*) FROM users
+    WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL) AS eligible,
+  (SELECT count(*) FROM sim_runs WHERE finished_at > now() - interval '1 minute') AS runs_1m,
+  (SELECT count(*) FROM sim_runs WHERE finished_at > now() - interval '1 hour') AS runs_1h,
+  (SELECT count(*) FROM users WHERE sim_fail_count > 0) AS failing_users,
+  (SELECT count(*) FROM admin_audit WHERE action = 'auto_pause'
+      AND created_at > now() - interval '1 hour') AS auto_paused_1h,
+  (SELECT coalesce(json_object_agg(asset, at), '{}'::json)
+     FROM (SELECT asset, max(at) AS at FROM price_history GROUP BY asset) x) AS last_tick
+
+-- reconcile --
+-- Rebuilds every balance and holding from the ledger rows, set-based (hash aggregates and joins),
+-- and returns only the users where something differs.
+WITH ledger AS (
+    SELECT user_id, sum(amount) AS usd FROM transactions WHERE status = 'completed' GROUP BY user_id
+), traded AS (
+    SELECT user_id,
+           sum(CASE WHEN asset = 'BTC' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS btc,
+           sum(CASE WHEN asset = 'ETH' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS eth,
+           sum(CASE WHEN asset = 'USDT' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS usdt,
+           sum(CASE WHEN asset = 'USDC' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS usdc,
+           sum(CASE WHEN asset = 'XRP' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS xrp,
+           sum(CASE WHEN asset = 'ADA' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS ada
+      FROM trades GROUP BY user_id
+), withdrawn AS (
+    SELECT user_id,
+           sum(amount) FILTER (WHERE asset = 'BTC') AS btc, sum(amount) FILTER (WHERE asset = 'ETH') AS eth,
+           sum(amount) FILTER (WHERE asset = 'USDT') AS usdt, sum(amount) FILTER (WHERE asset = 'USDC') AS usdc,
+           sum(amount) FILTER (WHERE asset = 'XRP') AS xrp, sum(amount) FILTER (WHERE asset = 'ADA') AS ada
+      FROM withdrawals WHERE status = 'completed' GROUP BY user_id
+), adjusted AS (
+    -- Audited holding adjustments: details {"asset": "BTC", "delta": "0.5"}.
+    SELECT target_user_id AS user_id,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'BTC') AS btc,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'ETH') AS eth,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'USDT') AS usdt,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'USDC') AS usdc,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'XRP') AS xrp,
+           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'ADA') AS ada
+      FROM admin_audit WHERE action = 'adjust_holding' GROUP BY target_user_id
+), expected AS (
+    SELECT u.id, u.balance_usd, coalesce(l.usd, 0) AS exp_usd,
+           u.portfolio_value_usd, p.usd_value, p.user_id IS NOT NULL AS has_portfolio,
+           coalesce(p.btc, 0) AS btc, coalesce(t.btc, 0) - coalesce(w.btc, 0) + coalesce(a.btc, 0) AS exp_btc,
+           coalesce(p.eth, 0) AS eth, coalesce(t.eth, 0) - coalesce(w.eth, 0) + coalesce(a.eth, 0) AS exp_eth,
+           coalesce(p.usdt, 0) AS usdt, coalesce(t.usdt, 0) - coalesce(w.usdt, 0) + coalesce(a.usdt, 0) AS exp_usdt,
+           coalesce(p.usdc, 0) AS usdc, coalesce(t.usdc, 0) - coalesce(w.usdc, 0) + coalesce(a.usdc, 0) AS exp_usdc,
+           coalesce(p.xrp, 0) AS xrp, coalesce(t.xrp, 0) - coalesce(w.xrp, 0) + coalesce(a.xrp, 0) AS exp_xrp,
+           coalesce(p.ada, 0) AS ada, coalesce(t.ada, 0) - coalesce(w.ada, 0) + coalesce(a.ada, 0) AS exp_ada
+      FROM users u
+      LEFT JOIN portfolio p ON p.user_id = u.id
+      LEFT JOIN ledger l ON l.user_id = u.id
+      LEFT JOIN traded t ON t.user_id = u.id
+      LEFT JOIN withdrawn w ON w.user_id = u.id
+      LEFT JOIN adjusted a ON a.user_id = u.id
+     WHERE $1::bigint IS NULL OR u.id = $1
+)
+SELECT * FROM expected
+ WHERE balance_usd <> exp_usd OR btc <> exp_btc OR eth <> exp_eth OR usdt <> exp_usdt
+    OR usdc <> exp_usdc OR xrp <> exp_xrp OR ada <> exp_ada
+    OR (has_portfolio AND usd_value <> portfolio_value_usd)
+ ORDER BY id

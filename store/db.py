@@ -1,0 +1,113 @@
+"""Connections and the translation of driver errors into the project's own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from simconfig import redact_url
+from store.errors import Refused, StoreError, Unavailable
+
+T = TypeVar("T")
+
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection, or Unavailable naming the (redacted) DSN."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
+    await _init(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init, timeout=10
+        )
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection closed on exit, whatever happens."""
+    conn = await connect(dsn)
+    try:
+        yield conn
+    finally:
+        await asyncio.shield(conn.close())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Serialization failures, deadlocks and lost connections; never a constraint violation."""
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        return True
+    return isinstance(exc, _CONNECTION_LOST) and not isinstance(exc, asyncpg.PostgresError)
+
+
+def translate(exc: BaseException) -> StoreError:
+    """The project's error for a driver error (the caller raises it `from` the original)."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
+        detail = getattr(exc, "constraint_name", None) or _first_line(exc)
+        return Refused(f"refused by the database: {detail}")
+    if isinstance(exc, _CONNECTION_LOST):
+        return Unavailable(f"database connection lost: {_first_line(exc)}")
+    return StoreError(f"database error: {_first_line(exc)}")
+
+
+async def retrying(fn: Callable[[], Awaitable[T]], *, attempts: int = 4) -> T:
+    """Run `fn` again on retryable errors only (bounded, jittered backoff)."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_retryable),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=0.05, max=2),
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """A row as a plain dict."""
+    return dict(record.items())

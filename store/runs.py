@@ -1,0 +1,175 @@
+"""Data access for the run pipeline: claim due users, lock and load a batch, write its runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from engine.accounting import RunResult
+from engine.assets import ASSETS
+from store.sqlfiles import query
+
+# Taken shared by every batch and exclusively by `prices import` (see import_prices).
+PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    user_id: int
+    slot: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedUser:
+    """A locked user row as the worker needs it."""
+
+    user_id: int
+    balance_usd: Decimal
+    next_run_at: datetime | None
+    eligible: bool
+    strategy: str | None
+    params: Mapping[str, Any]
+    fail_count: int
+    has_portfolio: bool
+    holdings: Mapping[str, Decimal]
+    reserved: Mapping[str, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    asset: str
+    first_at: datetime
+    last_at: datetime
+
+
+async def materialize_null_slots(conn: asyncpg.Connection, limit: int) -> int:
+    """Give users with a NULL slot the slot now(); returns how many."""
+    status: str = await conn.execute(query("materialize_null_slots"), limit)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: int) -> list[Claim]:
+    """Lease up to `limit` due users for `lease_s` seconds, oldest slot first."""
+    rows = await conn.fetch(query("claim_due"), limit, float(lease_s))
+    return sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
+
+
+async def batch_prelude(conn: asyncpg.Connection) -> list[Span]:
+    """Take the shared price-import lock for this transaction; return the imported spans."""
+    row = await conn.fetchrow(query("batch_prelude"), PRICE_IMPORT_LOCK)
+    assert row is not None
+    spans = row["spans"]
+    return [
+        Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in spans
+    ]
+
+
+async def lock_batch(conn: asyncpg.Connection, user_ids: Sequence[int]) -> list[LoadedUser]:
+    """Lock the users in id order and load balance, holdings and reservations."""
+    rows = await conn.fetch(query("lock_batch"), list(user_ids))
+    out = []
+    for r in rows:
+        holdings = {a: r[a.lower()] for a in ASSETS}
+        reserved = {a: r["r_" + a.lower()] or _ZERO for a in ASSETS}
+        params = r["sim_params"]
+        out.append(
+            LoadedUser(
+                user_id=r["id"],
+                balance_usd=r["balance_usd"],
+                next_run_at=r["sim_next_run_at"],
+                eligible=r["eligible"],
+                strategy=r["sim_strategy"],
+                params=params if isinstance(params, dict) else {},
+                fail_count=r["sim_fail_count"],
+                has_portfolio=r["has_portfolio"],
+                holdings=holdings,
+                reserved=reserved,
+            )
+        )
+    return out
+
+
+async def imported_prices(
+    conn: asyncpg.Connection, points: Sequence[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], Decimal]:
+    """The latest imported price at or before each (asset, time)."""
+    if not points:
+        return {}
+    rows = await conn.fetch(
+        query("imported_prices"), [p[0] for p in points], [p[1] for p in points]
+    )
+    return {(r["asset"], r["at"]): r["price_usd"] for r in rows}
+
+
+async def ensure_portfolios(conn: asyncpg.Connection, user_ids: Sequence[int]) -> None:
+    """Create the missing portfolio rows (users made by another service without one)."""
+    if user_ids:
+        await conn.execute(query("ensure_portfolios"), list(user_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    slot: datetime
+    result: RunResult
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    runs: Sequence[RunWrite],
+    started_at: datetime,
+    model_prices: Iterable[tuple[str, datetime, Decimal]],
+) -> list[tuple[int, int]]:
+    """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
+    if not runs:
+        return []
+    cols: list[list[Any]] = [[] for _ in range(11)]
+    tcols: list[list[Any]] = [[] for _ in range(9)]
+    for run in runs:
+        res = run.result
+        h = res.holdings
+        for col, value in zip(
+            cols,
+            (res.user_id, run.slot, len(res.fills), res.balance_usd, h["BTC"], h["ETH"],
+             h["USDT"], h["USDC"], h["XRP"], h["ADA"], res.value_usd),
+            strict=True,
+        ):
+            col.append(value)
+        for f in res.fills:
+            for col, value in zip(
+                tcols,
+                (res.user_id, f.side, f.asset, f.amount, f.price_usd, f.total_usd, f.fee_usd,
+                 f.balance_before, f.balance_after),
+                strict=True,
+            ):
+                col.append(value)
+    pcols: list[list[Any]] = [[], [], []]
+    for asset, at, price in model_prices:
+        pcols[0].append(asset)
+        pcols[1].append(at)
+        pcols[2].append(price)
+    rows = await conn.fetch(query("apply_batch"), *cols, started_at, *tcols, *pcols)
+    return [(r["run_id"], r["user_id"]) for r in rows]
+
+
+async def record_failure(
+    conn: asyncpg.Connection, user_id: int, error: str, retry_base_s: int, max_failures: int
+) -> tuple[int, bool]:
+    """Count a failed attempt with its error and backoff; returns (failures, now paused)."""
+    row = await conn.fetchrow(query("record_failure"), user_id, error, retry_base_s, max_failures)
+    if row is None:
+        return 0, False
+    return row["sim_fail_count"], row["sim_paused"]
+
+
+async def audit(
+    conn: asyncpg.Connection, actor: str, action: str, user_id: int | None, details: Mapping[str, Any]
+) -> int:
+    """Write one admin_audit row; `actor` is a key fingerprint or 'engine', never a key."""
+    audit_id: int = await conn.fetchval(query("audit"), actor, action, user_id, dict(details))
+    return audit_id

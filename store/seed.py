@@ -1,0 +1,61 @@
+"""Demo population: realistic users with a deposit, a portfolio and simulation on."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from store.sqlfiles import query
+
+FIRST = (
+    "ana", "ben", "chloe", "david", "elena", "farid", "grace", "hugo", "ines", "jonas", "kofi",
+    "lena", "mateo", "nadia", "omar", "priya", "quinn", "rosa", "sven", "tara", "umar", "vera",
+    "wei", "ximena", "yusuf", "zoe", "liam", "mia", "noah", "emma", "lucas", "sofia", "aiko",
+    "bruno", "carla", "dmitri", "ella", "felix", "giulia", "hana",
+)
+LAST = (
+    "silva", "smith", "garcia", "muller", "rossi", "kim", "nguyen", "ivanova", "okafor", "haddad",
+    "johansson", "kowalski", "dubois", "tanaka", "patel", "cohen", "oconnor", "novak", "mendes",
+    "larsen", "yilmaz", "fischer", "moreau", "santos", "weber", "popescu", "ali", "chen", "costa",
+    "berg",
+)
+DOMAINS = ("gmail.com", "outlook.com", "proton.me", "yahoo.com", "icloud.com", "fastmail.com")
+CHUNK = 10_000
+
+
+async def seed_demo(
+    conn: asyncpg.Connection,
+    users: int,
+    seed: int,
+    interval_s: int = 300,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Create `users` demo users in one transaction; returns how many were created."""
+    rng = random.Random(seed)
+    created = 0
+    async with conn.transaction():
+        now: datetime = await conn.fetchval("SELECT now()")
+        offset: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM users")
+        tag = f"{seed:x}"
+        for start in range(0, users, CHUNK):
+            count = min(CHUNK, users - start)
+            emails, names, amounts, slots = [], [], [], []
+            for i in range(start, start + count):
+                first, last = rng.choice(FIRST), rng.choice(LAST)
+                emails.append(f"{first}.{last}.{tag}{offset + i + 1}@{rng.choice(DOMAINS)}")
+                names.append(f"{first.title()} {last.title()}")
+                # Deposits of 100 to 50,000 USD in cents: Decimal from integers, never floats.
+                amounts.append(Decimal(rng.randrange(10_000, 5_000_001)).scaleb(-2))
+                # Spread over the next interval so the load is smooth from the first minute.
+                slots.append(now + timedelta(microseconds=rng.randrange(interval_s * 1_000_000)))
+            made: int = await conn.fetchval(
+                query("seed_users"), emails, names, amounts, slots, interval_s
+            )
+            created += made
+            if progress is not None:
+                progress(count)
+    return created

@@ -1,0 +1,34 @@
+"""The market ticker's writes: the model's current tick into price_history, idempotently."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from engine.assets import ASSETS
+from engine.market import Market
+from store.runs import batch_prelude
+from store.sqlfiles import query
+
+
+async def write_ticks(conn: asyncpg.Connection, market: Market, at: datetime | None = None) -> int:
+    """Write each asset's model price at the tick containing `at` (default now), unless imported
+    history covers it. Returns the number of rows written."""
+    now = at or datetime.now(UTC)
+    tick = market.tick_of(now)
+    tick_at = market.tick_time(tick)
+    async with conn.transaction():
+        spans = {s.asset: s for s in await batch_prelude(conn)}
+        rows = [
+            (a, tick_at, market.price(a, tick))
+            for a in ASSETS
+            if a not in spans or not (spans[a].first_at <= tick_at <= spans[a].last_at)
+        ]
+        status: str = await conn.execute(
+            query("insert_model_prices"),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        )
+    return int(status.rsplit(" ", 1)[-1])

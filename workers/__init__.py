@@ -1,0 +1,1 @@
+"""The processes: scheduler, arq worker and job functions, market ticker."""

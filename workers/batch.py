@@ -1,0 +1,179 @@
+"""Apply one batch of claimed slots: lock, fence, compute with the core, write, in one transaction.
+
+A batch that fails is split in halves until the user at fault is alone; that user's failure is
+recorded (error, backoff, auto-pause after SIM_MAX_FAILURES) and the others commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from engine.accounting import FeeRule, RunResult, UserState, apply_run, run_stream
+from engine.errors import SimError
+from engine.market import Market
+from engine.pricing import ImportSpan, PriceBook
+from engine.strategies import MarketView, Strategy, make_strategy
+from simconfig import Settings
+from store import runs as store
+from store.db import is_retryable, retrying, translate
+from store.fees import load_fees
+from store.runs import Claim, LoadedUser, RunWrite
+from workers.logs import get_logger
+
+log = get_logger("simengine.batch")
+
+
+@dataclass
+class BatchOutcome:
+    """What happened to each slot of a batch."""
+
+    applied: list[tuple[int, int]] = field(default_factory=list)  # (run_id, user_id)
+    skipped: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    trades: int = 0
+
+    def merge(self, other: BatchOutcome) -> None:
+        self.applied += other.applied
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.trades += other.trades
+
+
+class BatchRunner:
+    """Runs batches against one pool; built once per worker process."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, market: Market) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.market = market
+        self._fees: dict[str, FeeRule] | None = None
+
+    async def fees(self, conn: asyncpg.Connection) -> dict[str, FeeRule]:
+        if self._fees is None:
+            self._fees = await load_fees(conn)
+        return self._fees
+
+    async def run(self, claims: Sequence[Claim]) -> BatchOutcome:
+        """Apply a batch; never raises for a bad user, only for an unavailable database."""
+        claims = sorted(claims, key=lambda c: c.user_id)
+        try:
+            return await retrying(lambda: self._attempt(claims))
+        except Exception as exc:  # split on anything, so one bad user cannot block the others
+            if is_retryable(exc):
+                raise translate(exc) from exc
+            if len(claims) == 1:
+                return await self._fail_one(claims[0].user_id, _describe(exc))
+            mid = len(claims) // 2
+            log.warning("batch.split", users=len(claims), error=_describe(exc))
+            outcome = await self.run(claims[:mid])
+            outcome.merge(await self.run(claims[mid:]))
+            return outcome
+
+    async def _attempt(self, claims: Sequence[Claim]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        started_at = datetime.now(UTC)
+        async with self.pool.acquire() as conn, conn.transaction():
+            spans = await store.batch_prelude(conn)
+            rows = await store.lock_batch(conn, [c.user_id for c in claims])
+            slot_of = {c.user_id: c.slot for c in claims}
+            # The fence: a stale, duplicate or no-longer-eligible job writes nothing.
+            due = [u for u in rows if u.eligible and u.next_run_at == slot_of[u.user_id]]
+            outcome.skipped = sorted(set(slot_of) - {u.user_id for u in due})
+            if not due:
+                return outcome
+            missing = [u.user_id for u in due if not u.has_portfolio]
+            await store.ensure_portfolios(conn, missing)
+            book = PriceBook(
+                self.market, (ImportSpan(s.asset, s.first_at, s.last_at) for s in spans)
+            )
+            strategies: dict[int, Strategy | SimError] = {}
+            times: set[datetime] = set()
+            for user in due:
+                slot = slot_of[user.user_id]
+                times.add(slot)
+                try:
+                    strategy = make_strategy(
+                        user.strategy or self.settings.sim_default_strategy,
+                        user.params,
+                        max_trades=self.settings.sim_max_trades_per_run,
+                    )
+                except SimError as exc:
+                    strategies[user.user_id] = exc
+                    continue
+                strategies[user.user_id] = strategy
+                if strategy.lookback:
+                    times.add(slot - timedelta(seconds=strategy.lookback * self.market.params.tick_s))
+            book.add_imported(await store.imported_prices(conn, book.import_points(times)))
+            fees = await self.fees(conn)
+            writes: list[RunWrite] = []
+            failures: list[tuple[LoadedUser, str]] = []
+            for user in due:
+                strategy_or_error = strategies[user.user_id]
+                try:
+                    if isinstance(strategy_or_error, SimError):
+                        raise strategy_or_error
+                    result = self._compute(user, slot_of[user.user_id], strategy_or_error, book, fees)
+                except (SimError, KeyError) as exc:
+                    failures.append((user, _describe(exc)))
+                    continue
+                writes.append(RunWrite(slot_of[user.user_id], result))
+                outcome.trades += len(result.fills)
+            outcome.applied = await store.apply_batch(conn, writes, started_at, book.model_rows())
+            for user, error in failures:
+                await self._record_failure(conn, user.user_id, error)
+                outcome.failed.append(user.user_id)
+        return outcome
+
+    def _compute(
+        self,
+        user: LoadedUser,
+        slot: datetime,
+        strategy: Strategy,
+        book: PriceBook,
+        fees: dict[str, FeeRule],
+    ) -> RunResult:
+        prices = book.prices_at(slot)
+        tick_s = self.market.params.tick_s
+
+        def history(asset: str, ticks_back: int) -> Decimal:
+            return book.price(asset, slot - timedelta(seconds=ticks_back * tick_s))
+
+        state = UserState(user.user_id, user.balance_usd, user.holdings, user.reserved)
+        return apply_run(
+            state,
+            prices,
+            fees,
+            strategy,
+            run_stream(self.settings.sim_seed, user.user_id, slot),
+            slippage_bps=self.settings.sim_slippage_bps,
+            market=MarketView(prices=prices, history=history),
+        )
+
+    async def _fail_one(self, user_id: int, error: str) -> BatchOutcome:
+        async def record() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._record_failure(conn, user_id, error)
+
+        await retrying(record)
+        return BatchOutcome(failed=[user_id])
+
+    async def _record_failure(self, conn: asyncpg.Connection, user_id: int, error: str) -> None:
+        failures, paused = await store.record_failure(
+            conn, user_id, error, self.settings.sim_retry_base_s, self.settings.sim_max_failures
+        )
+        log.warning("run.failed", user_id=user_id, failures=failures, error=error)
+        if paused and failures == self.settings.sim_max_failures:
+            await store.audit(
+                conn, "engine", "auto_pause", user_id, {"failures": failures, "last_error": error}
+            )
+            log.warning("user.auto_paused", user_id=user_id, failures=failures)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

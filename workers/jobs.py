@@ -1,0 +1,94 @@
+"""arq job functions and worker settings. Jobs are thin: decode, hand to BatchRunner, report."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from engine.market import Market
+from simconfig import Settings
+from store.db import create_pool
+from store.runs import Claim
+from workers.batch import BatchRunner
+from workers.logs import configure_logging, get_logger
+
+log = get_logger("simengine.worker")
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+JOB_NAME = "run_batch"
+
+
+def encode_claims(claims: Sequence[Claim]) -> tuple[list[int], list[int]]:
+    """A batch as two int lists (user ids, slots in Unix microseconds): small and exact."""
+    ordered = sorted(claims, key=lambda c: c.user_id)
+    return [c.user_id for c in ordered], [(c.slot - _UNIX) // timedelta(microseconds=1) for c in ordered]
+
+
+def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Claim]:
+    return [
+        Claim(uid, _UNIX + timedelta(microseconds=us)) for uid, us in zip(user_ids, slots_us, strict=True)
+    ]
+
+
+def job_id(user_ids: Sequence[int], slots_us: Sequence[int]) -> str:
+    """Deterministic: the same batch of slots always gets the same id, so re-enqueueing is harmless."""
+    digest = hashlib.sha256()
+    for uid, us in zip(user_ids, slots_us, strict=True):
+        digest.update(f"{uid}:{us};".encode())
+    return "sim:" + digest.hexdigest()[:32]
+
+
+async def run_batch(ctx: dict[str, Any], user_ids: list[int], slots_us: list[int]) -> dict[str, int]:
+    """The arq job: apply one batch of claimed slots."""
+    runner: BatchRunner = ctx["runner"]
+    outcome = await runner.run(decode_claims(user_ids, slots_us))
+    log.debug(
+        "batch.committed",
+        applied=len(outcome.applied),
+        skipped=len(outcome.skipped),
+        failed=len(outcome.failed),
+        trades=outcome.trades,
+    )
+    return {
+        "applied": len(outcome.applied),
+        "skipped": len(outcome.skipped),
+        "failed": len(outcome.failed),
+        "trades": outcome.trades,
+    }
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for arq's Worker, built from our Settings."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        configure_logging(settings)
+        pool = await create_pool(
+            settings.database_url, min_size=1, max_size=settings.sim_worker_concurrency + 1
+        )
+        ctx["pool"] = pool
+        ctx["runner"] = BatchRunner(pool, settings, Market(settings.market_params()))
+        log.info("worker.started", concurrency=settings.sim_worker_concurrency)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        pool = ctx.pop("pool", None)
+        if pool is not None:
+            await pool.close()
+        log.info("worker.stopped")
+
+    return {
+        "functions": [run_batch],
+        "queue_name": settings.sim_queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "max_jobs": settings.sim_worker_concurrency,
+        "job_timeout": settings.sim_job_timeout_s,
+        "keep_result": 0,
+        "max_tries": 1000,
+        "poll_delay": 0.05,
+        "job_completion_wait": settings.sim_shutdown_s,
+        "log_results": False,
+    }

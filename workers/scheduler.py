@@ -1,0 +1,128 @@
+"""The scheduler: lease due users in Postgres, enqueue their slots on Redis, tick the market.
+
+Exactly-once lives in Postgres (the lease, the worker's fence, the slot's uniqueness); Redis only
+carries work. A job lost with Redis or a killed worker comes back when its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from arq import create_pool as create_redis
+from arq.connections import ArqRedis, RedisSettings
+
+from engine.market import Market
+from simconfig import Settings
+from store import runs as store
+from store.db import create_pool, retrying
+from store.ticker import write_ticks
+from workers.jobs import JOB_NAME, encode_claims, job_id
+from workers.logs import get_logger
+
+log = get_logger("simengine.scheduler")
+
+
+@dataclass
+class PassReport:
+    claimed: int = 0
+    enqueued: int = 0
+    queue_depth: int = 0
+    claim_ms: float = 0.0
+
+
+class Scheduler:
+    """One scheduler process; any number may run at once."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: ArqRedis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.market = Market(settings.market_params())
+        self._stopping = asyncio.Event()
+        self._last_tick: int | None = None
+
+    async def queue_depth(self) -> int:
+        depth: int = await self.redis.zcard(self.settings.sim_queue_name)
+        return depth
+
+    async def run_pass(self) -> PassReport:
+        """Lease and enqueue due users until none is left or the queue is deep enough."""
+        report = PassReport()
+        s = self.settings
+        await retrying(self._tick)
+        async with self.pool.acquire() as conn:
+            await retrying(lambda: store.materialize_null_slots(conn, 10_000))
+        while not self._stopping.is_set():
+            report.queue_depth = await self.queue_depth()
+            if report.queue_depth >= s.sim_max_queued_jobs:
+                break  # backpressure: leases stay short-lived and the claim walk stays small
+            started = time.perf_counter()
+            async with self.pool.acquire() as conn:
+                claims = await retrying(lambda: store.claim_due(conn, s.sim_batch_size, s.sim_lease_s))
+            report.claim_ms += (time.perf_counter() - started) * 1000
+            if not claims:
+                break
+            report.claimed += len(claims)
+            user_ids, slots_us = encode_claims(claims)
+            job = await self.redis.enqueue_job(
+                JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us),
+                _queue_name=s.sim_queue_name,
+            )
+            if job is not None:
+                report.enqueued += 1
+            if len(claims) < s.sim_batch_size:
+                break
+        return report
+
+    async def _tick(self) -> None:
+        tick = self.market.tick_of(datetime.now(UTC))
+        if tick == self._last_tick:
+            return
+        async with self.pool.acquire() as conn:
+            await write_ticks(conn, self.market)
+        self._last_tick = tick
+
+    async def loop(self, once: bool = False) -> None:
+        """Passes until stopped (SIGTERM/SIGINT), or a single pass with once=True."""
+        pause_s = self.settings.sim_scheduler_interval_ms / 1000
+        while True:
+            report = await self.run_pass()
+            if report.claimed:
+                log.info(
+                    "scheduler.pass", claimed=report.claimed, jobs=report.enqueued,
+                    queue_depth=report.queue_depth, claim_ms=round(report.claim_ms, 1),
+                )
+            if once or self._stopping.is_set():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause_s)
+            if self._stopping.is_set():
+                return
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+async def run_scheduler(settings: Settings, once: bool) -> None:
+    """Build the resources, run the loop, close what was opened."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
+        try:
+            scheduler = Scheduler(settings, pool, redis)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, scheduler.stop)
+            log.info("scheduler.started", once=once)
+            await scheduler.loop(once=once)
+            log.info("scheduler.stopped")
+        finally:
+            await redis.aclose()
+    finally:
+        await pool.close()
