@@ -26,6 +26,7 @@ from workers.jobs import JOB_NAME, encode_claims, job_id
 from workers.logs import get_logger
 
 log = get_logger("simengine.scheduler")
+_MAX_BATCHES_PER_CLAIM = 100
 
 
 @dataclass
@@ -60,23 +61,25 @@ class Scheduler:
             await retrying(lambda: store.materialize_null_slots(conn, 10_000))
         while not self._stopping.is_set():
             report.queue_depth = await self.queue_depth()
-            if report.queue_depth >= s.sim_max_queued_jobs:
+            room = s.sim_max_queued_jobs - report.queue_depth
+            if room <= 0:
                 break  # backpressure: leases stay short-lived and the claim walk stays small
+            # One claim statement per pass: one walk of the due index, then split into batches.
+            limit = min(room, _MAX_BATCHES_PER_CLAIM) * s.sim_batch_size
             started = time.perf_counter()
             async with self.pool.acquire() as conn:
-                claims = await retrying(lambda: store.claim_due(conn, s.sim_batch_size, s.sim_lease_s))
+                claims = await retrying(lambda: store.claim_due(conn, limit, s.sim_lease_s))
             report.claim_ms += (time.perf_counter() - started) * 1000
-            if not claims:
-                break
             report.claimed += len(claims)
-            user_ids, slots_us = encode_claims(claims)
-            job = await self.redis.enqueue_job(
-                JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us),
-                _queue_name=s.sim_queue_name,
-            )
-            if job is not None:
-                report.enqueued += 1
-            if len(claims) < s.sim_batch_size:
+            for i in range(0, len(claims), s.sim_batch_size):
+                user_ids, slots_us = encode_claims(claims[i : i + s.sim_batch_size])
+                job = await self.redis.enqueue_job(
+                    JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us),
+                    _queue_name=s.sim_queue_name,
+                )
+                if job is not None:
+                    report.enqueued += 1
+            if len(claims) < limit:
                 break
         return report
 

@@ -1,0 +1,164 @@
+"""Test services: a template database built by the migrations, a fresh database per test, and a
+private redis-server per test process (so FLUSHALL and restarts never touch anyone else's)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from store.migrate import migrate
+from store.sqlfiles import migrations
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def server_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def url_for(database: str) -> str:
+    parts = urlsplit(server_url())
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def admin_url() -> str:
+    return url_for(urlsplit(server_url()).path.lstrip("/") or "postgres")
+
+
+def in_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a private loop in another thread (safe from sync fixtures)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(fn())).result()
+
+
+def template_name() -> str:
+    digest = hashlib.sha256()
+    for mig in migrations():
+        digest.update(mig.checksum.encode())
+    return f"simengine_tpl_{digest.hexdigest()[:12]}"
+
+
+async def _build_template(name: str) -> None:
+    admin = await asyncpg.connect(admin_url())
+    try:
+        building = f"{name}_building_{os.getpid()}"
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{building}"')
+        conn = await asyncpg.connect(url_for(building))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+        await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
+    finally:
+        await admin.close()
+
+
+def build_template() -> str:
+    """Build the template database from the migrations (once per test run)."""
+    name = template_name()
+
+    async def go() -> None:
+        admin = await asyncpg.connect(admin_url())
+        try:
+            # Two test runs at once build one after the other.
+            await admin.execute("SELECT pg_advisory_lock(7151)")
+            try:
+                if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+                await _build_template(name)
+            finally:
+                await admin.execute("SELECT pg_advisory_unlock(7151)")
+        finally:
+            await admin.close()
+
+    in_thread(go)
+    return name
+
+
+def create_database(template: str) -> str:
+    name = f"simengine_t_{uuid.uuid4().hex[:16]}"
+
+    async def go() -> None:
+        admin = await asyncpg.connect(admin_url())
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            await admin.close()
+
+    in_thread(go)
+    return name
+
+
+def drop_database(name: str) -> None:
+    async def go() -> None:
+        admin = await asyncpg.connect(admin_url())
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    in_thread(go)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A private redis-server on loopback; start, stop (really) and restart it."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="simengine-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("private redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
