@@ -210,7 +210,7 @@ def run(
             uid = await resolve_user(conn, user)
             queue: asyncio.Queue[str] = asyncio.Queue()
             await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
-            slot = await make_due_now(conn, uid, s.sim_lease_s)
+            slot, lease_until = await make_due_now(conn, uid, s.sim_lease_s)
             try:
                 redis = await create_redis(RedisSettings.from_dsn(s.redis_url))
             except (OSError, ConnectionError) as exc:
@@ -218,7 +218,8 @@ def run(
             try:
                 ids, slots = encode_claims([Claim(uid, slot)])
                 await redis.enqueue_job(
-                    JOB_NAME, ids, slots, _job_id=job_id(ids, slots), _queue_name=s.sim_queue_name
+                    JOB_NAME, ids, slots, _job_id=job_id(ids, slots, lease_until),
+                    _queue_name=s.sim_queue_name,
                 )
             finally:
                 await redis.aclose()

@@ -26,7 +26,7 @@ UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
          ORDER BY sim_next_run_at
          LIMIT $1
            FOR UPDATE SKIP LOCKED))
-RETURNING u.id, u.sim_next_run_at
+RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until
 
 -- batch_prelude --
 -- Shared lock against `prices import` (which takes it exclusively), and the imported spans.
@@ -179,7 +179,7 @@ UPDATE users
    SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now()),
        sim_claimed_until = now() + make_interval(secs => $2)
  WHERE id = $1
-RETURNING sim_next_run_at
+RETURNING sim_next_run_at, sim_claimed_until
 
 -- user_for_update --
 SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_at

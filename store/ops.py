@@ -41,8 +41,11 @@ def ineligibility(row: asyncpg.Record) -> str | None:
     return None
 
 
-async def make_due_now(conn: asyncpg.Connection, user_id: int, lease_s: int) -> datetime:
-    """Make an eligible user's slot due now and lease it; Refused with the reason otherwise."""
+async def make_due_now(
+    conn: asyncpg.Connection, user_id: int, lease_s: int
+) -> tuple[datetime, datetime]:
+    """Make an eligible user's slot due now and lease it: (slot, lease end). Refused with the
+    reason when the user is not eligible."""
     async with conn.transaction():
         row = await conn.fetchrow(query("user_for_update"), user_id)
         if row is None:
@@ -50,8 +53,9 @@ async def make_due_now(conn: asyncpg.Connection, user_id: int, lease_s: int) -> 
         reason = ineligibility(row)
         if reason is not None:
             raise Refused(f"user {user_id} not run: {reason}")
-        slot: datetime = await conn.fetchval(query("make_due_now"), user_id, float(lease_s))
-    return slot
+        row = await conn.fetchrow(query("make_due_now"), user_id, float(lease_s))
+    assert row is not None
+    return row["sim_next_run_at"], row["sim_claimed_until"]
 
 
 async def run_of_slot(conn: asyncpg.Connection, user_id: int, slot: datetime) -> dict[str, Any] | None:

@@ -26,6 +26,15 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Claims taken together, and when their lease ends (it also names their jobs: a slot
+    re-claimed after its lease expired gets a new job, whatever happened to the old one)."""
+
+    claims: list[Claim]
+    until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedUser:
     """A locked user row as the worker needs it."""
 
@@ -54,10 +63,11 @@ async def materialize_null_slots(conn: asyncpg.Connection, limit: int) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: int) -> list[Claim]:
-    """Lease up to `limit` due users for `lease_s` seconds, oldest slot first."""
+async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: int) -> Lease:
+    """Lease up to `limit` due users for `lease_s` seconds, oldest slot first (sorted by id)."""
     rows = await conn.fetch(query("claim_due"), limit, float(lease_s))
-    return sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
+    claims = sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
+    return Lease(claims, rows[0]["sim_claimed_until"] if rows else None)
 
 
 async def batch_prelude(conn: asyncpg.Connection) -> list[Span]:

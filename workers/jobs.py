@@ -33,9 +33,10 @@ def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Clai
     ]
 
 
-def job_id(user_ids: Sequence[int], slots_us: Sequence[int]) -> str:
-    """Deterministic: the same batch of slots always gets the same id, so re-enqueueing is harmless."""
-    digest = hashlib.sha256()
+def job_id(user_ids: Sequence[int], slots_us: Sequence[int], lease_until: datetime | None) -> str:
+    """Deterministic per lease: enqueueing the same claim twice is harmless, while a claim taken
+    again after its lease expired gets a new job even if the old one is stuck in Redis."""
+    digest = hashlib.sha256(str(lease_until).encode())
     for uid, us in zip(user_ids, slots_us, strict=True):
         digest.update(f"{uid}:{us};".encode())
     return "sim:" + digest.hexdigest()[:32]

@@ -68,13 +68,14 @@ class Scheduler:
             limit = min(room, _MAX_BATCHES_PER_CLAIM) * s.sim_batch_size
             started = time.perf_counter()
             async with self.pool.acquire() as conn:
-                claims = await retrying(lambda: store.claim_due(conn, limit, s.sim_lease_s))
+                lease = await retrying(lambda: store.claim_due(conn, limit, s.sim_lease_s))
             report.claim_ms += (time.perf_counter() - started) * 1000
+            claims = lease.claims
             report.claimed += len(claims)
             for i in range(0, len(claims), s.sim_batch_size):
                 user_ids, slots_us = encode_claims(claims[i : i + s.sim_batch_size])
                 job = await self.redis.enqueue_job(
-                    JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us),
+                    JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us, lease.until),
                     _queue_name=s.sim_queue_name,
                 )
                 if job is not None:

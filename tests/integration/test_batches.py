@@ -1,0 +1,225 @@
+"""Batches in-process against real Postgres: fencing, skips, failures, bisecting, auto-pause,
+determinism and the NOTIFY payload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from engine.market import Market
+from simconfig import Settings
+from store.db import create_pool
+from store.ops import reconcile
+from store.runs import Claim, claim_due
+from store.sqlfiles import query
+from tests.support.procs import no_partial_runs, seed_due
+from tests.support.services import create_database, drop_database, url_for
+from workers.batch import BatchRunner
+
+SLOT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
+    pool = await create_pool(db_url, max_size=4)
+    yield BatchRunner(pool, settings, Market(settings.market_params()))
+    await pool.close()
+
+
+async def claims_of(conn: asyncpg.Connection) -> list[Claim]:
+    rows = await conn.fetch("SELECT id, sim_next_run_at FROM users ORDER BY id")
+    return [Claim(r["id"], r["sim_next_run_at"]) for r in rows]
+
+
+async def test_a_batch_applies_atomically_and_advances_the_slot(
+    pg: asyncpg.Connection, runner: BatchRunner
+) -> None:
+    await seed_due(pg, 300, SLOT)
+    outcome = await runner.run(await claims_of(pg))
+    assert len(outcome.applied) == 300 and not outcome.skipped and not outcome.failed
+    rows = await pg.fetch("SELECT sim_next_run_at, sim_run_count, sim_claimed_until FROM users")
+    # The slot is far in the past, so the next one is now() + interval (one catch-up, not a storm).
+    now = await pg.fetchval("SELECT now()")
+    assert all(r["sim_run_count"] == 1 and r["sim_next_run_at"] > now + timedelta(seconds=290) for r in rows)
+    assert await pg.fetchval("SELECT count(*) FROM trades WHERE NOT is_simulated") == 0
+    assert await pg.fetchval("SELECT count(*) FROM trades") == outcome.trades > 100
+    values = await pg.fetchval(
+        "SELECT count(*) FROM users u JOIN portfolio p ON p.user_id = u.id "
+        "WHERE u.portfolio_value_usd <> p.usd_value"
+    )
+    assert values == 0
+    await no_partial_runs(pg)
+    assert await reconcile(pg) == []
+
+
+async def test_a_recent_slot_advances_by_exactly_the_interval(
+    pg: asyncpg.Connection, runner: BatchRunner
+) -> None:
+    await seed_due(pg, 5)
+    slot = await pg.fetchval("UPDATE users SET sim_next_run_at = now() - interval '10 seconds' RETURNING sim_next_run_at")
+    await runner.run(await claims_of(pg))
+    nxt = await pg.fetch("SELECT sim_next_run_at FROM users")
+    assert {r["sim_next_run_at"] for r in nxt} == {slot + timedelta(seconds=300)}
+
+
+async def test_duplicate_and_stale_jobs_write_nothing(pg: asyncpg.Connection, runner: BatchRunner) -> None:
+    await seed_due(pg, 50, SLOT)
+    claims = await claims_of(pg)
+    first, again = await asyncio.gather(runner.run(claims), runner.run(claims))
+    assert sorted([len(first.applied), len(again.applied)]) == [0, 50]
+    assert sorted([len(first.skipped), len(again.skipped)]) == [0, 50]
+    stale = await runner.run(claims)
+    assert not stale.applied and len(stale.skipped) == 50
+    assert await pg.fetchval("SELECT count(*) FROM sim_runs") == 50
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "sim_paused = true",
+        "sim_enabled = false",
+        "is_active = false",
+        "deleted_at = now()",
+    ],
+)
+async def test_user_changed_after_enqueue_is_skipped_and_untouched(
+    pg: asyncpg.Connection, runner: BatchRunner, change: str
+) -> None:
+    await seed_due(pg, 10, SLOT)
+    claims = await claims_of(pg)
+    target = claims[3].user_id
+    before = await pg.fetchrow("SELECT * FROM users WHERE id = $1", target)
+    await pg.execute(f"UPDATE users SET {change} WHERE id = $1", target)  # noqa: S608 (fixed text)
+    outcome = await runner.run(claims)
+    assert outcome.skipped == [target] and len(outcome.applied) == 9
+    after = await pg.fetchrow("SELECT * FROM users WHERE id = $1", target)
+    assert after is not None and before is not None
+    assert after["sim_next_run_at"] == before["sim_next_run_at"] == SLOT
+    assert after["balance_usd"] == before["balance_usd"]
+    assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE user_id = $1", target) == 0
+
+
+async def test_a_user_the_core_refuses_does_not_stop_the_batch(
+    pg: asyncpg.Connection, runner: BatchRunner
+) -> None:
+    await seed_due(pg, 20, SLOT)
+    claims = await claims_of(pg)
+    reserved_too_much, bad_params = claims[2].user_id, claims[7].user_id
+    # Another service wrote a withdrawal larger than the holding, and malformed parameters.
+    await pg.execute(
+        "INSERT INTO withdrawals (user_id, asset, amount, status) VALUES ($1, 'BTC', 5, 'pending')",
+        reserved_too_much,
+    )
+    await pg.execute("UPDATE users SET sim_params = '{\"max_trades\": \"many\"}' WHERE id = $1", bad_params)
+    outcome = await runner.run(claims)
+    assert sorted(outcome.failed) == sorted([reserved_too_much, bad_params])
+    assert len(outcome.applied) == 18
+    rows = await pg.fetch(
+        "SELECT id, sim_fail_count, sim_last_error, sim_claimed_until > now() AS backing_off "
+        "FROM users WHERE sim_fail_count > 0 ORDER BY id"
+    )
+    assert [r["id"] for r in rows] == sorted([reserved_too_much, bad_params])
+    assert all(r["backing_off"] and r["sim_last_error"] for r in rows)
+    assert "reserved" in next(r["sim_last_error"] for r in rows if r["id"] == reserved_too_much)
+
+
+async def test_a_database_failure_is_bisected_to_the_one_user_then_auto_paused(
+    pg: asyncpg.Connection, db_url: str, settings: Settings
+) -> None:
+    await seed_due(pg, 40, SLOT)
+    claims = await claims_of(pg)
+    bad = claims[13].user_id
+    await pg.execute(
+        f"""CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN IF NEW.user_id = {bad} THEN
+              RAISE EXCEPTION 'refused by test' USING ERRCODE = 'check_violation'; END IF;
+            RETURN NEW; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON sim_runs FOR EACH ROW EXECUTE FUNCTION refuse();"""
+    )
+    strict = settings.model_copy(update={"sim_max_failures": 2})
+    pool = await create_pool(db_url, max_size=2)
+    try:
+        runner = BatchRunner(pool, strict, Market(strict.market_params()))
+        outcome = await runner.run(claims)
+        assert outcome.failed == [bad] and len(outcome.applied) == 39
+        again = await runner.run([c for c in claims if c.user_id == bad])
+        assert again.failed == [bad]
+    finally:
+        await pool.close()
+    row = await pg.fetchrow("SELECT sim_paused, sim_fail_count, sim_last_error FROM users WHERE id = $1", bad)
+    assert row is not None and row["sim_paused"] and row["sim_fail_count"] == 2
+    assert "refused by test" in row["sim_last_error"]
+    audit = await pg.fetch("SELECT admin_key, details FROM admin_audit WHERE action = 'auto_pause'")
+    assert [(a["admin_key"], a["details"]["failures"]) for a in audit] == [("engine", 2)]
+
+
+async def test_every_committed_run_is_notified(pg: asyncpg.Connection, runner: BatchRunner, db_url: str) -> None:
+    await seed_due(pg, 30, SLOT)
+    listener = await asyncpg.connect(db_url)
+    payloads: list[dict[str, object]] = []
+    await listener.add_listener("sim_run", lambda *a: payloads.append(json.loads(a[3])))
+    try:
+        outcome = await runner.run(await claims_of(pg))
+
+        async def all_heard() -> None:
+            while len(payloads) < 30:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(all_heard(), 10)
+    finally:
+        await listener.close()
+    assert {p["run_id"] for p in payloads} == {run_id for run_id, _ in outcome.applied}
+    assert all({"user_id", "run_id", "scheduled_for", "trades_count"} <= p.keys() for p in payloads)
+
+
+async def test_trades_are_identical_whatever_the_batching(
+    pg: asyncpg.Connection, db_name: str, settings: Settings
+) -> None:
+    await seed_due(pg, 400, SLOT)
+    await pg.execute("UPDATE users SET sim_strategy = 'momentum' WHERE id % 5 = 0")
+    await pg.execute("UPDATE users SET sim_strategy = 'rebalance' WHERE id % 5 = 1")
+    await pg.close()
+    copies = [create_database(db_name) for _ in range(3)]
+    try:
+        results = []
+        for copy, batch, reverse in zip(copies, [400, 7, 1], [False, True, False], strict=True):
+            pool = await create_pool(url_for(copy), max_size=4)
+            try:
+                runner = BatchRunner(pool, settings, Market(settings.market_params()))
+                async with pool.acquire() as conn:
+                    claims = await claims_of(conn)
+                    if reverse:
+                        claims.reverse()
+                    chunks = [claims[i : i + batch] for i in range(0, len(claims), batch)]
+                    await asyncio.gather(*(runner.run(c) for c in chunks))
+                    results.append(
+                        await conn.fetch(
+                            "SELECT user_id, trade_type, asset, amount, price_usd, fee_usd, generated_at "
+                            "FROM trades ORDER BY user_id, id"
+                        )
+                    )
+            finally:
+                await pool.close()
+        assert len(results[0]) > 200
+        assert results[0] == results[1] == results[2]
+    finally:
+        for copy in copies:
+            drop_database(copy)
+
+
+async def test_the_claim_uses_the_due_index_on_200k_users(pg: asyncpg.Connection) -> None:
+    await seed_due(pg, 200_000, holdings=False)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() + interval '1 hour' WHERE id % 100 <> 0")
+    await pg.execute("ANALYZE users")
+    for name in ("claim_due", "materialize_null_slots"):
+        args = (200, 60.0) if name == "claim_due" else (200,)
+        plan = await pg.fetchval("EXPLAIN (FORMAT JSON) " + query(name), *args)
+        text = json.dumps(plan)
+        assert "idx_users_sim_due" in text and "Seq Scan" not in text, name
+    lease = await claim_due(pg, 200, 60)
+    assert len(lease.claims) == 200

@@ -1,0 +1,126 @@
+"""The run pipeline under real processes and real faults: several schedulers and workers, a
+worker SIGKILLed mid-batch, Redis flushed between scheduling and working."""
+
+from __future__ import annotations
+
+import signal
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from store.ops import reconcile
+from tests.support.procs import (
+    no_partial_runs,
+    run_counts,
+    seed_due,
+    simctl,
+    spawn,
+    stop,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def all_ran(conn: asyncpg.Connection, users: int) -> bool:
+    n = await conn.fetchval("SELECT count(DISTINCT user_id) FROM sim_runs")
+    return bool(n == users)
+
+
+async def assert_exactly_once_and_clean(conn: asyncpg.Connection, users: int) -> None:
+    total, distinct = await run_counts(conn)
+    assert total == distinct == users  # one run per user: each first slot ran exactly once
+    await no_partial_runs(conn)
+    assert await reconcile(conn) == []
+
+
+async def test_three_schedulers_two_workers_run_every_slot_exactly_once(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    await seed_due(pg, 2000)
+    env = {**env, "SIM_BATCH_SIZE": "50", "SIM_MAX_QUEUED_JOBS": "8"}
+    procs = [spawn(["scheduler"], env) for _ in range(3)] + [spawn(["worker"], env) for _ in range(2)]
+    try:
+        await wait_until(lambda: all_ran(pg, 2000), 120, "2,000 users to run")
+    finally:
+        codes = [stop(p) for p in procs]
+    assert codes == [0] * 5
+    await assert_exactly_once_and_clean(pg, 2000)
+
+
+async def test_worker_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    users = 3000
+    await seed_due(pg, users)
+    env = {**env, "SIM_BATCH_SIZE": "25", "SIM_LEASE_S": "2", "SIM_WORKER_CONCURRENCY": "2",
+           "SIM_MAX_QUEUED_JOBS": "20"}
+    scheduler = spawn(["scheduler"], env)
+    try:
+        done_before = 0
+        for _ in range(4):
+            worker = spawn(["worker"], env)
+
+            async def progressed(before: int = done_before) -> bool:
+                n = await pg.fetchval("SELECT count(*) FROM sim_runs")
+                return bool(n > before)
+
+            await wait_until(progressed, 60, "the worker to commit some runs")
+            stop(worker, signal.SIGKILL)  # no goodbye: in-flight transactions just vanish
+            done_before = await pg.fetchval("SELECT count(*) FROM sim_runs")
+            await no_partial_runs(pg)
+        assert done_before < users, "the kills should have landed before the work was done"
+        worker = spawn(["worker"], env)
+        try:
+            await wait_until(lambda: all_ran(pg, users), 120, "every slot to run after the kills")
+        finally:
+            stop(worker)
+    finally:
+        stop(scheduler)
+    await assert_exactly_once_and_clean(pg, users)
+
+
+async def test_redis_flushed_between_scheduling_and_working(
+    pg: asyncpg.Connection, env: dict[str, str], redis_url: str
+) -> None:
+    await seed_due(pg, 500)
+    env = {**env, "SIM_LEASE_S": "1", "SIM_BATCH_SIZE": "100"}
+    first = simctl(["scheduler", "--once"], env)
+    assert first.returncode == 0, first.stderr
+    leased = await pg.fetchval("SELECT count(*) FROM users WHERE sim_claimed_until IS NOT NULL")
+    assert leased == 500
+    client = Redis.from_url(redis_url)
+    try:
+        assert await client.zcard(env["SIM_QUEUE_NAME"]) == 5
+        await client.flushall()  # every job is gone
+    finally:
+        await client.aclose()
+    burst = simctl(["worker", "--burst"], env)
+    assert burst.returncode == 0, burst.stderr
+    assert await pg.fetchval("SELECT count(*) FROM sim_runs") == 0
+
+    async def leases_expired() -> bool:
+        return bool(await pg.fetchval("SELECT max(sim_claimed_until) < now() FROM users"))
+
+    await wait_until(leases_expired, 10, "the leases to expire")
+    again = simctl(["scheduler", "--once"], env)
+    assert again.returncode == 0, again.stderr
+    burst = simctl(["worker", "--burst"], env)
+    assert burst.returncode == 0, burst.stderr
+    await assert_exactly_once_and_clean(pg, 500)
+
+
+async def test_sigterm_lets_the_worker_finish_cleanly(pg: asyncpg.Connection, env: dict[str, str]) -> None:
+    await seed_due(pg, 2000)
+    env = {**env, "SIM_BATCH_SIZE": "20", "SIM_LEASE_S": "2"}
+    assert simctl(["scheduler", "--once"], env).returncode == 0
+    worker = spawn(["worker"], env)
+
+    async def started() -> bool:
+        return bool(await pg.fetchval("SELECT count(*) FROM sim_runs") > 0)
+
+    await wait_until(started, 60, "the worker to start committing")
+    assert stop(worker, signal.SIGTERM, timeout=30) == 0
+    await no_partial_runs(pg)
+    assert await reconcile(pg) == []

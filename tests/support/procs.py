@@ -1,0 +1,136 @@
+"""Real processes for the tests: simctl subprocesses and waiting on conditions, never on time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from store.seed import seed_demo
+
+SIMCTL = [sys.executable, "-m", "simctl"]
+
+
+def simctl(args: Sequence[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one simctl command to completion."""
+    return subprocess.run(
+        [*SIMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Proc:
+    """A long-running simctl process; its stderr goes to a file (a pipe could fill and block it)."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="simctl-", suffix=".log", delete=False)  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            [*SIMCTL, *args], env=env, stdout=subprocess.DEVNULL, stderr=self.log,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        with open(self.log.name, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def close(self) -> None:
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def spawn(args: Sequence[str], env: dict[str, str]) -> Proc:
+    """Start a long-running simctl process in its own session."""
+    return Proc(args, env)
+
+
+def stop(proc: Proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal a process and wait for it to exit; SIGKILL if it overstays. Returns its exit code."""
+    popen = proc.popen
+    if popen.poll() is None:
+        os.kill(popen.pid, sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(popen.pid, signal.SIGKILL)
+            popen.wait()
+    code = popen.returncode
+    if code not in (0, -signal.SIGKILL):
+        print(proc.output())  # shown by pytest when the test fails
+    proc.close()
+    return code
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 60, what: str = "condition"
+) -> None:
+    """Poll a condition (every 50 ms) until it holds; fail naming it after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def seed_due(
+    conn: asyncpg.Connection, users: int, slot: datetime | None = None, seed: int = 3,
+    holdings: bool = True,
+) -> None:
+    """`users` demo users, all due at `slot` (default: one minute ago), some holding crypto."""
+    await seed_demo(conn, users, seed)
+    if slot is None:
+        await conn.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    else:
+        await conn.execute("UPDATE users SET sim_next_run_at = $1", slot)
+    if holdings:
+        # Crypto explained by audited adjustments, so the ledger still reconciles.
+        await conn.execute(
+            """WITH h AS (UPDATE portfolio SET btc = 0.05, eth = 1.5, ada = 1000
+                          WHERE user_id % 2 = 0 RETURNING user_id)
+               INSERT INTO admin_audit (admin_key, action, target_user_id, details)
+               SELECT 'test', 'adjust_holding', user_id, jsonb_build_object('asset', a, 'delta', d)
+                 FROM h, (VALUES ('BTC', '0.05'), ('ETH', '1.5'), ('ADA', '1000')) v(a, d)"""
+        )
+
+
+async def run_counts(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(sim_runs rows, distinct (user, slot) pairs)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, count(DISTINCT (user_id, scheduled_for)) AS d FROM sim_runs"
+    )
+    assert row is not None
+    return row["n"], row["d"]
+
+
+async def no_partial_runs(conn: asyncpg.Connection) -> None:
+    """Every run's trades and ledger rows are all there, and nothing exists without its run."""
+    bad = await conn.fetchval(
+        """SELECT count(*) FROM sim_runs r
+            WHERE r.trades_count <> (SELECT count(*) FROM trades t WHERE t.sim_run_id = r.id)"""
+    )
+    assert bad == 0
+    orphans = await conn.fetchval(
+        """SELECT count(*) FROM trades t WHERE t.is_simulated AND (t.sim_run_id IS NULL OR NOT EXISTS
+             (SELECT 1 FROM transactions x WHERE x.reference = 'trade:' || t.id
+                AND x.amount = t.balance_after - t.balance_before))"""
+    )
+    assert orphans == 0
+    unadvanced = await conn.fetchval(
+        """SELECT count(*) FROM users u WHERE sim_run_count <> (SELECT count(*) FROM sim_runs r
+             WHERE r.user_id = u.id)"""
+    )
+    assert unadvanced == 0
+
+
+ZERO = Decimal(0)
