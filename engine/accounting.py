@@ -17,7 +17,6 @@ from engine.money import BPS, CTX, ZERO, fee_for, qty_down, usd_down, usd_half_e
 from engine.rng import Stream, key_bytes
 from engine.strategies import MarketView, Order, Strategy, Wallet
 
-
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -216,5 +215,3 @@ def check_result(state: UserState, result: RunResult) -> None:
 def ledger_amounts(result: RunResult) -> Sequence[Decimal]:
     """The signed USD ledger entry of each fill, in order."""
     return [fill.delta for fill in result.fills]
-
-

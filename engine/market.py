@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
 
-from engine.assets import ASSETS, STABLECOINS
+from engine.assets import ASSETS
 from engine.rng import key_bytes, open_unit, words
 
 LEVELS = 40  # each side of the epoch spans 2**40 ticks (2 million years of minutes)
@@ -174,7 +174,9 @@ class Market:
         if value is None:
             w = words(self._keys[asset] + b"n", tick)
             # Irwin-Hall of four uniforms, centred and scaled to unit variance: bounded by ±3.47.
-            value = (open_unit(w[0]) + open_unit(w[1]) + open_unit(w[2]) + open_unit(w[3]) - 2.0) * math.sqrt(3.0)
+            value = (
+                open_unit(w[0]) + open_unit(w[1]) + open_unit(w[2]) + open_unit(w[3]) - 2.0
+            ) * math.sqrt(3.0)
             if len(self._noise) > _CACHE_LIMIT:
                 self._noise.clear()
             self._noise[cache_key] = value

@@ -49,7 +49,7 @@ def fee_for(total_usd: Decimal, fee_bps: int) -> Decimal:
 
 def to_money(value: object) -> Decimal:
     """Parse a money value given as text, int or Decimal; refuse floats and non-finite values."""
-    if isinstance(value, float) or isinstance(value, bool):
+    if isinstance(value, float | bool):
         raise TypeError("money must be a Decimal, an int or a string, never a float")
     dec = value if isinstance(value, Decimal) else Decimal(str(value))
     if not dec.is_finite():

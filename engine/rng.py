@@ -30,7 +30,9 @@ def key_bytes(*parts: int | str) -> bytes:
 
 def words(key: bytes, counter: int) -> tuple[int, ...]:
     """Eight 64-bit unsigned words for (key, counter)."""
-    digest = hashlib.blake2b(key + counter.to_bytes(9, "little", signed=True), digest_size=64).digest()
+    digest = hashlib.blake2b(
+        key + counter.to_bytes(9, "little", signed=True), digest_size=64
+    ).digest()
     return _U64.unpack(digest)
 
 

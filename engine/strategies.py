@@ -68,7 +68,9 @@ def _assets(params: Mapping[str, Any], default: Sequence[str]) -> tuple[str, ...
     return tuple(out)
 
 
-def _decimal(params: Mapping[str, Any], name: str, default: str, lo: Decimal, hi: Decimal) -> Decimal:
+def _decimal(
+    params: Mapping[str, Any], name: str, default: str, lo: Decimal, hi: Decimal
+) -> Decimal:
     raw = params.get(name, default)
     if isinstance(raw, bool | float) or not isinstance(raw, int | str):
         raise UnknownStrategy(f"{name} must be a number written as an integer or a string")
@@ -96,7 +98,9 @@ class RandomStrategy(Strategy):
     def __init__(self, params: Mapping[str, Any], max_trades: int) -> None:
         self.max_trades = _int(params, "max_trades", max_trades, 0, 50)
         self.assets = _assets(params, ASSETS)
-        self.max_fraction = _decimal(params, "max_fraction", "0.25", Decimal("0.000001"), Decimal(1))
+        self.max_fraction = _decimal(
+            params, "max_fraction", "0.25", Decimal("0.000001"), Decimal(1)
+        )
 
     def orders(self, wallet: Wallet, market: MarketView, rng: Stream) -> Sequence[Order]:
         count = rng.below(self.max_trades + 1)
@@ -108,7 +112,11 @@ class RandomStrategy(Strategy):
             if side == "buy":
                 out.append(Order(asset, "buy", usd=CTX.multiply(wallet.balance_usd, fraction)))
             else:
-                out.append(Order(asset, "sell", qty=CTX.multiply(wallet.available.get(asset, ZERO), fraction)))
+                out.append(
+                    Order(
+                        asset, "sell", qty=CTX.multiply(wallet.available.get(asset, ZERO), fraction)
+                    )
+                )
         return out
 
 

@@ -31,15 +31,22 @@ class Settings(BaseSettings):
         description="Postgres DSN (postgresql://user:pass@host:port/db).",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
-    sim_seed: int = Field(default=42, ge=0, lt=2**63, description="Seed of the market model and of every run.")
-    sim_lease_s: int = Field(default=60, ge=1, le=86_400, description="How long a claimed slot stays claimed.")
+    sim_seed: int = Field(
+        default=42, ge=0, lt=2**63, description="Seed of the market model and of every run."
+    )
+    sim_lease_s: int = Field(
+        default=60, ge=1, le=86_400, description="How long a claimed slot stays claimed."
+    )
     sim_admin_keys_sha256: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Comma-separated hex SHA-256 digests of accepted admin keys."
     )
-    sim_admin_key: str | None = Field(default=None, description="The admin key simctl users presents.")
+    sim_admin_key: str | None = Field(
+        default=None, description="The admin key simctl users presents."
+    )
     sim_tick_s: int = Field(default=60, ge=1, le=86_400, description="Length of one market tick.")
     sim_epoch: datetime = Field(
-        default=datetime(2024, 1, 1, tzinfo=UTC), description="Time at which the model starts at the start prices."
+        default=datetime(2024, 1, 1, tzinfo=UTC),
+        description="Time at which the model starts at the start prices.",
     )
     sim_start_prices: Annotated[dict[str, Decimal], NoDecode] = Field(
         default_factory=lambda: {a: p.start_price_usd for a, p in DEFAULT_ASSET_PARAMS.items()},
@@ -49,20 +56,43 @@ class Settings(BaseSettings):
         default_factory=lambda: {a: p.annual_vol for a, p in DEFAULT_ASSET_PARAMS.items()},
         description="Annualised volatility per asset as ASSET=VOL,...",
     )
-    sim_slippage_bps: int = Field(default=5, ge=0, le=1000, description="Fill price offset from the market price.")
-    sim_default_strategy: str = Field(default="random", description="Strategy of users with none set.")
-    sim_max_trades_per_run: int = Field(default=3, ge=0, le=50, description="Upper bound of the random strategy.")
+    sim_slippage_bps: int = Field(
+        default=5, ge=0, le=1000, description="Fill price offset from the market price."
+    )
+    sim_default_strategy: str = Field(
+        default="random", description="Strategy of users with none set."
+    )
+    sim_max_trades_per_run: int = Field(
+        default=3, ge=0, le=50, description="Upper bound of the random strategy."
+    )
     sim_batch_size: int = Field(default=200, ge=1, le=5000, description="Users per job.")
-    sim_scheduler_interval_ms: int = Field(default=500, ge=10, le=60_000, description="Pause between scheduler passes.")
-    sim_max_queued_jobs: int = Field(default=64, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth.")
-    sim_max_failures: int = Field(default=5, ge=1, le=100, description="Failed attempts before a user is auto-paused.")
-    sim_retry_base_s: int = Field(default=5, ge=1, le=3600, description="First backoff after a failed run (doubles each time).")
-    sim_worker_concurrency: int = Field(default=4, ge=1, le=256, description="Jobs one worker runs at once.")
+    sim_scheduler_interval_ms: int = Field(
+        default=500, ge=10, le=60_000, description="Pause between scheduler passes."
+    )
+    sim_max_queued_jobs: int = Field(
+        default=64, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth."
+    )
+    sim_max_failures: int = Field(
+        default=5, ge=1, le=100, description="Failed attempts before a user is auto-paused."
+    )
+    sim_retry_base_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="First backoff after a failed run (doubles each time).",
+    )
+    sim_worker_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Jobs one worker runs at once."
+    )
     sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
-    sim_queue_name: str = Field(default="simengine:queue", min_length=1, description="arq queue name.")
+    sim_queue_name: str = Field(
+        default="simengine:queue", min_length=1, description="arq queue name."
+    )
     sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
-    sim_log_json: bool | None = Field(default=None, description="JSON logs; default: JSON unless on a terminal.")
+    sim_log_json: bool | None = Field(
+        default=None, description="JSON logs; default: JSON unless on a terminal."
+    )
 
     @field_validator("sim_admin_keys_sha256", mode="before")
     @classmethod
@@ -86,7 +116,9 @@ class Settings(BaseSettings):
             asset, sep, number = part.partition("=")
             asset = asset.strip().upper()
             if not sep or asset not in DEFAULT_ASSET_PARAMS:
-                raise ValueError(f"expected ASSET=NUMBER pairs with ASSET in {sorted(DEFAULT_ASSET_PARAMS)}")
+                raise ValueError(
+                    f"expected ASSET=NUMBER pairs with ASSET in {sorted(DEFAULT_ASSET_PARAMS)}"
+                )
             try:
                 parsed[asset] = Decimal(number.strip())
             except ArithmeticError:
@@ -140,7 +172,9 @@ class Settings(BaseSettings):
             )
             for asset, base in DEFAULT_ASSET_PARAMS.items()
         }
-        return MarketParams(seed=self.sim_seed, tick_s=self.sim_tick_s, epoch=self.sim_epoch, assets=assets)
+        return MarketParams(
+            seed=self.sim_seed, tick_s=self.sim_tick_s, epoch=self.sim_epoch, assets=assets
+        )
 
 
 def redact_url(url: str) -> str:

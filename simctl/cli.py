@@ -4,17 +4,18 @@ or configuration. Every refusal is one line on stderr."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simconfig import Settings, SettingsError, load_settings
 from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable
@@ -101,10 +102,17 @@ def migrate() -> None:
 # -- seed-demo --------------------------------------------------------------------------------
 @app.command("seed-demo")
 def seed_demo(
-    users: Annotated[int, typer.Option("--users", min=1, max=10_000_000, help="How many demo users.")],
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the generated names and deposits.")] = 1,
+    users: Annotated[
+        int, typer.Option("--users", min=1, max=10_000_000, help="How many demo users.")
+    ],
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the generated names and deposits.")
+    ] = 1,
     interval_s: Annotated[
-        int, typer.Option("--interval-s", min=1, help="Their sim_interval_s; first slots spread over it.")
+        int,
+        typer.Option(
+            "--interval-s", min=1, help="Their sim_interval_s; first slots spread over it."
+        ),
     ] = 300,
 ) -> None:
     """Create N demo users with a deposit, a portfolio row and simulation on.
@@ -122,8 +130,12 @@ def seed_demo(
 
         async with connection(s.database_url) as conn:
             with Progress(
-                TextColumn("seeding"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeRemainingColumn(), console=err, transient=True,
+                TextColumn("seeding"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
             ) as progress:
                 task = progress.add_task("seed", total=users)
                 return await do_seed(
@@ -186,7 +198,9 @@ def worker(
 def run(
     user: Annotated[str, typer.Argument(help="User id or email.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run and print it.")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", min=0.1, help="How long --wait waits.")] = 60.0,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", min=0.1, help="How long --wait waits.")
+    ] = 60.0,
 ) -> None:
     """Make a user due now and enqueue that slot; the slot still runs at most once.
 
@@ -218,7 +232,10 @@ def run(
             try:
                 ids, slots = encode_claims([Claim(uid, slot)])
                 await redis.enqueue_job(
-                    JOB_NAME, ids, slots, _job_id=job_id(ids, slots, lease_until),
+                    JOB_NAME,
+                    ids,
+                    slots,
+                    _job_id=job_id(ids, slots, lease_until),
                     _queue_name=s.sim_queue_name,
                 )
             finally:
@@ -233,11 +250,11 @@ def run(
                     return found
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
-                    raise Refused(f"user {uid}: no run for slot {slot.isoformat()} within {timeout_s} s")
-                try:
+                    raise Refused(
+                        f"user {uid}: no run for slot {slot.isoformat()} within {timeout_s} s"
+                    )
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.get(), min(remaining, 1.0))
-                except TimeoutError:
-                    pass
 
     result = run_async(go)
     if result is not None:
@@ -306,7 +323,12 @@ def reconcile(
             {
                 "clean": not found,
                 "discrepancies": [
-                    {"user_id": d.user_id, "field": d.field, "expected": d.expected, "found": d.found}
+                    {
+                        "user_id": d.user_id,
+                        "field": d.field,
+                        "expected": d.expected,
+                        "found": d.found,
+                    }
                     for d in found
                 ],
             }
@@ -341,5 +363,3 @@ def main(argv: list[str] | None = None) -> None:
     except Exit as exc:
         fail(exc.code, str(exc))
     sys.exit(result if isinstance(result, int) else 0)
-
-

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -20,6 +21,9 @@ from simconfig import redact_url
 from store.errors import Refused, StoreError, Unavailable
 
 T = TypeVar("T")
+
+# A plain connection or one borrowed from a pool: every store function takes either.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 _CONNECTION_LOST = (
     asyncpg.ConnectionDoesNotExistError,
@@ -43,7 +47,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """One connection, or Unavailable naming the (redacted) DSN."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
     await _init(conn)
     return conn
@@ -55,7 +59,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init, timeout=10
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
     assert pool is not None
     return pool

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from engine.accounting import FeeRule
 from engine.assets import ASSETS
+from store.db import Conn
 from store.errors import StoreError
 
 
-async def load_fees(conn: asyncpg.Connection) -> dict[str, FeeRule]:
+async def load_fees(conn: Conn) -> dict[str, FeeRule]:
     """Every asset's trading fee and minimum notional; StoreError if one is missing."""
     rows = await conn.fetch("SELECT asset, fee_bps, min_notional_usd FROM fee_config")
     fees = {r["asset"]: FeeRule(r["fee_bps"], r["min_notional_usd"]) for r in rows}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from store.db import Conn
 from store.errors import MigrationError
 from store.sqlfiles import Migration, migrations
 
@@ -27,7 +28,7 @@ class MigrateReport:
     already: list[str]
 
 
-async def migrate(conn: asyncpg.Connection, available: list[Migration] | None = None) -> MigrateReport:
+async def migrate(conn: Conn, available: list[Migration] | None = None) -> MigrateReport:
     """Apply pending migrations; refuse if an applied one's file changed or is gone."""
     todo = migrations() if available is None else available
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATE_LOCK)

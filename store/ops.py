@@ -10,11 +10,12 @@ from typing import Any
 import asyncpg
 
 from engine.assets import ASSETS
+from store.db import Conn
 from store.errors import NotFound, Refused
 from store.sqlfiles import query
 
 
-async def resolve_user(conn: asyncpg.Connection, user: str) -> int:
+async def resolve_user(conn: Conn, user: str) -> int:
     """A numeric id or an email to a user id; NotFound naming it otherwise."""
     text = user.strip()
     if text.isdigit():
@@ -41,9 +42,7 @@ def ineligibility(row: asyncpg.Record) -> str | None:
     return None
 
 
-async def make_due_now(
-    conn: asyncpg.Connection, user_id: int, lease_s: int
-) -> tuple[datetime, datetime]:
+async def make_due_now(conn: Conn, user_id: int, lease_s: int) -> tuple[datetime, datetime]:
     """Make an eligible user's slot due now and lease it: (slot, lease end). Refused with the
     reason when the user is not eligible."""
     async with conn.transaction():
@@ -58,12 +57,12 @@ async def make_due_now(
     return row["sim_next_run_at"], row["sim_claimed_until"]
 
 
-async def run_of_slot(conn: asyncpg.Connection, user_id: int, slot: datetime) -> dict[str, Any] | None:
+async def run_of_slot(conn: Conn, user_id: int, slot: datetime) -> dict[str, Any] | None:
     row = await conn.fetchrow(query("run_of_slot"), user_id, slot)
     return None if row is None else dict(row.items())
 
 
-async def status(conn: asyncpg.Connection) -> dict[str, Any]:
+async def status(conn: Conn) -> dict[str, Any]:
     row = await conn.fetchrow(query("status"))
     assert row is not None
     return dict(row.items())
@@ -80,7 +79,7 @@ class Discrepancy:
         return f"user {self.user_id}: {self.field} expected {self.expected} found {self.found}"
 
 
-async def reconcile(conn: asyncpg.Connection, user_id: int | None = None) -> list[Discrepancy]:
+async def reconcile(conn: Conn, user_id: int | None = None) -> list[Discrepancy]:
     """Every difference between stored balances/holdings and what the ledger rows explain."""
     out: list[Discrepancy] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -94,6 +93,8 @@ async def reconcile(conn: asyncpg.Connection, user_id: int | None = None) -> lis
                 out.append(Discrepancy(r["id"], col, r["exp_" + col], r[col]))
         if r["has_portfolio"] and r["usd_value"] != r["portfolio_value_usd"]:
             out.append(
-                Discrepancy(r["id"], "portfolio_value_usd", r["usd_value"], r["portfolio_value_usd"])
+                Discrepancy(
+                    r["id"], "portfolio_value_usd", r["usd_value"], r["portfolio_value_usd"]
+                )
             )
     return out

@@ -8,10 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
 from engine.accounting import RunResult
 from engine.assets import ASSETS
+from store.db import Conn
 from store.sqlfiles import query
 
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
@@ -57,30 +56,28 @@ class Span:
     last_at: datetime
 
 
-async def materialize_null_slots(conn: asyncpg.Connection, limit: int) -> int:
+async def materialize_null_slots(conn: Conn, limit: int) -> int:
     """Give users with a NULL slot the slot now(); returns how many."""
     status: str = await conn.execute(query("materialize_null_slots"), limit)
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int, lease_s: int) -> Lease:
+async def claim_due(conn: Conn, limit: int, lease_s: int) -> Lease:
     """Lease up to `limit` due users for `lease_s` seconds, oldest slot first (sorted by id)."""
     rows = await conn.fetch(query("claim_due"), limit, float(lease_s))
     claims = sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
     return Lease(claims, rows[0]["sim_claimed_until"] if rows else None)
 
 
-async def batch_prelude(conn: asyncpg.Connection) -> list[Span]:
+async def batch_prelude(conn: Conn) -> list[Span]:
     """Take the shared price-import lock for this transaction; return the imported spans."""
     row = await conn.fetchrow(query("batch_prelude"), PRICE_IMPORT_LOCK)
     assert row is not None
     spans = row["spans"]
-    return [
-        Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in spans
-    ]
+    return [Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in spans]
 
 
-async def lock_batch(conn: asyncpg.Connection, user_ids: Sequence[int]) -> list[LoadedUser]:
+async def lock_batch(conn: Conn, user_ids: Sequence[int]) -> list[LoadedUser]:
     """Lock the users in id order and load balance, holdings and reservations."""
     rows = await conn.fetch(query("lock_batch"), list(user_ids))
     out = []
@@ -106,7 +103,7 @@ async def lock_batch(conn: asyncpg.Connection, user_ids: Sequence[int]) -> list[
 
 
 async def imported_prices(
-    conn: asyncpg.Connection, points: Sequence[tuple[str, datetime]]
+    conn: Conn, points: Sequence[tuple[str, datetime]]
 ) -> dict[tuple[str, datetime], Decimal]:
     """The latest imported price at or before each (asset, time)."""
     if not points:
@@ -117,7 +114,7 @@ async def imported_prices(
     return {(r["asset"], r["at"]): r["price_usd"] for r in rows}
 
 
-async def ensure_portfolios(conn: asyncpg.Connection, user_ids: Sequence[int]) -> None:
+async def ensure_portfolios(conn: Conn, user_ids: Sequence[int]) -> None:
     """Create the missing portfolio rows (users made by another service without one)."""
     if user_ids:
         await conn.execute(query("ensure_portfolios"), list(user_ids))
@@ -130,7 +127,7 @@ class RunWrite:
 
 
 async def apply_batch(
-    conn: asyncpg.Connection,
+    conn: Conn,
     runs: Sequence[RunWrite],
     started_at: datetime,
     model_prices: Iterable[tuple[str, datetime, Decimal]],
@@ -145,16 +142,36 @@ async def apply_batch(
         h = res.holdings
         for col, value in zip(
             cols,
-            (res.user_id, run.slot, len(res.fills), res.balance_usd, h["BTC"], h["ETH"],
-             h["USDT"], h["USDC"], h["XRP"], h["ADA"], res.value_usd),
+            (
+                res.user_id,
+                run.slot,
+                len(res.fills),
+                res.balance_usd,
+                h["BTC"],
+                h["ETH"],
+                h["USDT"],
+                h["USDC"],
+                h["XRP"],
+                h["ADA"],
+                res.value_usd,
+            ),
             strict=True,
         ):
             col.append(value)
         for f in res.fills:
             for col, value in zip(
                 tcols,
-                (res.user_id, f.side, f.asset, f.amount, f.price_usd, f.total_usd, f.fee_usd,
-                 f.balance_before, f.balance_after),
+                (
+                    res.user_id,
+                    f.side,
+                    f.asset,
+                    f.amount,
+                    f.price_usd,
+                    f.total_usd,
+                    f.fee_usd,
+                    f.balance_before,
+                    f.balance_after,
+                ),
                 strict=True,
             ):
                 col.append(value)
@@ -168,7 +185,7 @@ async def apply_batch(
 
 
 async def record_failure(
-    conn: asyncpg.Connection, user_id: int, error: str, retry_base_s: int, max_failures: int
+    conn: Conn, user_id: int, error: str, retry_base_s: int, max_failures: int
 ) -> tuple[int, bool]:
     """Count a failed attempt with its error and backoff; returns (failures, now paused)."""
     row = await conn.fetchrow(query("record_failure"), user_id, error, retry_base_s, max_failures)
@@ -178,7 +195,11 @@ async def record_failure(
 
 
 async def audit(
-    conn: asyncpg.Connection, actor: str, action: str, user_id: int | None, details: Mapping[str, Any]
+    conn: Conn,
+    actor: str,
+    action: str,
+    user_id: int | None,
+    details: Mapping[str, Any],
 ) -> int:
     """Write one admin_audit row; `actor` is a key fingerprint or 'engine', never a key."""
     audit_id: int = await conn.fetchval(query("audit"), actor, action, user_id, dict(details))

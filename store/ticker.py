@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import asyncpg
-
 from engine.assets import ASSETS
 from engine.market import Market
+from store.db import Conn
 from store.runs import batch_prelude
 from store.sqlfiles import query
 
 
-async def write_ticks(conn: asyncpg.Connection, market: Market, at: datetime | None = None) -> int:
+async def write_ticks(conn: Conn, market: Market, at: datetime | None = None) -> int:
     """Write each asset's model price at the tick containing `at` (default now), unless imported
     history covers it. Returns the number of rows written."""
     now = at or datetime.now(UTC)

@@ -84,5 +84,7 @@ def env(db_url: str, redis_url: str, request: pytest.FixtureRequest) -> dict[str
 
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
-    values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.startswith(("SIM_", "DATABASE_", "REDIS_"))}
+    values: dict[str, Any] = {
+        k.lower(): v for k, v in env.items() if k.startswith(("SIM_", "DATABASE_", "REDIS_"))
+    }
     return Settings(_env_file=None, **values)

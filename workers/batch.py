@@ -20,7 +20,7 @@ from engine.pricing import ImportSpan, PriceBook
 from engine.strategies import MarketView, Strategy, make_strategy
 from simconfig import Settings
 from store import runs as store
-from store.db import is_retryable, retrying, translate
+from store.db import Conn, is_retryable, retrying, translate
 from store.fees import load_fees
 from store.runs import Claim, LoadedUser, RunWrite
 from workers.logs import get_logger
@@ -53,7 +53,7 @@ class BatchRunner:
         self.market = market
         self._fees: dict[str, FeeRule] | None = None
 
-    async def fees(self, conn: asyncpg.Connection) -> dict[str, FeeRule]:
+    async def fees(self, conn: Conn) -> dict[str, FeeRule]:
         if self._fees is None:
             self._fees = await load_fees(conn)
         return self._fees
@@ -107,7 +107,9 @@ class BatchRunner:
                     continue
                 strategies[user.user_id] = strategy
                 if strategy.lookback:
-                    times.add(slot - timedelta(seconds=strategy.lookback * self.market.params.tick_s))
+                    times.add(
+                        slot - timedelta(seconds=strategy.lookback * self.market.params.tick_s)
+                    )
             book.add_imported(await store.imported_prices(conn, book.import_points(times)))
             fees = await self.fees(conn)
             writes: list[RunWrite] = []
@@ -117,7 +119,9 @@ class BatchRunner:
                 try:
                     if isinstance(strategy_or_error, SimError):
                         raise strategy_or_error
-                    result = self._compute(user, slot_of[user.user_id], strategy_or_error, book, fees)
+                    result = self._compute(
+                        user, slot_of[user.user_id], strategy_or_error, book, fees
+                    )
                 except (SimError, KeyError) as exc:
                     failures.append((user, _describe(exc)))
                     continue
@@ -162,7 +166,7 @@ class BatchRunner:
         await retrying(record)
         return BatchOutcome(failed=[user_id])
 
-    async def _record_failure(self, conn: asyncpg.Connection, user_id: int, error: str) -> None:
+    async def _record_failure(self, conn: Conn, user_id: int, error: str) -> None:
         failures, paused = await store.record_failure(
             conn, user_id, error, self.settings.sim_retry_base_s, self.settings.sim_max_failures
         )

@@ -24,12 +24,15 @@ JOB_NAME = "run_batch"
 def encode_claims(claims: Sequence[Claim]) -> tuple[list[int], list[int]]:
     """A batch as two int lists (user ids, slots in Unix microseconds): small and exact."""
     ordered = sorted(claims, key=lambda c: c.user_id)
-    return [c.user_id for c in ordered], [(c.slot - _UNIX) // timedelta(microseconds=1) for c in ordered]
+    return [c.user_id for c in ordered], [
+        (c.slot - _UNIX) // timedelta(microseconds=1) for c in ordered
+    ]
 
 
 def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Claim]:
     return [
-        Claim(uid, _UNIX + timedelta(microseconds=us)) for uid, us in zip(user_ids, slots_us, strict=True)
+        Claim(uid, _UNIX + timedelta(microseconds=us))
+        for uid, us in zip(user_ids, slots_us, strict=True)
     ]
 
 
@@ -42,7 +45,9 @@ def job_id(user_ids: Sequence[int], slots_us: Sequence[int], lease_until: dateti
     return "sim:" + digest.hexdigest()[:32]
 
 
-async def run_batch(ctx: dict[str, Any], user_ids: list[int], slots_us: list[int]) -> dict[str, int]:
+async def run_batch(
+    ctx: dict[str, Any], user_ids: list[int], slots_us: list[int]
+) -> dict[str, int]:
     """The arq job: apply one batch of claimed slots."""
     runner: BatchRunner = ctx["runner"]
     outcome = await runner.run(decode_claims(user_ids, slots_us))

@@ -13,9 +13,13 @@ from simconfig import Settings
 def configure_logging(settings: Settings) -> None:
     """Configure structlog and the stdlib root logger (arq logs through it) once per process."""
     level = getattr(logging, settings.sim_log_level.upper())
-    as_json = settings.sim_log_json if settings.sim_log_json is not None else not sys.stderr.isatty()
+    as_json = (
+        settings.sim_log_json if settings.sim_log_json is not None else not sys.stderr.isatty()
+    )
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -28,7 +32,9 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s"
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

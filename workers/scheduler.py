@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 from arq import create_pool as create_redis
@@ -68,14 +69,17 @@ class Scheduler:
             limit = min(room, _MAX_BATCHES_PER_CLAIM) * s.sim_batch_size
             started = time.perf_counter()
             async with self.pool.acquire() as conn:
-                lease = await retrying(lambda: store.claim_due(conn, limit, s.sim_lease_s))
+                lease = await retrying(partial(store.claim_due, conn, limit, s.sim_lease_s))
             report.claim_ms += (time.perf_counter() - started) * 1000
             claims = lease.claims
             report.claimed += len(claims)
             for i in range(0, len(claims), s.sim_batch_size):
                 user_ids, slots_us = encode_claims(claims[i : i + s.sim_batch_size])
                 job = await self.redis.enqueue_job(
-                    JOB_NAME, user_ids, slots_us, _job_id=job_id(user_ids, slots_us, lease.until),
+                    JOB_NAME,
+                    user_ids,
+                    slots_us,
+                    _job_id=job_id(user_ids, slots_us, lease.until),
                     _queue_name=s.sim_queue_name,
                 )
                 if job is not None:
@@ -99,8 +103,11 @@ class Scheduler:
             report = await self.run_pass()
             if report.claimed:
                 log.info(
-                    "scheduler.pass", claimed=report.claimed, jobs=report.enqueued,
-                    queue_depth=report.queue_depth, claim_ms=round(report.claim_ms, 1),
+                    "scheduler.pass",
+                    claimed=report.claimed,
+                    jobs=report.enqueued,
+                    queue_depth=report.queue_depth,
+                    claim_ms=round(report.claim_ms, 1),
                 )
             if once or self._stopping.is_set():
                 return

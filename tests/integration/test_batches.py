@@ -13,7 +13,7 @@ import pytest
 
 from engine.market import Market
 from simconfig import Settings
-from store.db import create_pool
+from store.db import Conn, create_pool
 from store.ops import reconcile
 from store.runs import Claim, claim_due
 from store.sqlfiles import query
@@ -31,7 +31,7 @@ async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
     await pool.close()
 
 
-async def claims_of(conn: asyncpg.Connection) -> list[Claim]:
+async def claims_of(conn: Conn) -> list[Claim]:
     rows = await conn.fetch("SELECT id, sim_next_run_at FROM users ORDER BY id")
     return [Claim(r["id"], r["sim_next_run_at"]) for r in rows]
 
@@ -45,7 +45,10 @@ async def test_a_batch_applies_atomically_and_advances_the_slot(
     rows = await pg.fetch("SELECT sim_next_run_at, sim_run_count, sim_claimed_until FROM users")
     # The slot is far in the past, so the next one is now() + interval (one catch-up, not a storm).
     now = await pg.fetchval("SELECT now()")
-    assert all(r["sim_run_count"] == 1 and r["sim_next_run_at"] > now + timedelta(seconds=290) for r in rows)
+    assert all(
+        r["sim_run_count"] == 1 and r["sim_next_run_at"] > now + timedelta(seconds=290)
+        for r in rows
+    )
     assert await pg.fetchval("SELECT count(*) FROM trades WHERE NOT is_simulated") == 0
     assert await pg.fetchval("SELECT count(*) FROM trades") == outcome.trades > 100
     values = await pg.fetchval(
@@ -61,13 +64,17 @@ async def test_a_recent_slot_advances_by_exactly_the_interval(
     pg: asyncpg.Connection, runner: BatchRunner
 ) -> None:
     await seed_due(pg, 5)
-    slot = await pg.fetchval("UPDATE users SET sim_next_run_at = now() - interval '10 seconds' RETURNING sim_next_run_at")
+    slot = await pg.fetchval(
+        "UPDATE users SET sim_next_run_at = now() - interval '10 seconds' RETURNING sim_next_run_at"
+    )
     await runner.run(await claims_of(pg))
     nxt = await pg.fetch("SELECT sim_next_run_at FROM users")
     assert {r["sim_next_run_at"] for r in nxt} == {slot + timedelta(seconds=300)}
 
 
-async def test_duplicate_and_stale_jobs_write_nothing(pg: asyncpg.Connection, runner: BatchRunner) -> None:
+async def test_duplicate_and_stale_jobs_write_nothing(
+    pg: asyncpg.Connection, runner: BatchRunner
+) -> None:
     await seed_due(pg, 50, SLOT)
     claims = await claims_of(pg)
     first, again = await asyncio.gather(runner.run(claims), runner.run(claims))
@@ -115,7 +122,9 @@ async def test_a_user_the_core_refuses_does_not_stop_the_batch(
         "INSERT INTO withdrawals (user_id, asset, amount, status) VALUES ($1, 'BTC', 5, 'pending')",
         reserved_too_much,
     )
-    await pg.execute("UPDATE users SET sim_params = '{\"max_trades\": \"many\"}' WHERE id = $1", bad_params)
+    await pg.execute(
+        'UPDATE users SET sim_params = \'{"max_trades": "many"}\' WHERE id = $1', bad_params
+    )
     outcome = await runner.run(claims)
     assert sorted(outcome.failed) == sorted([reserved_too_much, bad_params])
     assert len(outcome.applied) == 18
@@ -151,26 +160,32 @@ async def test_a_database_failure_is_bisected_to_the_one_user_then_auto_paused(
         assert again.failed == [bad]
     finally:
         await pool.close()
-    row = await pg.fetchrow("SELECT sim_paused, sim_fail_count, sim_last_error FROM users WHERE id = $1", bad)
+    row = await pg.fetchrow(
+        "SELECT sim_paused, sim_fail_count, sim_last_error FROM users WHERE id = $1", bad
+    )
     assert row is not None and row["sim_paused"] and row["sim_fail_count"] == 2
     assert "refused by test" in row["sim_last_error"]
     audit = await pg.fetch("SELECT admin_key, details FROM admin_audit WHERE action = 'auto_pause'")
     assert [(a["admin_key"], a["details"]["failures"]) for a in audit] == [("engine", 2)]
 
 
-async def test_every_committed_run_is_notified(pg: asyncpg.Connection, runner: BatchRunner, db_url: str) -> None:
+async def test_every_committed_run_is_notified(
+    pg: asyncpg.Connection, runner: BatchRunner, db_url: str
+) -> None:
     await seed_due(pg, 30, SLOT)
     listener = await asyncpg.connect(db_url)
     payloads: list[dict[str, object]] = []
-    await listener.add_listener("sim_run", lambda *a: payloads.append(json.loads(a[3])))
+    heard_all = asyncio.Event()
+
+    def heard(*args: object) -> None:
+        payloads.append(json.loads(str(args[3])))
+        if len(payloads) == 30:
+            heard_all.set()
+
+    await listener.add_listener("sim_run", heard)
     try:
         outcome = await runner.run(await claims_of(pg))
-
-        async def all_heard() -> None:
-            while len(payloads) < 30:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(all_heard(), 10)
+        await asyncio.wait_for(heard_all.wait(), 10)
     finally:
         await listener.close()
     assert {p["run_id"] for p in payloads} == {run_id for run_id, _ in outcome.applied}
@@ -214,7 +229,9 @@ async def test_trades_are_identical_whatever_the_batching(
 
 async def test_the_claim_uses_the_due_index_on_200k_users(pg: asyncpg.Connection) -> None:
     await seed_due(pg, 200_000, holdings=False)
-    await pg.execute("UPDATE users SET sim_next_run_at = now() + interval '1 hour' WHERE id % 100 <> 0")
+    await pg.execute(
+        "UPDATE users SET sim_next_run_at = now() + interval '1 hour' WHERE id % 100 <> 0"
+    )
     await pg.execute("ANALYZE users")
     for name in ("claim_due", "materialize_null_slots"):
         args = (200, 60.0) if name == "claim_due" else (200,)

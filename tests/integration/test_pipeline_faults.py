@@ -40,7 +40,9 @@ async def test_three_schedulers_two_workers_run_every_slot_exactly_once(
 ) -> None:
     await seed_due(pg, 2000)
     env = {**env, "SIM_BATCH_SIZE": "50", "SIM_MAX_QUEUED_JOBS": "8"}
-    procs = [spawn(["scheduler"], env) for _ in range(3)] + [spawn(["worker"], env) for _ in range(2)]
+    procs = [spawn(["scheduler"], env) for _ in range(3)] + [
+        spawn(["worker"], env) for _ in range(2)
+    ]
     try:
         await wait_until(lambda: all_ran(pg, 2000), 120, "2,000 users to run")
     finally:
@@ -54,8 +56,13 @@ async def test_worker_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
 ) -> None:
     users = 3000
     await seed_due(pg, users)
-    env = {**env, "SIM_BATCH_SIZE": "25", "SIM_LEASE_S": "2", "SIM_WORKER_CONCURRENCY": "2",
-           "SIM_MAX_QUEUED_JOBS": "20"}
+    env = {
+        **env,
+        "SIM_BATCH_SIZE": "25",
+        "SIM_LEASE_S": "2",
+        "SIM_WORKER_CONCURRENCY": "2",
+        "SIM_MAX_QUEUED_JOBS": "20",
+    }
     scheduler = spawn(["scheduler"], env)
     try:
         done_before = 0
@@ -111,7 +118,9 @@ async def test_redis_flushed_between_scheduling_and_working(
     await assert_exactly_once_and_clean(pg, 500)
 
 
-async def test_sigterm_lets_the_worker_finish_cleanly(pg: asyncpg.Connection, env: dict[str, str]) -> None:
+async def test_sigterm_lets_the_worker_finish_cleanly(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
     await seed_due(pg, 2000)
     env = {**env, "SIM_BATCH_SIZE": "20", "SIM_LEASE_S": "2"}
     assert simctl(["scheduler", "--once"], env).returncode == 0

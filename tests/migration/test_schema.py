@@ -20,49 +20,115 @@ TS = "timestamp with time zone"
 # Contract section 2: table -> column -> type (columns we added may exist beside these).
 CONTRACT: dict[str, dict[str, str]] = {
     "users": {
-        "id": "bigint", "email": "text", "password_hash": "text", "full_name": "text",
-        "balance_usd": N20, "portfolio_value_usd": N20, "tax_id": "text", "is_active": "boolean",
-        "deleted_at": TS, "created_at": TS, "updated_at": TS, "sim_enabled": "boolean",
-        "sim_paused": "boolean", "sim_interval_s": "integer", "sim_next_run_at": TS,
-        "sim_last_run_at": TS, "sim_run_count": "bigint", "sim_strategy": "text", "sim_params": "jsonb",
+        "id": "bigint",
+        "email": "text",
+        "password_hash": "text",
+        "full_name": "text",
+        "balance_usd": N20,
+        "portfolio_value_usd": N20,
+        "tax_id": "text",
+        "is_active": "boolean",
+        "deleted_at": TS,
+        "created_at": TS,
+        "updated_at": TS,
+        "sim_enabled": "boolean",
+        "sim_paused": "boolean",
+        "sim_interval_s": "integer",
+        "sim_next_run_at": TS,
+        "sim_last_run_at": TS,
+        "sim_run_count": "bigint",
+        "sim_strategy": "text",
+        "sim_params": "jsonb",
     },
     "portfolio": {
-        "id": "bigint", "user_id": "bigint", "btc": N18, "eth": N18, "usdt": N18, "usdc": N18,
-        "xrp": N18, "ada": N18, "usd_value": N20, "updated_at": TS,
+        "id": "bigint",
+        "user_id": "bigint",
+        "btc": N18,
+        "eth": N18,
+        "usdt": N18,
+        "usdc": N18,
+        "xrp": N18,
+        "ada": N18,
+        "usd_value": N20,
+        "updated_at": TS,
     },
     "transactions": {
-        "id": "bigint", "user_id": "bigint", "type": "text", "amount": N20, "currency": "text",
-        "status": "text", "reference": "text", "description": "text", "created_at": TS,
+        "id": "bigint",
+        "user_id": "bigint",
+        "type": "text",
+        "amount": N20,
+        "currency": "text",
+        "status": "text",
+        "reference": "text",
+        "description": "text",
+        "created_at": TS,
     },
     "trades": {
-        "id": "bigint", "user_id": "bigint", "trade_type": "text", "asset": "text", "amount": N18,
-        "price_usd": N20, "total_usd": N20, "fee_usd": N20, "is_simulated": "boolean",
-        "balance_before": N20, "balance_after": N20, "sim_run_id": "bigint", "generated_at": TS,
+        "id": "bigint",
+        "user_id": "bigint",
+        "trade_type": "text",
+        "asset": "text",
+        "amount": N18,
+        "price_usd": N20,
+        "total_usd": N20,
+        "fee_usd": N20,
+        "is_simulated": "boolean",
+        "balance_before": N20,
+        "balance_after": N20,
+        "sim_run_id": "bigint",
+        "generated_at": TS,
         "created_at": TS,
     },
     "withdrawals": {
-        "id": "bigint", "user_id": "bigint", "asset": "text", "amount": N18, "address": "text",
-        "status": "text", "tx_hash": "text", "error_message": "text", "created_at": TS, "updated_at": TS,
+        "id": "bigint",
+        "user_id": "bigint",
+        "asset": "text",
+        "amount": N18,
+        "address": "text",
+        "status": "text",
+        "tx_hash": "text",
+        "error_message": "text",
+        "created_at": TS,
+        "updated_at": TS,
     },
     "contacts": {"id": "bigint", "email": "text", "created_at": TS},
     "testimonies": {"id": "bigint", "rating": "integer", "is_featured": "boolean"},
     "admin_audit": {
-        "id": "bigint", "admin_key": "text", "action": "text", "target_user_id": "bigint",
-        "details": "jsonb", "created_at": TS,
+        "id": "bigint",
+        "admin_key": "text",
+        "action": "text",
+        "target_user_id": "bigint",
+        "details": "jsonb",
+        "created_at": TS,
     },
     "sim_runs": {
-        "id": "bigint", "user_id": "bigint", "scheduled_for": TS, "started_at": TS,
-        "finished_at": TS, "outcome": "text", "trades_count": "integer",
+        "id": "bigint",
+        "user_id": "bigint",
+        "scheduled_for": TS,
+        "started_at": TS,
+        "finished_at": TS,
+        "outcome": "text",
+        "trades_count": "integer",
     },
     "price_history": {"asset": "text", "at": TS, "price_usd": N20, "source": "text"},
-    "fee_config": {"asset": "text", "fee_bps": "integer", "min_notional_usd": N20, "withdrawal_fee": N18},
+    "fee_config": {
+        "asset": "text",
+        "fee_bps": "integer",
+        "min_notional_usd": N20,
+        "withdrawal_fee": N18,
+    },
     "schema_migrations": {"version": "text", "checksum": "text"},
 }
 NAMED_INDEXES = {
-    "idx_users_email": "users", "idx_contacts_email": "contacts", "idx_user_portfolio": "portfolio",
-    "idx_user_withdrawals": "withdrawals", "idx_withdrawals_status": "withdrawals",
-    "idx_trades_user_id": "trades", "idx_trades_created_at": "trades",
-    "idx_trades_is_simulated": "trades", "idx_trades_user_date": "trades",
+    "idx_users_email": "users",
+    "idx_contacts_email": "contacts",
+    "idx_user_portfolio": "portfolio",
+    "idx_user_withdrawals": "withdrawals",
+    "idx_withdrawals_status": "withdrawals",
+    "idx_trades_user_id": "trades",
+    "idx_trades_created_at": "trades",
+    "idx_trades_is_simulated": "trades",
+    "idx_trades_user_date": "trades",
 }
 
 
@@ -133,12 +199,16 @@ async def test_constraints_reject_bad_rows(pg: asyncpg.Connection, statement: st
 
 
 async def test_email_is_stored_lower_case(pg: asyncpg.Connection) -> None:
-    email = await pg.fetchval("INSERT INTO users (email) VALUES ('  Mixed.Case@Example.COM') RETURNING email")
+    email = await pg.fetchval(
+        "INSERT INTO users (email) VALUES ('  Mixed.Case@Example.COM') RETURNING email"
+    )
     assert email == "mixed.case@example.com"
 
 
 async def test_migrate_twice_changes_nothing(pg: asyncpg.Connection) -> None:
-    before = await pg.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
+    before = await pg.fetch(
+        "SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1"
+    )
     report = await migrate(pg)
     assert report.applied == [] and len(report.already) == len(migrations())
     after = await pg.fetch("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY 1")
@@ -163,7 +233,9 @@ async def test_concurrent_migrate_on_an_empty_database_applies_once(db_url: str)
 
 
 async def test_a_changed_applied_migration_is_refused(pg: asyncpg.Connection) -> None:
-    changed = [replace(m, sql=m.sql + "\n-- edited") if m.version == "0001" else m for m in migrations()]
+    changed = [
+        replace(m, sql=m.sql + "\n-- edited") if m.version == "0001" else m for m in migrations()
+    ]
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(pg, changed)
 

@@ -20,7 +20,9 @@ from store.seed import seed_demo
 SIMCTL = [sys.executable, "-m", "simctl"]
 
 
-def simctl(args: Sequence[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def simctl(
+    args: Sequence[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run one simctl command to completion."""
     return subprocess.run(
         [*SIMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -33,7 +35,10 @@ class Proc:
     def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="simctl-", suffix=".log", delete=False)  # noqa: SIM115
         self.popen = subprocess.Popen(
-            [*SIMCTL, *args], env=env, stdout=subprocess.DEVNULL, stderr=self.log,
+            [*SIMCTL, *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
             start_new_session=True,
         )
 
@@ -73,18 +78,21 @@ def stop(proc: Proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 60, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], limit_s: float = 60, what: str = "condition"
 ) -> None:
-    """Poll a condition (every 50 ms) until it holds; fail naming it after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll a condition (every 50 ms) until it holds; fail naming it after `limit_s` seconds."""
+    deadline = time.monotonic() + limit_s
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
 async def seed_due(
-    conn: asyncpg.Connection, users: int, slot: datetime | None = None, seed: int = 3,
+    conn: asyncpg.Connection,
+    users: int,
+    slot: datetime | None = None,
+    seed: int = 3,
     holdings: bool = True,
 ) -> None:
     """`users` demo users, all due at `slot` (default: one minute ago), some holding crypto."""

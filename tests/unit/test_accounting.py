@@ -40,12 +40,23 @@ def states(draw: Any) -> UserState:
     return UserState(draw(st.integers(1, 10**9)), draw(usd), holdings, reserved)
 
 
-def run(state: UserState, prices: dict[str, Decimal], fee: FeeRule, strat: tuple[str, Any],
-        slot: datetime = SLOT, slippage_bps: int = 5) -> RunResult:
+def run(
+    state: UserState,
+    prices: dict[str, Decimal],
+    fee: FeeRule,
+    strat: tuple[str, Any],
+    slot: datetime = SLOT,
+    slippage_bps: int = 5,
+) -> RunResult:
     history = MarketView(prices=prices, history=lambda a, k: prices[a] * Decimal("0.9"))
     return apply_run(
-        state, prices, dict.fromkeys(ASSETS, fee), make_strategy(*strat), run_stream(7, state.user_id, slot),
-        slippage_bps=slippage_bps, market=history,
+        state,
+        prices,
+        dict.fromkeys(ASSETS, fee),
+        make_strategy(*strat),
+        run_stream(7, state.user_id, slot),
+        slippage_bps=slippage_bps,
+        market=history,
     )
 
 
@@ -56,9 +67,15 @@ def test_money_rules_hold_for_any_state(
 ) -> None:
     result = run(state, prices, fee, strat)
     # Balance change equals the sum of ledger amounts; each trade's delta is its ledger amount.
-    assert result.balance_usd - state.balance_usd == sum((f.delta for f in result.fills), Decimal(0))
+    assert result.balance_usd - state.balance_usd == sum(
+        (f.delta for f in result.fills), Decimal(0)
+    )
     for fill in result.fills:
-        expected = -(fill.total_usd + fill.fee_usd) if fill.side == "buy" else fill.total_usd - fill.fee_usd
+        expected = (
+            -(fill.total_usd + fill.fee_usd)
+            if fill.side == "buy"
+            else fill.total_usd - fill.fee_usd
+        )
         assert fill.balance_after - fill.balance_before == expected
         assert fill.total_usd >= fee.min_notional_usd  # nothing below the minimum notional
         assert fill.amount == fill.amount.quantize(Decimal("0.00000001"))
@@ -67,7 +84,8 @@ def test_money_rules_hold_for_any_state(
     for a in ASSETS:
         assert result.holdings[a] >= state.reserved[a]  # reserved crypto is never sold
         moved = sum(
-            (f.amount if f.side == "buy" else -f.amount for f in result.fills if f.asset == a), Decimal(0)
+            (f.amount if f.side == "buy" else -f.amount for f in result.fills if f.asset == a),
+            Decimal(0),
         )
         assert result.holdings[a] == state.holdings[a] + moved
     # Same inputs, identical outputs.
@@ -90,10 +108,19 @@ def test_value_is_conserved_up_to_fees_and_slippage(
 
 
 def test_random_strategy_trades_and_loses_only_to_the_market() -> None:
-    prices = {a: Decimal(p) for a, p in zip(ASSETS, ["65000", "3200", "1", "1", "0.5", "0.4"], strict=True)}
-    state = UserState(1, Decimal("10000"), dict.fromkeys(ASSETS, Decimal(1)), dict.fromkeys(ASSETS, Decimal(0)))
+    prices = {
+        a: Decimal(p)
+        for a, p in zip(ASSETS, ["65000", "3200", "1", "1", "0.5", "0.4"], strict=True)
+    }
+    state = UserState(
+        1, Decimal("10000"), dict.fromkeys(ASSETS, Decimal(1)), dict.fromkeys(ASSETS, Decimal(0))
+    )
     counts = [
-        len(run(state, prices, FeeRule(10, Decimal(1)), ("random", {}), SLOT + timedelta(minutes=i)).fills)
+        len(
+            run(
+                state, prices, FeeRule(10, Decimal(1)), ("random", {}), SLOT + timedelta(minutes=i)
+            ).fills
+        )
         for i in range(200)
     ]
     assert 0 in counts and max(counts) == 3 and sum(counts) > 150
@@ -101,11 +128,18 @@ def test_random_strategy_trades_and_loses_only_to_the_market() -> None:
 
 def test_different_slots_give_different_runs_same_slot_the_same() -> None:
     prices = dict.fromkeys(ASSETS, Decimal("10"))
-    state = UserState(5, Decimal("10000"), dict.fromkeys(ASSETS, Decimal(10)), dict.fromkeys(ASSETS, Decimal(0)))
+    state = UserState(
+        5, Decimal("10000"), dict.fromkeys(ASSETS, Decimal(10)), dict.fromkeys(ASSETS, Decimal(0))
+    )
     fee = FeeRule(10, Decimal(1))
-    runs = {run(state, prices, fee, ("random", {"max_trades": 5}), SLOT + timedelta(seconds=i)).fills for i in range(20)}
+    runs = {
+        run(state, prices, fee, ("random", {"max_trades": 5}), SLOT + timedelta(seconds=i)).fills
+        for i in range(20)
+    }
     assert len(runs) > 10
-    assert run(state, prices, fee, ("random", {}), SLOT) == run(state, prices, fee, ("random", {}), SLOT)
+    assert run(state, prices, fee, ("random", {}), SLOT) == run(
+        state, prices, fee, ("random", {}), SLOT
+    )
 
 
 def test_reserved_more_than_held_is_refused() -> None:
@@ -122,9 +156,13 @@ def test_negative_holding_is_refused() -> None:
 
 def test_a_tampered_result_is_caught() -> None:
     state = UserState(1, Decimal(1000), dict.fromkeys(ASSETS, Decimal(0)), {})
-    result = run(state, dict.fromkeys(ASSETS, Decimal(1)), FeeRule(10, Decimal(1)), ("dca", {"usd": "100"}))
+    result = run(
+        state, dict.fromkeys(ASSETS, Decimal(1)), FeeRule(10, Decimal(1)), ("dca", {"usd": "100"})
+    )
     assert result.fills
-    forged = RunResult(result.user_id, result.fills, result.balance_usd + 1, result.holdings, result.value_usd)
+    forged = RunResult(
+        result.user_id, result.fills, result.balance_usd + 1, result.holdings, result.value_usd
+    )
     with pytest.raises(InvariantViolation):
         check_result(state, forged)
 

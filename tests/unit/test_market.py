@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -33,7 +34,9 @@ def test_start_prices_at_the_epoch_and_seed_matters() -> None:
     m = market()
     assert m.price("BTC", 0) == Decimal("65000")
     assert market(seed=1).price("BTC", 500) != market(seed=2).price("BTC", 500)
-    assert all(p > 0 and p == p.quantize(Decimal("0.00000001")) for p in m.prices_at(12345).values())
+    assert all(
+        p > 0 and p == p.quantize(Decimal("0.00000001")) for p in m.prices_at(12345).values()
+    )
 
 
 def test_tick_of_and_tick_time() -> None:
@@ -48,7 +51,7 @@ def test_volatile_assets_have_the_stated_volatility_zero_drift_and_fat_tails(ass
     m = market()
     n = 20_000  # hourly ticks: 2.3 years
     logs = [math.log(m.price(asset, t)) for t in range(n + 1)]
-    returns = [b - a for a, b in zip(logs, logs[1:], strict=False)]
+    returns = [b - a for a, b in itertools.pairwise(logs)]
     per_year = SECONDS_PER_YEAR / 3600
     vol = statistics.pstdev(returns) * math.sqrt(per_year)
     target = float(DEFAULT_ASSET_PARAMS[asset].annual_vol)
