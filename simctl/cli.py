@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
-from collections.abc import Callable, Coroutine
-from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
-from simconfig import Settings, SettingsError, load_settings
-from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable
-
-T = TypeVar("T")
+from simctl.common import Exit, err, out, print_json, run_async, settings
+from store.errors import Refused, Unavailable
 
 app = typer.Typer(
     name="simctl",
@@ -31,47 +24,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 
-class Exit(Exception):
-    """Stop with a one-line message and an exit code."""
+def _register() -> None:
+    from simctl import prices, report, users, withdrawals
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise Exit(2, str(exc)) from None
-
-
-def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, mapping the project's errors to exit codes and one line."""
-    try:
-        return asyncio.run(coro_fn())
-    except Unavailable as exc:
-        raise Exit(2, str(exc)) from None
-    except (NotFound, Refused, MigrationError) as exc:
-        raise Exit(1, str(exc)) from None
-    except StoreError as exc:
-        raise Exit(1, str(exc)) from None
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
-def print_json(data: object) -> None:
-    out.print(json.dumps(data, default=_json_default, indent=2), markup=False)
+    app.add_typer(users.app, name="users")
+    app.add_typer(withdrawals.app, name="withdrawals")
+    app.add_typer(prices.app, name="prices")
+    app.command("report")(report.report)
 
 
 # -- migrate ----------------------------------------------------------------------------------
@@ -340,6 +301,9 @@ def reconcile(
             out.print("clean: every balance and holding matches the ledger")
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
+
+
+_register()
 
 
 def fail(code: int, message: str) -> NoReturn:

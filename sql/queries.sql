@@ -267,3 +267,162 @@ SELECT * FROM expected
     OR usdc <> exp_usdc OR xrp <> exp_xrp OR ada <> exp_ada
     OR (has_portfolio AND usd_value <> portfolio_value_usd)
  ORDER BY id
+
+-- user_snapshot --
+-- A user's row as operators see it, locked for the change that follows (one user at a time, so
+-- no lock-order concerns beside the workers' id order).
+SELECT u.id, u.email, u.full_name, u.balance_usd, u.portfolio_value_usd, u.is_active, u.deleted_at,
+       u.sim_enabled, u.sim_paused, u.sim_interval_s, u.sim_next_run_at, u.sim_strategy,
+       u.sim_params, u.sim_fail_count, u.sim_last_error
+  FROM users u WHERE u.id = $1 FOR UPDATE
+
+-- create_user --
+WITH u AS (
+    INSERT INTO users (email, full_name, password_hash, balance_usd, sim_enabled, sim_interval_s,
+                       sim_strategy)
+    VALUES ($1, $2, NULL, $3, $4, $5, $6)
+    RETURNING id, balance_usd
+), p AS (
+    INSERT INTO portfolio (user_id) SELECT id FROM u
+), t AS (
+    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
+    SELECT id, 'deposit', balance_usd, 'USD', 'completed', 'simctl', 'opening deposit'
+      FROM u WHERE balance_usd > 0
+)
+SELECT id FROM u
+
+-- set_sim_flags --
+-- enable/disable/pause/resume/set-interval/set-strategy: the lease and the failure count are
+-- cleared so a resumed user is claimed at its next due slot, not after an old lease or backoff.
+UPDATE users
+   SET sim_enabled = coalesce($2, sim_enabled),
+       sim_paused = coalesce($3, sim_paused),
+       sim_interval_s = coalesce($4, sim_interval_s),
+       sim_strategy = CASE WHEN $5::text IS NULL THEN sim_strategy ELSE $5 END,
+       sim_params = coalesce($6::jsonb, sim_params),
+       sim_claimed_until = NULL,
+       sim_fail_count = CASE WHEN $3 IS FALSE THEN 0 ELSE sim_fail_count END,
+       updated_at = now()
+ WHERE id = $1
+
+-- move_usd --
+-- A deposit or an audited USD adjustment: the ledger row and the balance together.
+WITH t AS (
+    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
+    VALUES ($1, $2, $3, 'USD', 'completed', $4, $5)
+    RETURNING id
+)
+UPDATE users SET balance_usd = balance_usd + $3, updated_at = now()
+ WHERE id = $1
+RETURNING balance_usd, (SELECT id FROM t) AS transaction_id
+
+-- soft_delete --
+UPDATE users SET deleted_at = now(), sim_claimed_until = NULL, updated_at = now()
+ WHERE id = $1 AND deleted_at IS NULL
+
+-- holdings_for_update --
+SELECT btc, eth, usdt, usdc, xrp, ada, usd_value FROM portfolio WHERE user_id = $1 FOR UPDATE
+
+-- reserved_of_user --
+SELECT coalesce(sum(amount), 0) FROM withdrawals
+ WHERE user_id = $1 AND asset = $2 AND status IN ('pending', 'processing')
+
+-- list_users --
+SELECT id, email, full_name, balance_usd, portfolio_value_usd, sim_enabled, sim_paused,
+       sim_strategy, sim_interval_s, sim_next_run_at, sim_run_count, deleted_at IS NOT NULL AS deleted
+  FROM users
+ WHERE ($1::text IS NULL OR email LIKE '%' || lower($1) || '%' OR full_name ILIKE '%' || $1 || '%')
+   AND ($2::bool IS NULL OR sim_enabled = $2)
+   AND ($3::bool IS NULL OR sim_paused = $3)
+   AND ($4::bool OR deleted_at IS NULL)
+ ORDER BY id
+ LIMIT $5 OFFSET $6
+
+-- user_overview --
+SELECT (SELECT coalesce(sum(amount), 0) FROM transactions
+         WHERE user_id = $1 AND status = 'completed' AND type = 'deposit') AS deposits_usd,
+       (SELECT coalesce(sum(amount), 0) FROM transactions
+         WHERE user_id = $1 AND status = 'completed' AND type IN ('buy', 'sell', 'trade')) AS traded_usd,
+       (SELECT coalesce(sum(fee_usd), 0) FROM trades WHERE user_id = $1) AS fees_usd,
+       (SELECT coalesce(json_agg(r ORDER BY r.scheduled_for DESC), '[]'::json) FROM (
+            SELECT id, scheduled_for, outcome, trades_count FROM sim_runs
+             WHERE user_id = $1 ORDER BY scheduled_for DESC LIMIT 5) r) AS last_runs
+
+-- withdrawal_for_update --
+SELECT w.id, w.user_id, w.asset, w.amount, w.status FROM withdrawals w WHERE w.id = $1 FOR UPDATE
+
+-- insert_withdrawal --
+INSERT INTO withdrawals (user_id, asset, amount, address, status)
+VALUES ($1, $2, $3, $4, 'pending')
+RETURNING id
+
+-- set_withdrawal_status --
+UPDATE withdrawals
+   SET status = $2, tx_hash = coalesce($3, tx_hash), error_message = coalesce($4, error_message),
+       updated_at = now()
+ WHERE id = $1
+
+-- list_withdrawals --
+SELECT id, user_id, asset, amount, address, status, tx_hash, error_message, created_at, updated_at
+  FROM withdrawals
+ WHERE ($1::bigint IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)
+ ORDER BY id DESC LIMIT $3
+
+-- change_holding --
+-- Adds $3 (signed) to one asset's holding; the column is chosen by CASE, never by interpolating
+-- an identifier. The check (>= 0) refuses a change that would go negative.
+UPDATE portfolio
+   SET btc = btc + CASE WHEN $2 = 'BTC' THEN $3::numeric ELSE 0 END,
+       eth = eth + CASE WHEN $2 = 'ETH' THEN $3::numeric ELSE 0 END,
+       usdt = usdt + CASE WHEN $2 = 'USDT' THEN $3::numeric ELSE 0 END,
+       usdc = usdc + CASE WHEN $2 = 'USDC' THEN $3::numeric ELSE 0 END,
+       xrp = xrp + CASE WHEN $2 = 'XRP' THEN $3::numeric ELSE 0 END,
+       ada = ada + CASE WHEN $2 = 'ADA' THEN $3::numeric ELSE 0 END,
+       updated_at = now()
+ WHERE user_id = $1
+RETURNING btc, eth, usdt, usdc, xrp, ada
+
+-- user_row --
+SELECT u.id, u.email, u.full_name, u.balance_usd, u.portfolio_value_usd, u.is_active, u.deleted_at,
+       u.sim_enabled, u.sim_paused, u.sim_interval_s, u.sim_next_run_at, u.sim_strategy,
+       u.sim_params, u.sim_fail_count, u.sim_last_error
+  FROM users u WHERE u.id = $1
+
+-- holdings_row --
+SELECT btc, eth, usdt, usdc, xrp, ada, usd_value FROM portfolio WHERE user_id = $1
+
+-- stored_ticks --
+SELECT h.asset, h.at, h.price_usd, h.source
+  FROM price_history h
+  JOIN unnest($1::text[], $2::timestamptz[]) AS q(asset, at) ON h.asset = q.asset AND h.at = q.at
+
+-- model_price_in_span --
+-- The first model tick whose interval [at, at + tick) meets the span ($2 is first - tick).
+SELECT at FROM price_history
+ WHERE asset = $1 AND source = 'model' AND at > $2 AND at <= $3
+ ORDER BY at LIMIT 1
+
+-- insert_imported_ticks --
+INSERT INTO price_history (asset, at, price_usd, source)
+SELECT a, t, p, 'import' FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS x(a, t, p)
+
+-- upsert_import_span --
+INSERT INTO price_import_spans (asset, first_at, last_at) VALUES ($1, $2, $3)
+ON CONFLICT (asset) DO UPDATE SET first_at = EXCLUDED.first_at, last_at = EXCLUDED.last_at
+
+-- show_prices --
+SELECT asset, at, price_usd, source FROM price_history
+ WHERE asset = $1 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at <= $3)
+ ORDER BY at DESC LIMIT $4
+
+-- equity_curve --
+-- A user's runs in slot order with the trades of each (for `simctl report`).
+SELECT r.id, r.scheduled_for,
+       coalesce(json_agg(json_build_object(
+           'side', t.trade_type, 'asset', t.asset, 'amount', t.amount::text,
+           'price', t.price_usd::text, 'before', t.balance_before::text,
+           'after', t.balance_after::text) ORDER BY t.id)
+         FILTER (WHERE t.id IS NOT NULL), '[]'::json) AS trades
+  FROM sim_runs r LEFT JOIN trades t ON t.sim_run_id = r.id
+ WHERE r.user_id = $1
+ GROUP BY r.id ORDER BY r.scheduled_for

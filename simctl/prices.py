@@ -1,0 +1,95 @@
+"""simctl prices: import real ticks, show stored ones."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from simctl.common import Exit, print_json, run_async, settings
+from store.db import connection
+from store.errors import Refused
+
+app = typer.Typer(help="Imported and model prices in price_history.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path, typer.Argument(help="CSV with header asset,at,price_usd (ISO 8601 times).")
+    ],
+) -> None:
+    """Import real ticks, all or nothing. A slot inside an asset's imported span (first to last
+    imported tick) is priced at the latest imported tick at or before it instead of the model.
+
+    Refused (exit 1, naming the line): a bad row, a tick that differs from a stored one, or a
+    span covering model prices already written. Re-importing identical ticks changes nothing.
+    A missing or unreadable file: exit 2.
+
+    Example: simctl prices import btc-2024-03.csv
+    """
+    from store.prices import import_ticks, parse_csv
+
+    s = settings()
+    try:
+        with file.open(encoding="utf-8", newline="") as fh:
+            text = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Exit(2, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        ticks = parse_csv(text)
+    except Refused as exc:
+        raise Exit(1, f"{file}: {exc}; nothing imported") from None
+
+    async def go() -> Any:
+        async with connection(s.database_url) as conn:
+            try:
+                return await import_ticks(conn, ticks, s.sim_tick_s)
+            except Refused as exc:
+                raise Refused(f"{file}: {exc}; nothing imported") from None
+
+    report = run_async(go)
+    print_json(
+        {
+            "inserted": report.inserted,
+            "unchanged": report.unchanged,
+            "spans": {a: {"first": f, "last": t} for a, (f, t) in report.spans.items()},
+        }
+    )
+
+
+@app.command()
+def show(
+    asset: Annotated[str, typer.Argument(help="BTC, ETH, USDT, USDC, XRP or ADA.")],
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="ISO time, e.g. 2026-11-01T00:00:00+00:00.")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option("--until", help="ISO time.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000)] = 100,
+) -> None:
+    """Stored prices of an asset, newest first (model ticks and imports, with their source).
+
+    Example: simctl prices show BTC --since 2026-11-25T00:00:00+00:00 --limit 10
+    """
+    from store.admin import parse_asset
+    from store.prices import show_prices
+
+    s = settings()
+    try:
+        checked = parse_asset(asset)
+    except Refused as exc:
+        raise Exit(1, str(exc)) from None
+
+    async def go() -> list[dict[str, object]]:
+        async with connection(s.database_url) as conn:
+            return await show_prices(conn, checked, _aware(since), _aware(until), limit)
+
+    print_json(run_async(go))
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise Exit(2, f"{value.isoformat()} needs a time zone (e.g. +00:00)")
+    return value

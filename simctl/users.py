@@ -1,0 +1,281 @@
+"""simctl users: create, show, list and steer users. Every change needs an admin key and writes
+admin_audit with the key's fingerprint (never the key) in the same transaction as the change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import typer
+
+from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from store.db import Conn, connection
+from store.errors import Refused
+
+app = typer.Typer(
+    help="Create, show, list and steer users. USER is a numeric id or an email.\n\n"
+    "Every change needs an admin key (--admin-key or SIM_ADMIN_KEY) whose SHA-256 is in "
+    "SIM_ADMIN_KEYS_SHA256, and is audited.",
+    no_args_is_help=True,
+)
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).", show_default=False),
+]
+UserArg = Annotated[str, typer.Argument(help="User id or email.")]
+
+
+def _change(user: str, key: str | None, action: Callable[[Conn, str, int], Awaitable[Any]]) -> None:
+    s = settings()
+    actor = admin_fingerprint(s, key)
+
+    async def go() -> Any:
+        from store.ops import resolve_user
+
+        async with connection(s.database_url) as conn:
+            uid = await resolve_user(conn, user)
+            return await action(conn, actor, uid)
+
+    result = run_async(go)
+    print_json(result)
+
+
+@app.command()
+def create(
+    email: Annotated[str, typer.Argument(help="Email (stored lower-case, unique in any case).")],
+    name: Annotated[str, typer.Option("--name", help="Full name.")] = "",
+    deposit: Annotated[str, typer.Option("--deposit", help="Opening deposit in USD.")] = "0",
+    enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Simulation on.")] = True,
+    interval_s: Annotated[
+        int, typer.Option("--interval-s", min=1, help="Seconds between runs.")
+    ] = 300,
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="random, rebalance, dca, momentum.")
+    ] = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """Create a user with a portfolio row and an opening deposit (ledger row included).
+
+    Example: simctl users create ana@example.com --name "Ana Silva" --deposit 2500
+    """
+    from store.admin import create_user, parse_amount
+
+    s = settings()
+    actor = admin_fingerprint(s, admin_key)
+
+    async def go() -> int:
+        amount = parse_amount(deposit, "deposit") if deposit.strip() not in ("0", "") else None
+        async with connection(s.database_url) as conn:
+            from decimal import Decimal
+
+            return await create_user(
+                conn, actor, email, name, amount or Decimal(0), enable, interval_s, strategy
+            )
+
+    uid = run_async(go)
+    print_json({"id": uid})
+
+
+@app.command()
+def show(user: UserArg) -> None:
+    """Balances, holdings, value, P&L since the first deposit and the last runs.
+
+    Example: simctl users show ana@example.com
+    """
+    s = settings()
+
+    async def go() -> dict[str, Any]:
+        from store.admin import show_user
+        from store.ops import resolve_user
+
+        async with connection(s.database_url) as conn:
+            return await show_user(conn, await resolve_user(conn, user))
+
+    print_json(run_async(go))
+
+
+@app.command("list")
+def list_(
+    search: Annotated[
+        str | None, typer.Option("--search", help="Part of an email or name.")
+    ] = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enabled/--disabled", help="Filter on sim_enabled.")
+    ] = None,
+    paused: Annotated[
+        bool | None, typer.Option("--paused/--running", help="Filter on sim_paused.")
+    ] = None,
+    deleted: Annotated[
+        bool, typer.Option("--include-deleted", help="Also soft-deleted users.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List users, filtered and paged.
+
+    Example: simctl users list --search silva --paused --limit 20
+    """
+    s = settings()
+
+    async def go() -> list[dict[str, Any]]:
+        from store.admin import list_users
+
+        async with connection(s.database_url) as conn:
+            return await list_users(conn, search, enabled, paused, deleted, limit, offset)
+
+    rows = run_async(go)
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        state = (
+            "deleted"
+            if r["deleted"]
+            else "paused"
+            if r["sim_paused"]
+            else "on"
+            if r["sim_enabled"]
+            else "off"
+        )
+        out.print(f"{r['id']:>8}  {r['email']:<40} {r['balance_usd']:>20}  {state}", markup=False)
+
+
+def _flag_command(name: str, doc: str, **flags: Any) -> None:
+    def command(user: UserArg, admin_key: KeyOpt = None) -> None:
+        from store.admin import set_flags
+
+        _change(user, admin_key, lambda c, a, u: set_flags(c, a, name, u, **flags))
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_flag_command("enable", "Switch simulation on.\n\nExample: simctl users enable 42", enabled=True)
+_flag_command(
+    "disable", "Switch simulation off.\n\nExample: simctl users disable 42", enabled=False
+)
+_flag_command(
+    "pause", "Pause simulation (keeps it enabled).\n\nExample: simctl users pause 42", paused=True
+)
+_flag_command(
+    "resume",
+    "Resume a paused user (also one auto-paused after failures).\n\nExample: simctl users resume 42",
+    paused=False,
+)
+
+
+@app.command("set-interval")
+def set_interval(
+    user: UserArg,
+    seconds: Annotated[int, typer.Argument(min=1, help="Seconds between runs.")],
+    admin_key: KeyOpt = None,
+) -> None:
+    """Change the seconds between a user's runs (from the next slot on).
+
+    Example: simctl users set-interval 42 600
+    """
+    from store.admin import set_flags
+
+    _change(user, admin_key, lambda c, a, u: set_flags(c, a, "set_interval", u, interval_s=seconds))
+
+
+@app.command("set-strategy")
+def set_strategy(
+    user: UserArg,
+    name: Annotated[str, typer.Argument(help="random, rebalance, dca or momentum.")],
+    params: Annotated[
+        str, typer.Option("--params", help="Strategy parameters as a JSON object.")
+    ] = "{}",
+    admin_key: KeyOpt = None,
+) -> None:
+    """Choose what a user's runs trade. A strategy decides orders, never prices or outcomes.
+
+    Example: simctl users set-strategy 42 dca --params '{"usd": "50", "assets": ["BTC"]}'
+    """
+    from store.admin import set_flags
+
+    try:
+        parsed = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise Exit(2, f"--params is not JSON: {exc.msg}") from None
+    if not isinstance(parsed, dict):
+        raise Exit(2, "--params must be a JSON object")
+    _change(
+        user,
+        admin_key,
+        lambda c, a, u: set_flags(c, a, "set_strategy", u, strategy=name, params=parsed),
+    )
+
+
+@app.command()
+def deposit(
+    user: UserArg,
+    amount: Annotated[str, typer.Argument(help="USD, positive, at most 8 decimals.")],
+    admin_key: KeyOpt = None,
+) -> None:
+    """Credit USD with a completed deposit transaction.
+
+    Example: simctl users deposit 42 1000.50
+    """
+    from store.admin import move_usd, parse_amount
+
+    value = _amount(parse_amount, amount, "amount")
+    _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "deposit", None))
+
+
+@app.command()
+def adjust(
+    user: UserArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (required, audited).")],
+    usd: Annotated[str | None, typer.Option("--usd", help="Signed USD change.")] = None,
+    asset: Annotated[str | None, typer.Option("--asset", help="Asset of a holding change.")] = None,
+    amount: Annotated[str | None, typer.Option("--amount", help="Signed holding change.")] = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """Audited correction of the USD balance (--usd) or of one holding (--asset and --amount).
+
+    Example: simctl users adjust 42 --usd -12.5 --reason "duplicate deposit"
+    Example: simctl users adjust 42 --asset BTC --amount 0.01 --reason "airdrop"
+    """
+    from store.admin import adjust_holding, move_usd, parse_amount, parse_asset
+
+    if not reason.strip():
+        raise Exit(2, "--reason must not be empty")
+    if (usd is None) == (asset is None):
+        raise Exit(2, "give either --usd, or --asset with --amount")
+    if usd is not None:
+        value = _amount(lambda t, w: parse_amount(t, w, signed=True), usd, "--usd")
+        _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "adjustment", reason))
+        return
+    if amount is None:
+        raise Exit(2, "--asset needs --amount")
+    checked = _asset(parse_asset, asset or "")
+    delta = _amount(lambda t, w: parse_amount(t, w, signed=True), amount, "--amount")
+    _change(user, admin_key, lambda c, a, u: adjust_holding(c, a, u, checked, delta, reason))
+
+
+@app.command()
+def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
+    """Soft-delete a user (deleted_at is set; rows are kept; simulation stops).
+
+    Example: simctl users delete ana@example.com
+    """
+    from store.admin import soft_delete
+
+    _change(user, admin_key, soft_delete)
+
+
+def _amount(parse: Callable[[str, str], Any], text: str, what: str) -> Any:
+    try:
+        return parse(text, what)
+    except Refused as exc:
+        raise Exit(1, str(exc)) from None
+
+
+def _asset(parse: Callable[[str], str], text: str) -> str:
+    try:
+        return parse(text)
+    except Refused as exc:
+        raise Exit(1, str(exc)) from None

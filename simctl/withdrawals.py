@@ -1,0 +1,139 @@
+"""simctl withdrawals: request (reserves crypto), process, complete, fail, list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from store.db import connection
+from store.errors import Refused
+
+app = typer.Typer(
+    help="Crypto withdrawals: pending → processing → completed | failed. A request reserves the "
+    "crypto (the engine never sells it); completion removes it from the holding; failure releases it.",
+    no_args_is_help=True,
+)
+KeyOpt = Annotated[
+    str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
+]
+
+
+@app.command()
+def request(
+    user: Annotated[str, typer.Argument(help="User id or email.")],
+    asset: Annotated[str, typer.Argument(help="BTC, ETH, USDT, USDC, XRP or ADA.")],
+    amount: Annotated[str, typer.Argument(help="Amount leaving the holding (the fee included).")],
+    address: Annotated[str, typer.Option("--address", help="Destination address.")],
+    admin_key: KeyOpt = None,
+) -> None:
+    """Request a withdrawal and reserve its crypto.
+
+    Example: simctl withdrawals request 42 BTC 0.01 --address bc1qexample
+    """
+    from store.admin import parse_amount, parse_asset, request_withdrawal
+    from store.ops import resolve_user
+
+    s = settings()
+    actor = admin_fingerprint(s, admin_key)
+    try:
+        checked, value = parse_asset(asset), parse_amount(amount)
+    except Refused as exc:
+        raise Exit(1, str(exc)) from None
+    if not address.strip():
+        raise Exit(2, "--address must not be empty")
+
+    async def go() -> int:
+        async with connection(s.database_url) as conn:
+            uid = await resolve_user(conn, user)
+            return await request_withdrawal(conn, actor, uid, checked, value, address)
+
+    print_json({"withdrawal_id": run_async(go), "status": "pending"})
+
+
+def _step(
+    step: str,
+    withdrawal_id: int,
+    key: str | None,
+    tx_hash: str | None = None,
+    error: str | None = None,
+) -> None:
+    from store.admin import move_withdrawal
+
+    s = settings()
+    actor = admin_fingerprint(s, key)
+
+    async def go() -> dict[str, Any]:
+        async with connection(s.database_url) as conn:
+            return await move_withdrawal(conn, actor, withdrawal_id, step, tx_hash, error)
+
+    print_json(run_async(go))
+
+
+WidArg = Annotated[int, typer.Argument(min=1, help="Withdrawal id.")]
+
+
+@app.command()
+def process(withdrawal_id: WidArg, admin_key: KeyOpt = None) -> None:
+    """pending → processing.
+
+    Example: simctl withdrawals process 7
+    """
+    _step("process", withdrawal_id, admin_key)
+
+
+@app.command()
+def complete(
+    withdrawal_id: WidArg,
+    tx_hash: Annotated[
+        str | None, typer.Option("--tx-hash", help="On-chain transaction hash.")
+    ] = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """processing → completed: the crypto leaves the holding (fee from fee_config recorded).
+
+    Example: simctl withdrawals complete 7 --tx-hash 0xabc
+    """
+    _step("complete", withdrawal_id, admin_key, tx_hash=tx_hash)
+
+
+@app.command()
+def fail(
+    withdrawal_id: WidArg,
+    error: Annotated[str, typer.Option("--error", help="Why it failed (stored as error_message).")],
+    admin_key: KeyOpt = None,
+) -> None:
+    """pending|processing → failed: the reservation is released.
+
+    Example: simctl withdrawals fail 7 --error "address rejected"
+    """
+    _step("fail", withdrawal_id, admin_key, error=error)
+
+
+@app.command("list")
+def list_(
+    user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, processing, completed, failed.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+) -> None:
+    """List withdrawals, newest first.
+
+    Example: simctl withdrawals list --status pending
+    """
+    from store.admin import list_withdrawals
+
+    if status is not None and status not in ("pending", "processing", "completed", "failed"):
+        raise Exit(2, f"--status must be pending, processing, completed or failed, not {status!r}")
+    s = settings()
+
+    async def go() -> list[dict[str, Any]]:
+        async with connection(s.database_url) as conn:
+            return await list_withdrawals(conn, user, status, limit)
+
+    rows = run_async(go)
+    print_json(rows)
+    if not rows:
+        out.print("no withdrawals", style="dim")

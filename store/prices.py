@@ -1,0 +1,130 @@
+"""Imported price history: all or nothing, never rewriting a price a run may have used."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from engine.assets import ASSETS
+from store.db import Conn
+from store.errors import Refused
+from store.runs import PRICE_IMPORT_LOCK
+from store.sqlfiles import query
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    line: int
+    asset: str
+    at: datetime
+    price_usd: Decimal
+
+
+def parse_csv(lines: Iterable[str]) -> list[Tick]:
+    """Rows of `asset,at,price_usd` (ISO 8601 times with a zone); Refused naming the first bad line."""
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or [h.strip().lower() for h in header] != ["asset", "at", "price_usd"]:
+        raise Refused("line 1: the header must be asset,at,price_usd")
+    ticks: list[Tick] = []
+    seen: dict[tuple[str, datetime], int] = {}
+    for number, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 3:
+            raise Refused(f"line {number}: expected 3 fields, found {len(row)}")
+        asset = row[0].strip().upper()
+        if asset not in ASSETS:
+            raise Refused(f"line {number}: unknown asset {row[0].strip()!r}")
+        try:
+            at = datetime.fromisoformat(row[1].strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise Refused(f"line {number}: {row[1].strip()!r} is not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            raise Refused(f"line {number}: {row[1].strip()!r} has no time zone")
+        try:
+            price = Decimal(row[2].strip())
+        except InvalidOperation:
+            raise Refused(f"line {number}: {row[2].strip()!r} is not a number") from None
+        if not price.is_finite() or price <= 0 or price >= Decimal("1e12"):
+            raise Refused(
+                f"line {number}: price must be positive and below 1e12, got {row[2].strip()}"
+            )
+        if price != price.quantize(Decimal("0.00000001")):
+            raise Refused(f"line {number}: price has more than 8 decimals")
+        key = (asset, at)
+        if key in seen:
+            raise Refused(f"line {number}: {asset} at {at.isoformat()} already on line {seen[key]}")
+        seen[key] = number
+        ticks.append(Tick(number, asset, at, price))
+    if not ticks:
+        raise Refused("the file has no price rows")
+    return ticks
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    inserted: int
+    unchanged: int
+    spans: dict[str, tuple[datetime, datetime]]
+
+
+async def import_ticks(conn: Conn, ticks: list[Tick], tick_s: int) -> ImportReport:
+    """Import in one transaction under the exclusive price-import lock (runs take it shared)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PRICE_IMPORT_LOCK)
+        stored = await conn.fetch(
+            query("stored_ticks"), [t.asset for t in ticks], [t.at for t in ticks]
+        )
+        existing = {(r["asset"], r["at"]): r for r in stored}
+        fresh: list[Tick] = []
+        for t in ticks:
+            row = existing.get((t.asset, t.at))
+            if row is None:
+                fresh.append(t)
+            elif row["source"] != "import" or row["price_usd"] != t.price_usd:
+                raise Refused(
+                    f"line {t.line}: {t.asset} at {t.at.isoformat()} is already stored as "
+                    f"{row['price_usd']} ({row['source']}); a stored price is never rewritten"
+                )
+        spans: dict[str, tuple[datetime, datetime]] = {}
+        for asset in sorted({t.asset for t in ticks}):
+            times = [t.at for t in ticks if t.asset == asset]
+            current = await conn.fetchrow(
+                "SELECT first_at, last_at FROM price_import_spans WHERE asset = $1", asset
+            )
+            first, last = min(times), max(times)
+            if current is not None:
+                first, last = min(first, current["first_at"]), max(last, current["last_at"])
+            # A model tick at `at` priced every slot in [at, at + tick_s): any overlap with the new
+            # span means a run may have used a model price the import would now contradict.
+            clash = await conn.fetchval(
+                query("model_price_in_span"), asset, first - timedelta(seconds=tick_s), last
+            )
+            if clash is not None:
+                line = min(t.line for t in ticks if t.asset == asset)
+                raise Refused(
+                    f"line {line}: the {asset} span {first.isoformat()} .. {last.isoformat()} covers a "
+                    f"model price already written at {clash.isoformat()}"
+                )
+            spans[asset] = (first, last)
+        if fresh:
+            await conn.execute(
+                query("insert_imported_ticks"),
+                [t.asset for t in fresh],
+                [t.at for t in fresh],
+                [t.price_usd for t in fresh],
+            )
+        for asset, (first, last) in spans.items():
+            await conn.execute(query("upsert_import_span"), asset, first, last)
+    return ImportReport(len(fresh), len(ticks) - len(fresh), spans)
+
+
+async def show_prices(
+    conn: Conn, asset: str, since: datetime | None, until: datetime | None, limit: int
+) -> list[dict[str, object]]:
+    rows = await conn.fetch(query("show_prices"), asset, since, until, limit)
+    return [dict(r.items()) for r in rows]
