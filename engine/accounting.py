@@ -7,9 +7,9 @@ rather than returning a result that would need to be trusted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from engine.assets import ASSETS
 from engine.errors import InvalidUserState, InvariantViolation
@@ -20,16 +20,14 @@ from engine.strategies import MarketView, Order, Strategy, Wallet
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class FeeRule:
+class FeeRule(NamedTuple):
     """Per-asset trading fee and minimum notional (from fee_config)."""
 
     fee_bps: int
     min_notional_usd: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class UserState:
+class UserState(NamedTuple):
     """What a run starts from: cash, holdings and crypto reserved by open withdrawals."""
 
     user_id: int
@@ -38,8 +36,7 @@ class UserState:
     reserved: Mapping[str, Decimal]
 
 
-@dataclass(frozen=True, slots=True)
-class Fill:
+class Fill(NamedTuple):
     """One simulated trade. `delta` is its signed ledger amount."""
 
     asset: str
@@ -56,8 +53,7 @@ class Fill:
         return self.balance_after - self.balance_before
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(NamedTuple):
     """The fills of one run and the state they leave behind."""
 
     user_id: int

@@ -31,6 +31,7 @@ class PriceBook:
         self.spans = {s.asset: s for s in spans}
         self.imported: dict[tuple[str, datetime], Decimal] = {}
         self.model_used: dict[tuple[str, datetime], Decimal] = {}
+        self._at: dict[datetime, dict[str, Decimal]] = {}
 
     def needs_import(self, asset: str, at: datetime) -> bool:
         span = self.spans.get(asset)
@@ -53,7 +54,11 @@ class PriceBook:
         return price
 
     def prices_at(self, at: datetime) -> dict[str, Decimal]:
-        return {asset: self.price(asset, at) for asset in ASSETS}
+        """Every asset's price at `at`, computed once per distinct time (users share slots)."""
+        cached = self._at.get(at)
+        if cached is None:
+            cached = self._at[at] = {asset: self.price(asset, at) for asset in ASSETS}
+        return cached
 
     def model_rows(self) -> list[tuple[str, datetime, Decimal]]:
         """The model prices this batch used, as price_history rows (asset, tick start, price)."""

@@ -7,9 +7,8 @@ rules. Nothing here can target a profit, a win rate or a balance.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from engine.assets import ASSETS
 from engine.errors import UnknownStrategy
@@ -19,8 +18,7 @@ from engine.rng import Stream
 Side = Literal["buy", "sell"]
 
 
-@dataclass(frozen=True, slots=True)
-class Order:
+class Order(NamedTuple):
     """Buy with up to `usd` (fee included) or sell `qty` of an asset."""
 
     asset: str
@@ -29,16 +27,14 @@ class Order:
     qty: Decimal = ZERO
 
 
-@dataclass(frozen=True, slots=True)
-class MarketView:
+class MarketView(NamedTuple):
     """What a strategy may look at: prices now and, for momentum, a few ticks back."""
 
     prices: Mapping[str, Decimal]
     history: Callable[[str, int], Decimal]  # (asset, ticks back) -> price
 
 
-@dataclass(frozen=True, slots=True)
-class Wallet:
+class Wallet(NamedTuple):
     """The user's cash and the crypto they may sell (holding minus reservations)."""
 
     balance_usd: Decimal

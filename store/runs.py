@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.accounting import RunResult
 from engine.assets import ASSETS
@@ -18,8 +18,7 @@ PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     user_id: int
     slot: datetime
 
@@ -33,8 +32,7 @@ class Lease:
     until: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class LoadedUser:
+class LoadedUser(NamedTuple):
     """A locked user row as the worker needs it."""
 
     user_id: int
@@ -135,17 +133,21 @@ async def apply_batch(
     """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
     if not runs:
         return []
-    cols: list[list[Any]] = [[] for _ in range(11)]
-    tcols: list[list[Any]] = [[] for _ in range(9)]
+    # Column-wise arrays for unnest; amounts as text (see apply_batch in queries.sql).
+    user_ids: list[int] = []
+    slots: list[datetime] = []
+    counts: list[int] = []
+    money: list[list[str]] = [[] for _ in range(8)]  # balance, six holdings, value
+    trades: list[list[Any]] = [[] for _ in range(9)]
     for run in runs:
         res = run.result
         h = res.holdings
+        user_ids.append(res.user_id)
+        slots.append(run.slot)
+        counts.append(len(res.fills))
         for col, value in zip(
-            cols,
+            money,
             (
-                res.user_id,
-                run.slot,
-                len(res.fills),
                 res.balance_usd,
                 h["BTC"],
                 h["ETH"],
@@ -157,30 +159,24 @@ async def apply_batch(
             ),
             strict=True,
         ):
-            col.append(value)
+            col.append(str(value))
         for f in res.fills:
-            for col, value in zip(
-                tcols,
-                (
-                    res.user_id,
-                    f.side,
-                    f.asset,
-                    f.amount,
-                    f.price_usd,
-                    f.total_usd,
-                    f.fee_usd,
-                    f.balance_before,
-                    f.balance_after,
-                ),
-                strict=True,
-            ):
-                col.append(value)
-    pcols: list[list[Any]] = [[], [], []]
+            trades[0].append(res.user_id)
+            trades[1].append(f.side)
+            trades[2].append(f.asset)
+            trades[3].append(str(f.amount))
+            trades[4].append(str(f.price_usd))
+            trades[5].append(str(f.total_usd))
+            trades[6].append(str(f.fee_usd))
+            trades[7].append(str(f.balance_before))
+            trades[8].append(str(f.balance_after))
+    prices: list[list[Any]] = [[], [], []]
     for asset, at, price in model_prices:
-        pcols[0].append(asset)
-        pcols[1].append(at)
-        pcols[2].append(price)
-    rows = await conn.fetch(query("apply_batch"), *cols, started_at, *tcols, *pcols)
+        prices[0].append(asset)
+        prices[1].append(at)
+        prices[2].append(str(price))
+    cols = [user_ids, slots, counts, *money]
+    rows = await conn.fetch(query("apply_batch"), *cols, started_at, *trades, *prices)
     return [(r["run_id"], r["user_id"]) for r in rows]
 
 

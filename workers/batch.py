@@ -6,10 +6,12 @@ recorded (error, backoff, auto-pause after SIM_MAX_FAILURES) and the others comm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -52,6 +54,22 @@ class BatchRunner:
         self.settings = settings
         self.market = market
         self._fees: dict[str, FeeRule] | None = None
+        self._strategies: dict[tuple[str | None, str], Strategy] = {}
+
+    def _strategy(self, name: str | None, params: Mapping[str, Any]) -> Strategy:
+        """Strategies are immutable given their parameters, so users sharing them share one."""
+        key = (name, json.dumps(params, sort_keys=True) if params else "")
+        strategy = self._strategies.get(key)
+        if strategy is None:
+            strategy = make_strategy(
+                name or self.settings.sim_default_strategy,
+                params,
+                max_trades=self.settings.sim_max_trades_per_run,
+            )
+            if len(self._strategies) > 10_000:
+                self._strategies.clear()
+            self._strategies[key] = strategy
+        return strategy
 
     async def fees(self, conn: Conn) -> dict[str, FeeRule]:
         if self._fees is None:
@@ -97,11 +115,7 @@ class BatchRunner:
                 slot = slot_of[user.user_id]
                 times.add(slot)
                 try:
-                    strategy = make_strategy(
-                        user.strategy or self.settings.sim_default_strategy,
-                        user.params,
-                        max_trades=self.settings.sim_max_trades_per_run,
-                    )
+                    strategy = self._strategy(user.strategy, user.params)
                 except SimError as exc:
                     strategies[user.user_id] = exc
                     continue
