@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     sim_worker_concurrency: int = Field(
         default=4, ge=1, le=256, description="Jobs one worker runs at once."
     )
+    sim_worker_poll_ms: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="How often an idle job slot looks for work (arq poll delay); a finished job's slot waits up to this long.",
+    )
     sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
     sim_queue_name: str = Field(

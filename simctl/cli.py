@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -133,6 +135,9 @@ def scheduler(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
+    naive: Annotated[
+        bool, typer.Option("--naive", hidden=True, help="The benchmark's naive baseline.")
+    ] = False,
 ) -> None:
     """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
 
@@ -143,11 +148,13 @@ def worker(
 
     from workers.jobs import worker_settings
     from workers.logs import configure_logging
+    from workers.naive import naive_worker_settings
 
     configure_logging(s)
     asyncio.set_event_loop(asyncio.new_event_loop())
+    kwargs = naive_worker_settings(s) if naive else worker_settings(s)
     try:
-        Worker(**worker_settings(s), burst=burst).run()
+        Worker(**kwargs, burst=burst).run()
     except Unavailable as exc:
         raise Exit(2, str(exc)) from None
     except (OSError, ConnectionError) as exc:
@@ -304,6 +311,44 @@ def reconcile(
 
 
 _register()
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: under two minutes (CI smoke).")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+    docs: Annotated[
+        bool, typer.Option("--docs/--no-docs", help="Append a table to docs/benchmarks.md.")
+    ] = True,
+) -> None:
+    """The end-to-end benchmark: simengine's user-runs/s against the database's own ceiling
+    (shared/bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive design, all measured in
+    this run on this machine; then lag at half of peak, claim time by population, worker RSS,
+    CPU per run by process, and reconcile. Creates and drops its own databases next to
+    DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile after the run.
+
+    Example: simctl bench --quick --json bench.json
+    """
+    s = settings()
+    from simctl.bench import markdown, run_bench
+
+    result = run_async(
+        lambda: run_bench(s, quick, lambda m: err.print(f"bench: {m}", markup=False))
+    )
+    table = markdown(result, "simctl bench" + (" --quick" if quick else ""))
+    out.print(table, markup=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if docs:
+        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(table)
+    if not result["engine"]["reconcile"]["clean"]:
+        raise Exit(1, "bench: the ledger does not reconcile after the run")
 
 
 def fail(code: int, message: str) -> NoReturn:

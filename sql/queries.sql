@@ -433,3 +433,37 @@ SELECT r.id, r.scheduled_for,
   FROM sim_runs r LEFT JOIN trades t ON t.sim_run_id = r.id
  WHERE r.user_id = $1
  GROUP BY r.id ORDER BY r.scheduled_for
+
+-- naive_lock_user --
+-- The naive baseline (bench only): one user per job, row by row.
+SELECT u.id, u.balance_usd, u.sim_next_run_at,
+       (u.sim_enabled AND NOT u.sim_paused AND u.is_active AND u.deleted_at IS NULL) AS eligible,
+       u.sim_strategy, u.sim_params
+  FROM users u WHERE u.id = $1 FOR UPDATE
+
+-- naive_insert_run --
+INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome, trades_count)
+VALUES ($1, $2, $3, clock_timestamp(), 'applied', $4) RETURNING id
+
+-- naive_insert_trade --
+INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd, is_simulated,
+                    balance_before, balance_after, sim_run_id, generated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9, $10, $11) RETURNING id
+
+-- naive_insert_transaction --
+INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
+VALUES ($1, $2, $3, 'USD', 'completed', $4, 'simulated trade')
+
+-- naive_update_portfolio --
+UPDATE portfolio SET btc = $2, eth = $3, usdt = $4, usdc = $5, xrp = $6, ada = $7, usd_value = $8,
+                     updated_at = now()
+ WHERE user_id = $1
+
+-- naive_update_user --
+UPDATE users
+   SET balance_usd = $2, portfolio_value_usd = $3, sim_last_run_at = now(),
+       sim_run_count = sim_run_count + 1, updated_at = now(), sim_claimed_until = NULL,
+       sim_next_run_at = CASE WHEN $4::timestamptz + make_interval(secs => sim_interval_s) < now()
+                              THEN now() + make_interval(secs => sim_interval_s)
+                              ELSE $4::timestamptz + make_interval(secs => sim_interval_s) END
+ WHERE id = $1

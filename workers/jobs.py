@@ -94,7 +94,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "job_timeout": settings.sim_job_timeout_s,
         "keep_result": 0,
         "max_tries": 1000,
-        "poll_delay": 0.05,
+        "poll_delay": settings.sim_worker_poll_ms / 1000,
         "job_completion_wait": settings.sim_shutdown_s,
         "log_results": False,
     }

@@ -1,0 +1,115 @@
+"""The naive design, kept only as the benchmark's baseline: one arq job and one transaction per
+user-run, every row written by its own statement. Same core, same rules, none of the batching."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from engine.accounting import UserState, apply_run, run_stream
+from engine.assets import ASSETS
+from engine.market import Market
+from engine.pricing import PriceBook
+from engine.strategies import make_strategy
+from simconfig import Settings
+from store.db import create_pool
+from store.fees import load_fees
+from store.sqlfiles import query
+from workers.jobs import decode_claims
+
+NAIVE_JOB = "naive_run"
+
+
+async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
+    """Apply one user's slot, row by row, in its own transaction; returns trades written."""
+    settings: Settings = ctx["settings"]
+    claim = decode_claims([user_id], [slot_us])[0]
+    started = datetime.now(UTC)
+    async with ctx["pool"].acquire() as conn, conn.transaction():
+        user = await conn.fetchrow(query("naive_lock_user"), user_id)
+        if user is None or not user["eligible"] or user["sim_next_run_at"] != claim.slot:
+            return 0
+        held = await conn.fetchrow(query("holdings_row"), user_id)
+        reserved = {a: await conn.fetchval(query("reserved_of_user"), user_id, a) for a in ASSETS}
+        fees = ctx.get("fees") or await load_fees(conn)
+        ctx["fees"] = fees
+        book = PriceBook(ctx["market"], ())
+        prices = book.prices_at(claim.slot)
+        result = apply_run(
+            UserState(user_id, user["balance_usd"], {a: held[a.lower()] for a in ASSETS}, reserved),
+            prices,
+            fees,
+            make_strategy(
+                user["sim_strategy"] or settings.sim_default_strategy, user["sim_params"] or {}
+            ),
+            run_stream(settings.sim_seed, user_id, claim.slot),
+            slippage_bps=settings.sim_slippage_bps,
+        )
+        run_id = await conn.fetchval(
+            query("naive_insert_run"), user_id, claim.slot, started, len(result.fills)
+        )
+        for f in result.fills:
+            trade_id = await conn.fetchval(
+                query("naive_insert_trade"),
+                user_id,
+                f.side,
+                f.asset,
+                f.amount,
+                f.price_usd,
+                f.total_usd,
+                f.fee_usd,
+                f.balance_before,
+                f.balance_after,
+                run_id,
+                claim.slot,
+            )
+            await conn.execute(
+                query("naive_insert_transaction"), user_id, f.side, f.delta, f"trade:{trade_id}"
+            )
+        h = result.holdings
+        await conn.execute(
+            query("naive_update_portfolio"),
+            user_id,
+            h["BTC"],
+            h["ETH"],
+            h["USDT"],
+            h["USDC"],
+            h["XRP"],
+            h["ADA"],
+            result.value_usd,
+        )
+        await conn.execute(
+            query("naive_update_user"), user_id, result.balance_usd, result.value_usd, claim.slot
+        )
+        await conn.execute(
+            "SELECT pg_notify('sim_run', $1)",
+            f'{{"user_id": {user_id}, "run_id": {run_id}, "scheduled_for": "{claim.slot.isoformat()}", '
+            f'"trades_count": {len(result.fills)}}}',
+        )
+        return len(result.fills)
+
+
+def naive_worker_settings(settings: Settings) -> dict[str, Any]:
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        ctx["pool"] = await create_pool(
+            settings.database_url, max_size=settings.sim_worker_concurrency + 1
+        )
+        ctx["market"] = Market(settings.market_params())
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await ctx["pool"].close()
+
+    return {
+        "functions": [naive_run],
+        "queue_name": settings.sim_queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "max_jobs": settings.sim_worker_concurrency,
+        "keep_result": 0,
+        "poll_delay": 0.05,
+        "log_results": False,
+    }
