@@ -441,6 +441,10 @@ SELECT u.id, u.balance_usd, u.sim_next_run_at,
        u.sim_strategy, u.sim_params
   FROM users u WHERE u.id = $1 FOR UPDATE
 
+-- naive_reserved --
+SELECT asset, sum(amount) AS amount FROM withdrawals
+ WHERE user_id = $1 AND status IN ('pending', 'processing') GROUP BY asset
+
 -- naive_insert_run --
 INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome, trades_count)
 VALUES ($1, $2, $3, clock_timestamp(), 'applied', $4) RETURNING id

@@ -32,7 +32,8 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
         if user is None or not user["eligible"] or user["sim_next_run_at"] != claim.slot:
             return 0
         held = await conn.fetchrow(query("holdings_row"), user_id)
-        reserved = {a: await conn.fetchval(query("reserved_of_user"), user_id, a) for a in ASSETS}
+        rows = await conn.fetch(query("naive_reserved"), user_id)
+        reserved = {r["asset"]: r["amount"] for r in rows}
         fees = ctx.get("fees") or await load_fees(conn)
         ctx["fees"] = fees
         book = PriceBook(ctx["market"], ())
@@ -110,6 +111,6 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
         "on_shutdown": on_shutdown,
         "max_jobs": settings.sim_worker_concurrency,
         "keep_result": 0,
-        "poll_delay": 0.05,
+        "poll_delay": settings.sim_worker_poll_ms / 1000,
         "log_results": False,
     }
