@@ -1,0 +1,43 @@
+"""`simctl bench --quick` runs end to end and reports every figure the benchmark promises.
+No speed threshold: only the shape of the result and a ledger that still reconciles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import simctl
+from tests.support.services import server_url
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_quick_bench_reports_every_figure_and_a_clean_ledger(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    result = simctl(
+        ["bench", "--quick", "--no-docs", "--json", str(out)],
+        {**env, "DATABASE_URL": server_url()},
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["engine"]["reconcile"] == {"clean": True, "discrepancies": 0}
+    assert all(r["valid"] for r in data["ceiling"]["by_clients"].values())
+    assert data["ceiling"]["best_runs_per_s"] > 0 and data["tpcb"]["best_tps"] > 0
+    assert data["naive"]["runs_per_s"] > 0 and data["engine"]["runs_per_s"] > 0
+    assert data["engine"]["trades_per_s"] > 0
+    sustained = data["engine"]["sustained"]
+    assert (
+        sustained["runs"] > 0
+        and 0 <= sustained["lag_p50_s"] <= sustained["lag_p99_s"] <= sustained["lag_max_s"]
+    )
+    assert set(data["engine"]["cpu_us_per_run"]) == {"workers", "scheduler", "redis", "postgres"}
+    assert set(data["claim"]["ms_per_claim_by_users"]) == {"10000", "50000"}
+    assert data["rss"]["ratio"] > 0
+    for key in ("engine_vs_ceiling", "engine_vs_tpcb", "engine_vs_naive", "claim_largest_vs_10k"):
+        assert data["ratios"][key] > 0
+    assert "| ratio to ceiling |" in result.stdout
