@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     sim_queue_name: str = Field(
         default="simengine:queue", min_length=1, description="arq queue name."
     )
+    sim_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65_535,
+        description="Port of /metrics, /healthz and /readyz for this process (0 = off); one per process.",
+    )
+    sim_metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint binds to."
+    )
     sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
     sim_log_json: bool | None = Field(
         default=None, description="JSON logs; default: JSON unless on a terminal."

@@ -313,6 +313,33 @@ def reconcile(
 _register()
 
 
+@app.command("grant-reader")
+def grant_reader(
+    role: Annotated[
+        str, typer.Argument(help="Role name: lower-case letters, digits, underscores.")
+    ],
+    password: Annotated[
+        str | None, typer.Option("--password", help="Set (or change) its login password.")
+    ] = None,
+) -> None:
+    """Create or update a login role that can read the read views (sim_positions, sim_pnl,
+    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+
+    Example: simctl grant-reader analytics --password 's3cret'
+    """
+    s = settings()
+
+    async def go() -> list[str]:
+        from store.db import connection
+        from store.reader import grant_reader as do_grant
+
+        async with connection(s.database_url) as conn:
+            return await do_grant(conn, role, password)
+
+    views = run_async(go)
+    out.print(f"role {role} can read: {', '.join(views)}")
+
+
 @app.command()
 def bench(
     quick: Annotated[

@@ -14,19 +14,24 @@ UPDATE users SET sim_next_run_at = now()
 
 -- claim_due --
 -- The lease: due, unleased users in slot order, up to $1, leased for $2 seconds.
--- `id = ANY(ARRAY(...))` keeps the walk on idx_users_sim_due (IN (subquery) seq-scans).
--- SKIP LOCKED: rows a worker or another scheduler holds are left to them, so schedulers never wait.
--- sim_claimed_until is in no index, so taking the lease is a HOT update.
+-- `id = ANY(...)` keeps the walk on idx_users_sim_due and the update on the primary key
+-- (IN (subquery) seq-scans). SKIP LOCKED: rows a worker or another scheduler holds are left to
+-- them, so schedulers never wait. sim_claimed_until is in no index, so taking the lease is a HOT
+-- update. `recovered` counts slots whose earlier lease had run out (a lost job, a backoff).
+WITH c AS (
+    SELECT array_agg(id) AS ids, count(sim_claimed_until) AS recovered
+      FROM (SELECT id, sim_claimed_until FROM users
+             WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+               AND sim_next_run_at <= now()
+               AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
+             ORDER BY sim_next_run_at
+             LIMIT $1
+               FOR UPDATE SKIP LOCKED) due
+)
 UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
- WHERE u.id = ANY(ARRAY(
-        SELECT id FROM users
-         WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
-           AND sim_next_run_at <= now()
-           AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
-         ORDER BY sim_next_run_at
-         LIMIT $1
-           FOR UPDATE SKIP LOCKED))
-RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until
+  FROM c
+ WHERE u.id = ANY(c.ids)
+RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until, c.recovered
 
 -- batch_prelude --
 -- Shared lock against `prices import` (which takes it exclusively), and the imported spans.

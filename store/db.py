@@ -12,6 +12,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
@@ -99,13 +100,26 @@ def translate(exc: BaseException) -> StoreError:
     return StoreError(f"database error: {_first_line(exc)}")
 
 
-async def retrying(fn: Callable[[], Awaitable[T]], *, attempts: int = 4) -> T:
+async def retrying(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
     """Run `fn` again on retryable errors only (bounded, jittered backoff)."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(exc)
+
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=0.05, max=2),
         reraise=True,
+        before_sleep=before_sleep,
     ):
         with attempt:
             return await fn()

@@ -30,6 +30,7 @@ class Lease:
 
     claims: list[Claim]
     until: datetime | None
+    recovered: int = 0
 
 
 class LoadedUser(NamedTuple):
@@ -64,7 +65,9 @@ async def claim_due(conn: Conn, limit: int, lease_s: int) -> Lease:
     """Lease up to `limit` due users for `lease_s` seconds, oldest slot first (sorted by id)."""
     rows = await conn.fetch(query("claim_due"), limit, float(lease_s))
     claims = sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
-    return Lease(claims, rows[0]["sim_claimed_until"] if rows else None)
+    if not rows:
+        return Lease([], None)
+    return Lease(claims, rows[0]["sim_claimed_until"], rows[0]["recovered"])
 
 
 async def batch_prelude(conn: Conn) -> list[Span]:

@@ -7,7 +7,8 @@ recorded (error, backoff, auto-pause after SIM_MAX_FAILURES) and the others comm
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -38,19 +39,34 @@ class BatchOutcome:
     skipped: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     trades: int = 0
+    by_asset_side: Counter[tuple[str, str]] = field(default_factory=Counter)
+    fees_usd: Decimal = Decimal(0)
+    lags_s: list[float] = field(default_factory=list)
+    auto_paused: int = 0
 
     def merge(self, other: BatchOutcome) -> None:
         self.applied += other.applied
         self.skipped += other.skipped
         self.failed += other.failed
         self.trades += other.trades
+        self.by_asset_side.update(other.by_asset_side)
+        self.fees_usd += other.fees_usd
+        self.lags_s += other.lags_s
+        self.auto_paused += other.auto_paused
 
 
 class BatchRunner:
     """Runs batches against one pool; built once per worker process."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, market: Market) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        market: Market,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.pool = pool
+        self.on_retry = on_retry
         self.settings = settings
         self.market = market
         self._fees: dict[str, FeeRule] | None = None
@@ -80,7 +96,7 @@ class BatchRunner:
         """Apply a batch; never raises for a bad user, only for an unavailable database."""
         claims = sorted(claims, key=lambda c: c.user_id)
         try:
-            return await retrying(lambda: self._attempt(claims))
+            return await retrying(lambda: self._attempt(claims), on_retry=self.on_retry)
         except Exception as exc:  # split on anything, so one bad user cannot block the others
             if is_retryable(exc):
                 raise translate(exc) from exc
@@ -141,9 +157,13 @@ class BatchRunner:
                     continue
                 writes.append(RunWrite(slot_of[user.user_id], result))
                 outcome.trades += len(result.fills)
+                outcome.lags_s.append((started_at - slot_of[user.user_id]).total_seconds())
+                for fill in result.fills:
+                    outcome.by_asset_side[(fill.asset, fill.side)] += 1
+                    outcome.fees_usd += fill.fee_usd
             outcome.applied = await store.apply_batch(conn, writes, started_at, book.model_rows())
             for user, error in failures:
-                await self._record_failure(conn, user.user_id, error)
+                outcome.auto_paused += await self._record_failure(conn, user.user_id, error)
                 outcome.failed.append(user.user_id)
         return outcome
 
@@ -173,14 +193,15 @@ class BatchRunner:
         )
 
     async def _fail_one(self, user_id: int, error: str) -> BatchOutcome:
-        async def record() -> None:
+        async def record() -> int:
             async with self.pool.acquire() as conn, conn.transaction():
-                await self._record_failure(conn, user_id, error)
+                return await self._record_failure(conn, user_id, error)
 
-        await retrying(record)
-        return BatchOutcome(failed=[user_id])
+        paused = await retrying(record, on_retry=self.on_retry)
+        return BatchOutcome(failed=[user_id], auto_paused=paused)
 
-    async def _record_failure(self, conn: Conn, user_id: int, error: str) -> None:
+    async def _record_failure(self, conn: Conn, user_id: int, error: str) -> int:
+        """Record a failed attempt; returns 1 if it auto-paused the user, else 0."""
         failures, paused = await store.record_failure(
             conn, user_id, error, self.settings.sim_retry_base_s, self.settings.sim_max_failures
         )
@@ -190,6 +211,8 @@ class BatchRunner:
                 conn, "engine", "auto_pause", user_id, {"failures": failures, "last_error": error}
             )
             log.warning("user.auto_paused", user_id=user_id, failures=failures)
+            return 1
+        return 0
 
 
 def _describe(exc: BaseException) -> str:

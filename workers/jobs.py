@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
 from store.runs import Claim
+from workers import metrics
 from workers.batch import BatchRunner
 from workers.logs import configure_logging, get_logger
 
@@ -50,7 +52,19 @@ async def run_batch(
 ) -> dict[str, int]:
     """The arq job: apply one batch of claimed slots."""
     runner: BatchRunner = ctx["runner"]
+    started = time.perf_counter()
     outcome = await runner.run(decode_claims(user_ids, slots_us))
+    metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+    metrics.BATCH_SIZE.observe(len(user_ids))
+    metrics.RUNS.labels("applied").inc(len(outcome.applied))
+    metrics.RUNS.labels("skipped").inc(len(outcome.skipped))
+    metrics.RUNS.labels("failed").inc(len(outcome.failed))
+    metrics.AUTO_PAUSES.inc(outcome.auto_paused)
+    metrics.FEES_USD.inc(float(outcome.fees_usd))  # monitoring only; the ledger keeps Decimals
+    for (asset, side), count in outcome.by_asset_side.items():
+        metrics.TRADES.labels(asset, side).inc(count)
+    for lag in outcome.lags_s:
+        metrics.LAG_SECONDS.observe(lag)
     log.debug(
         "batch.committed",
         applied=len(outcome.applied),
@@ -75,10 +89,20 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
             settings.database_url, min_size=1, max_size=settings.sim_worker_concurrency + 1
         )
         ctx["pool"] = pool
-        ctx["runner"] = BatchRunner(pool, settings, Market(settings.market_params()))
+        ctx["runner"] = BatchRunner(
+            pool,
+            settings,
+            Market(settings.market_params()),
+            on_retry=lambda _: metrics.RETRIES.inc(),
+        )
+        if settings.sim_metrics_port:
+            ctx["health"] = await start_health(settings, pool, ctx["redis"])
         log.info("worker.started", concurrency=settings.sim_worker_concurrency)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        health = ctx.pop("health", None)
+        if health is not None:
+            await health.close()
         pool = ctx.pop("pool", None)
         if pool is not None:
             await pool.close()
@@ -98,3 +122,17 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "job_completion_wait": settings.sim_shutdown_s,
         "log_results": False,
     }
+
+
+async def start_health(settings: Settings, pool: Any, redis: Any) -> metrics.HealthServer:
+    """Serve /metrics, /healthz (Postgres, Redis, loop) and /readyz for this process."""
+
+    async def check() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        await redis.ping()
+
+    server = metrics.HealthServer(settings.sim_metrics_host, settings.sim_metrics_port, check)
+    await server.start()
+    server.ready = True
+    return server

@@ -17,16 +17,24 @@ from functools import partial
 import asyncpg
 from arq import create_pool as create_redis
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
 
 from engine.market import Market
 from simconfig import Settings
 from store import runs as store
 from store.db import create_pool, retrying
 from store.ticker import write_ticks
-from workers.jobs import JOB_NAME, encode_claims, job_id
+from workers import metrics
+from workers.jobs import JOB_NAME, encode_claims, job_id, start_health
 from workers.logs import get_logger
 
 log = get_logger("simengine.scheduler")
+
+
+def _count_retry(_: BaseException) -> None:
+    metrics.RETRIES.inc()
+
+
 _MAX_BATCHES_PER_CLAIM = 100
 
 
@@ -62,6 +70,7 @@ class Scheduler:
             await retrying(lambda: store.materialize_null_slots(conn, 10_000))
         while not self._stopping.is_set():
             report.queue_depth = await self.queue_depth()
+            metrics.QUEUE_DEPTH.set(report.queue_depth)
             room = s.sim_max_queued_jobs - report.queue_depth
             if room <= 0:
                 break  # backpressure: leases stay short-lived and the claim walk stays small
@@ -69,9 +78,17 @@ class Scheduler:
             limit = min(room, _MAX_BATCHES_PER_CLAIM) * s.sim_batch_size
             started = time.perf_counter()
             async with self.pool.acquire() as conn:
-                lease = await retrying(partial(store.claim_due, conn, limit, s.sim_lease_s))
-            report.claim_ms += (time.perf_counter() - started) * 1000
+                lease = await retrying(
+                    partial(store.claim_due, conn, limit, s.sim_lease_s), on_retry=_count_retry
+                )
+            elapsed = time.perf_counter() - started
+            report.claim_ms += elapsed * 1000
+            metrics.CLAIM_SECONDS.observe(elapsed)
             claims = lease.claims
+            metrics.CLAIMED.inc(len(claims))
+            if lease.recovered:
+                metrics.LEASES_RECOVERED.inc(lease.recovered)
+                log.info("lease.expired", recovered=lease.recovered)
             report.claimed += len(claims)
             for i in range(0, len(claims), s.sim_batch_size):
                 user_ids, slots_us = encode_claims(claims[i : i + s.sim_batch_size])
@@ -89,7 +106,9 @@ class Scheduler:
         return report
 
     async def _tick(self) -> None:
-        tick = self.market.tick_of(datetime.now(UTC))
+        now = datetime.now(UTC)
+        tick = self.market.tick_of(now)
+        metrics.TICK_AGE.set((now - self.market.tick_time(tick)).total_seconds())
         if tick == self._last_tick:
             return
         async with self.pool.acquire() as conn:
@@ -100,7 +119,16 @@ class Scheduler:
         """Passes until stopped (SIGTERM/SIGINT), or a single pass with once=True."""
         pause_s = self.settings.sim_scheduler_interval_ms / 1000
         while True:
-            report = await self.run_pass()
+            try:
+                report = await self.run_pass()
+            except (RedisError, OSError) as exc:
+                # Redis away (restart, network): leases already taken simply expire and are
+                # claimed again; keep passing so the engine resumes as soon as Redis answers.
+                log.warning(
+                    "redis.unavailable",
+                    error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                report = PassReport()
             if report.claimed:
                 log.info(
                     "scheduler.pass",
@@ -127,11 +155,18 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
         redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
         try:
             scheduler = Scheduler(settings, pool, redis)
+            health = (
+                await start_health(settings, pool, redis) if settings.sim_metrics_port else None
+            )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, scheduler.stop)
             log.info("scheduler.started", once=once)
-            await scheduler.loop(once=once)
+            try:
+                await scheduler.loop(once=once)
+            finally:
+                if health is not None:
+                    await health.close()
             log.info("scheduler.stopped")
         finally:
             await redis.aclose()

@@ -169,6 +169,10 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError("private redis-server did not answer PING")
 
+    def start_on_same_port(self) -> None:
+        """Start again after stop(): a restart, as an operator would see it."""
+        self.start()
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.kill()
