@@ -136,50 +136,60 @@ async def apply_batch(
     """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
     if not runs:
         return []
-    # Column-wise arrays for unnest; amounts as text (see apply_batch in queries.sql).
-    user_ids: list[int] = []
-    slots: list[datetime] = []
-    counts: list[int] = []
-    money: list[list[str]] = [[] for _ in range(8)]  # balance, six holdings, value
-    trades: list[list[Any]] = [[] for _ in range(9)]
+    # Column-wise, each column one comma-separated text (see apply_batch in queries.sql).
+    cols: list[list[str]] = [[] for _ in range(11)]
+    trades: list[list[str]] = [[] for _ in range(9)]
     for run in runs:
         res = run.result
         h = res.holdings
-        user_ids.append(res.user_id)
-        slots.append(run.slot)
-        counts.append(len(res.fills))
+        uid = str(res.user_id)
         for col, value in zip(
-            money,
+            cols,
             (
-                res.balance_usd,
-                h["BTC"],
-                h["ETH"],
-                h["USDT"],
-                h["USDC"],
-                h["XRP"],
-                h["ADA"],
-                res.value_usd,
+                uid,
+                run.slot.isoformat(),
+                str(len(res.fills)),
+                str(res.balance_usd),
+                str(h["BTC"]),
+                str(h["ETH"]),
+                str(h["USDT"]),
+                str(h["USDC"]),
+                str(h["XRP"]),
+                str(h["ADA"]),
+                str(res.value_usd),
             ),
             strict=True,
         ):
-            col.append(str(value))
+            col.append(value)
         for f in res.fills:
-            trades[0].append(res.user_id)
-            trades[1].append(f.side)
-            trades[2].append(f.asset)
-            trades[3].append(str(f.amount))
-            trades[4].append(str(f.price_usd))
-            trades[5].append(str(f.total_usd))
-            trades[6].append(str(f.fee_usd))
-            trades[7].append(str(f.balance_before))
-            trades[8].append(str(f.balance_after))
-    prices: list[list[Any]] = [[], [], []]
+            for col, value in zip(
+                trades,
+                (
+                    uid,
+                    f.side,
+                    f.asset,
+                    str(f.amount),
+                    str(f.price_usd),
+                    str(f.total_usd),
+                    str(f.fee_usd),
+                    str(f.balance_before),
+                    str(f.balance_after),
+                ),
+                strict=True,
+            ):
+                col.append(value)
+    prices: list[list[str]] = [[], [], []]
     for asset, at, price in model_prices:
         prices[0].append(asset)
-        prices[1].append(at)
+        prices[1].append(at.isoformat())
         prices[2].append(str(price))
-    cols = [user_ids, slots, counts, *money]
-    rows = await conn.fetch(query("apply_batch"), *cols, started_at, *trades, *prices)
+    rows = await conn.fetch(
+        query("apply_batch"),
+        *(",".join(c) for c in cols),
+        started_at,
+        *(",".join(c) for c in trades),
+        *(",".join(c) for c in prices),
+    )
     return [(r["run_id"], r["user_id"]) for r in rows]
 
 

@@ -98,7 +98,10 @@ CREATE TABLE trades (
     is_simulated   boolean NOT NULL DEFAULT false,
     balance_before numeric(20,8),
     balance_after  numeric(20,8),
-    sim_run_id     bigint REFERENCES sim_runs (id) ON DELETE CASCADE,
+    -- No foreign key: the run and its trades are written by one statement, and a key here made
+    -- every trade insert look up sim_runs through a plan cached while sim_runs was empty (a
+    -- sequential scan that grows with the table: measured 80 ms instead of 13 ms per batch).
+    sim_run_id     bigint,
     generated_at   timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now()
 );

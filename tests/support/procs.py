@@ -125,7 +125,9 @@ async def no_partial_runs(conn: asyncpg.Connection) -> None:
     """Every run's trades and ledger rows are all there, and nothing exists without its run."""
     bad = await conn.fetchval(
         """SELECT count(*) FROM sim_runs r
-            WHERE r.trades_count <> (SELECT count(*) FROM trades t WHERE t.sim_run_id = r.id)"""
+             LEFT JOIN (SELECT sim_run_id, count(*) AS n FROM trades GROUP BY sim_run_id) t
+                    ON t.sim_run_id = r.id
+            WHERE r.trades_count <> coalesce(t.n, 0)"""
     )
     assert bad == 0
     orphans = await conn.fetchval(
