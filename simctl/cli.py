@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -233,14 +234,19 @@ def run(
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=0.5, help="Refresh every N seconds until Ctrl-C.")
+    ] = None,
 ) -> None:
-    """Due users, lag, queue depth, recent runs and failures.
+    """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
+    auto-pauses, and the last market tick per asset.
 
     Example: simctl status --json
+    Example: simctl status --watch 2
     """
     s = settings()
 
-    async def go() -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
         from redis.asyncio import Redis
 
         from store.db import connection
@@ -257,12 +263,30 @@ def status(
             await client.aclose()
         return data
 
-    data = run_async(go)
     if as_json:
-        print_json(data)
+        print_json(run_async(read))
         return
+    if watch is None:
+        out.print(_status_table(run_async(read)))
+        return
+    from rich.live import Live
+
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(_status_table(run_async(read)), refresh=True)
+            time.sleep(watch)
+
+
+def _status_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="simengine status", show_header=False)
+    ticks = data.pop("last_tick", {}) or {}
     for key, value in data.items():
-        out.print(f"{key:>16}: {value}")
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    for asset, at in sorted(ticks.items()):
+        table.add_row(f"last tick {asset}", str(at))
+    return table
 
 
 @app.command()

@@ -164,3 +164,5 @@ async def test_status_json_reports_due_users_and_queue(
     status = json.loads(simctl(["status", "--json"], env).stdout)
     assert status["queue_depth"] == 1
     assert set(status["last_tick"]) == {"BTC", "ETH", "USDT", "USDC", "XRP", "ADA"}
+    table = simctl(["status"], env)
+    assert table.returncode == 0 and "due now" in table.stdout and "last tick BTC" in table.stdout
