@@ -6,6 +6,7 @@ rather than returning a result that would need to be trusted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ from engine.rng import Stream, key_bytes
 from engine.strategies import MarketView, Order, Strategy, Wallet
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class FeeRule(NamedTuple):
@@ -65,7 +67,7 @@ class RunResult(NamedTuple):
 
 def run_stream(seed: int, user_id: int, slot: datetime) -> Stream:
     """The random stream of one run, keyed by (seed, user, slot) so a run is reproducible."""
-    slot_us = (slot - _UNIX_EPOCH) // timedelta(microseconds=1)
+    slot_us = (slot - _UNIX_EPOCH) // _MICROSECOND
     return Stream(key_bytes(seed, "run", user_id, slot_us))
 
 
@@ -106,15 +108,16 @@ def apply_run(
     """Execute a strategy's orders for one user at one slot under the money rules."""
     _check_state(state)
     balance = state.balance_usd
-    holdings = {a: state.holdings.get(a, ZERO) for a in ASSETS}
-    reserved = {a: state.reserved.get(a, ZERO) for a in ASSETS}
+    get_held, get_reserved = state.holdings.get, state.reserved.get
+    holdings = {a: get_held(a, ZERO) for a in ASSETS}
+    reserved = {a: get_reserved(a, ZERO) for a in ASSETS}
     view = market or MarketView(prices=prices, history=_no_history)
     wallet = Wallet(
         balance_usd=balance,
         available={a: holdings[a] - reserved[a] for a in ASSETS},
         holdings=holdings,
     )
-    slip = CTX.divide(Decimal(slippage_bps), BPS)
+    slip = _slip(slippage_bps)
     fills: list[Fill] = []
     for order in strategy.orders(wallet, view, stream):
         fill = _execute(order, balance, holdings, reserved, prices, fees, slip)
@@ -135,6 +138,11 @@ def apply_run(
     )
     check_result(state, result)
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _slip(slippage_bps: int) -> Decimal:
+    return CTX.divide(Decimal(slippage_bps), BPS)
 
 
 def _no_history(asset: str, ticks_back: int) -> Decimal:

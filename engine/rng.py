@@ -17,15 +17,14 @@ _TWO64 = float(2**64)
 
 def key_bytes(*parts: int | str) -> bytes:
     """Encode a key unambiguously (type tag and length for every part)."""
-    out = bytearray()
+    out = []
     for part in parts:
         if isinstance(part, int):
-            raw = part.to_bytes(16, "little", signed=True)
-            out += b"i" + raw
+            out.append(b"i" + part.to_bytes(16, "little", signed=True))
         else:
             enc = part.encode()
-            out += b"s" + len(enc).to_bytes(4, "little") + enc
-    return bytes(out)
+            out.append(b"s" + len(enc).to_bytes(4, "little") + enc)
+    return b"".join(out)
 
 
 def words(key: bytes, counter: int) -> tuple[int, ...]:

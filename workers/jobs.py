@@ -85,9 +85,9 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         configure_logging(settings)
-        pool = await create_pool(
-            settings.database_url, min_size=1, max_size=settings.sim_worker_concurrency + 1
-        )
+        # Every connection opened up front: no connect latency in the middle of a burst.
+        size = settings.sim_worker_concurrency + 1
+        pool = await create_pool(settings.database_url, min_size=size, max_size=size)
         ctx["pool"] = pool
         ctx["runner"] = BatchRunner(
             pool,
