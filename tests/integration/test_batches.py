@@ -17,7 +17,7 @@ from store.db import Conn, create_pool
 from store.ops import reconcile
 from store.runs import Claim, claim_due
 from store.sqlfiles import query
-from tests.support.procs import no_partial_runs, seed_due
+from tests.support.procs import no_partial_runs, seed_due, simctl, spawn, stop_when_done
 from tests.support.services import create_database, drop_database, url_for
 from workers.batch import BatchRunner
 
@@ -192,17 +192,23 @@ async def test_every_committed_run_is_notified(
     assert all({"user_id", "run_id", "scheduled_for", "trades_count"} <= p.keys() for p in payloads)
 
 
-async def test_trades_are_identical_whatever_the_batching(
-    pg: asyncpg.Connection, db_name: str, settings: Settings
+async def test_trades_are_identical_whatever_the_workers_and_batching(
+    pg: asyncpg.Connection, db_name: str, settings: Settings, env: dict[str, str]
 ) -> None:
+    """Same seed and rows: one in-process batch of 400, three real worker processes on batches
+    of 7, and batches of 1 in reverse order all write the same trades."""
     await seed_due(pg, 400, SLOT)
     await pg.execute("UPDATE users SET sim_strategy = 'momentum' WHERE id % 5 = 0")
     await pg.execute("UPDATE users SET sim_strategy = 'rebalance' WHERE id % 5 = 1")
     await pg.close()
     copies = [create_database(db_name) for _ in range(3)]
+    trades_query = (
+        "SELECT user_id, trade_type, asset, amount, price_usd, fee_usd, generated_at "
+        "FROM trades ORDER BY user_id, id"
+    )
     try:
         results = []
-        for copy, batch, reverse in zip(copies, [400, 7, 1], [False, True, False], strict=True):
+        for copy, batch, reverse in ((copies[0], 400, False), (copies[2], 1, True)):
             pool = await create_pool(url_for(copy), max_size=4)
             try:
                 runner = BatchRunner(pool, settings, Market(settings.market_params()))
@@ -212,14 +218,19 @@ async def test_trades_are_identical_whatever_the_batching(
                         claims.reverse()
                     chunks = [claims[i : i + batch] for i in range(0, len(claims), batch)]
                     await asyncio.gather(*(runner.run(c) for c in chunks))
-                    results.append(
-                        await conn.fetch(
-                            "SELECT user_id, trade_type, asset, amount, price_usd, fee_usd, generated_at "
-                            "FROM trades ORDER BY user_id, id"
-                        )
-                    )
+                    results.append(await conn.fetch(trades_query))
             finally:
                 await pool.close()
+        procs_env = {**env, "DATABASE_URL": url_for(copies[1]), "SIM_BATCH_SIZE": "7"}
+        assert simctl(["scheduler", "--once"], procs_env).returncode == 0
+        workers = [spawn(["worker", "--burst"], procs_env) for _ in range(3)]
+        assert [stop_when_done(w) for w in workers] == [0, 0, 0]
+        processed = await asyncpg.connect(url_for(copies[1]))
+        try:
+            assert await processed.fetchval("SELECT count(*) FROM sim_runs") == 400
+            results.append(await processed.fetch(trades_query))
+        finally:
+            await processed.close()
         assert len(results[0]) > 200
         assert results[0] == results[1] == results[2]
     finally:

@@ -77,6 +77,15 @@ def stop(proc: Proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
     return code
 
 
+def stop_when_done(proc: Proc, limit_s: float = 120) -> int:
+    """Wait for a process that ends by itself (e.g. `worker --burst`); its exit code."""
+    try:
+        proc.popen.wait(limit_s)
+    except subprocess.TimeoutExpired:
+        return stop(proc, signal.SIGKILL)
+    return stop(proc)
+
+
 async def wait_until(
     check: Callable[[], Awaitable[bool]], limit_s: float = 60, what: str = "condition"
 ) -> None:
