@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from redis.exceptions import RedisError
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
@@ -158,8 +159,11 @@ def worker(
         Worker(**kwargs, burst=burst).run()
     except Unavailable as exc:
         raise Exit(2, str(exc)) from None
-    except (OSError, ConnectionError) as exc:
-        raise Exit(2, f"cannot reach Redis or Postgres: {exc}") from None
+    except (OSError, ConnectionError, RedisError) as exc:
+        text = str(exc).strip().splitlines()
+        raise Exit(
+            2, f"cannot reach Redis or Postgres: {text[0] if text else type(exc).__name__}"
+        ) from None
 
 
 # -- run --------------------------------------------------------------------------------------

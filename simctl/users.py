@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -65,13 +66,10 @@ def create(
     actor = admin_fingerprint(s, admin_key)
 
     async def go() -> int:
-        amount = parse_amount(deposit, "deposit") if deposit.strip() not in ("0", "") else None
+        # No opening deposit unless one is asked for; one that is asked for must be valid.
+        amount = Decimal(0) if deposit.strip() in ("", "0") else parse_amount(deposit, "deposit")
         async with connection(s.database_url) as conn:
-            from decimal import Decimal
-
-            return await create_user(
-                conn, actor, email, name, amount or Decimal(0), enable, interval_s, strategy
-            )
+            return await create_user(conn, actor, email, name, amount, enable, interval_s, strategy)
 
     uid = run_async(go)
     print_json({"id": uid})

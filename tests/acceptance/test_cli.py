@@ -166,3 +166,15 @@ async def test_status_json_reports_due_users_and_queue(
     assert set(status["last_tick"]) == {"BTC", "ETH", "USDT", "USDC", "XRP", "ADA"}
     table = simctl(["status"], env)
     assert table.returncode == 0 and "due now" in table.stdout and "last tick BTC" in table.stdout
+
+
+@pytest.mark.parametrize("command", [["scheduler", "--once"], ["worker", "--burst"]])
+def test_unreachable_redis_is_exit_2_without_a_traceback(
+    env: dict[str, str], command: list[str]
+) -> None:
+    from tests.support.services import free_port
+
+    result = simctl(command, {**env, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    assert "cannot reach Redis" in result.stderr.strip().splitlines()[-1]
