@@ -178,3 +178,31 @@ def test_unreachable_redis_is_exit_2_without_a_traceback(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
     assert "cannot reach Redis" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["users", sub]
+        for sub in (
+            "create",
+            "show",
+            "list",
+            "enable",
+            "disable",
+            "pause",
+            "resume",
+            "set-interval",
+            "set-strategy",
+            "deposit",
+            "adjust",
+            "delete",
+        )
+    ]
+    + [["withdrawals", sub] for sub in ("request", "process", "complete", "fail", "list")]
+    + [["prices", "import"], ["prices", "show"], ["report"], ["grant-reader"], ["bench"]],
+)
+def test_every_subcommand_has_an_example(command: list[str], env: dict[str, str]) -> None:
+    result = simctl([*command, "--help"], env)
+    assert result.returncode == 0
+    assert f"Example: simctl {' '.join(command)}" in result.stdout

@@ -54,7 +54,7 @@ async def test_three_schedulers_two_workers_run_every_slot_exactly_once(
 async def test_worker_killed_mid_batch_repeatedly_loses_and_doubles_nothing(
     pg: asyncpg.Connection, env: dict[str, str]
 ) -> None:
-    users = 3000
+    users = 6000
     await seed_due(pg, users)
     env = {
         **env,
