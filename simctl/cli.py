@@ -146,17 +146,12 @@ def worker(
     Example: simctl worker --burst
     """
     s = settings()
-    from arq.worker import Worker
-
-    from workers.jobs import worker_settings
     from workers.logs import configure_logging
-    from workers.naive import naive_worker_settings
+    from workers.process import run_worker
 
     configure_logging(s)
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    kwargs = naive_worker_settings(s) if naive else worker_settings(s)
     try:
-        Worker(**kwargs, burst=burst).run()
+        run_worker(s, burst=burst, naive=naive)
     except Unavailable as exc:
         raise Exit(2, str(exc)) from None
     except (OSError, ConnectionError, RedisError) as exc:

@@ -101,7 +101,9 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
         ctx["market"] = Market(settings.market_params())
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        await ctx["pool"].close()
+        pool = ctx.pop("pool", None)
+        if pool is not None:
+            await pool.close()
 
     return {
         "functions": [naive_run],

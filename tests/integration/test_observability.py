@@ -175,3 +175,40 @@ async def test_the_documented_listener_receives_a_payload(
     assert sorted((p["run_id"], p["user_id"], p["trades_count"]) for p in payloads) == [
         (r["id"], r["user_id"], r["trades_count"]) for r in runs
     ]
+
+
+async def test_a_worker_outlives_a_redis_restart(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    own_redis = RedisServer()
+    own_redis.start()
+    worker_env = {**env, "REDIS_URL": own_redis.url}
+    port = free_port()
+    worker = spawn(["worker"], {**worker_env, "SIM_METRICS_PORT": str(port)})
+    try:
+
+        async def ready() -> bool:
+            return get(port, "/readyz")[0] == 200
+
+        await wait_until(ready, 30, "the worker to start")
+        own_redis.stop()
+
+        async def outage_outlived() -> bool:
+            # Two failed rounds: Redis stayed away longer than arq's own connection retries.
+            return worker.output().count("redis.unavailable") >= 2
+
+        await wait_until(outage_outlived, 60, "the worker to retry through a long outage")
+        assert get(port, "/readyz")[0] != 200
+        own_redis.start_on_same_port()
+        await wait_until(ready, 60, "the worker to come back with Redis")
+        await seed_due(pg, 50)
+        assert simctl(["scheduler", "--once"], worker_env).returncode == 0
+
+        async def ran() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM sim_runs") == 50)
+
+        await wait_until(ran, 60, "the restarted worker to run the new jobs")
+        assert worker.popen.poll() is None
+    finally:
+        stop(worker)
+        own_redis.stop()
