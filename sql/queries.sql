@@ -482,3 +482,19 @@ UPDATE users
                               THEN now() + make_interval(secs => sim_interval_s)
                               ELSE $4::timestamptz + make_interval(secs => sim_interval_s) END
  WHERE id = $1
+
+-- prices_at_last_slot --
+-- The price of each asset as the user's last run priced it: the latest stored tick (the run
+-- recorded the model ticks it used; imports are stored too) at or before that slot, or now.
+SELECT a.asset,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = a.asset
+           AND h.at <= (SELECT coalesce(max(scheduled_for), now()) FROM sim_runs WHERE user_id = $1)
+         ORDER BY h.at DESC LIMIT 1) AS price_usd
+  FROM unnest(ARRAY['BTC', 'ETH', 'USDT', 'USDC', 'XRP', 'ADA']) AS a(asset)
+
+-- set_value --
+WITH p AS (
+    UPDATE portfolio SET usd_value = $2, updated_at = now() WHERE user_id = $1
+)
+UPDATE users SET portfolio_value_usd = $2, updated_at = now() WHERE id = $1

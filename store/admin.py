@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from engine.accounting import mark_to_market
 from engine.assets import ASSETS, check_asset
 from engine.errors import UnknownStrategy
 from engine.strategies import make_strategy
@@ -195,6 +196,7 @@ async def adjust_holding(
             )
         after = await conn.fetchrow(query("change_holding"), user_id, asset, delta)
         assert after is not None
+        await _revalue(conn, user_id, after)
         details = {
             "asset": asset,
             "delta": str(delta),
@@ -204,6 +206,18 @@ async def adjust_holding(
         }
         await audit(conn, actor, "adjust_holding", user_id, details)
         return details
+
+
+async def _revalue(conn: Conn, user_id: int, held: asyncpg.Record) -> None:
+    """Keep portfolio.usd_value (= users.portfolio_value_usd) equal to the holdings × the prices
+    of the user's last run, after a change of holdings between runs."""
+    rows = await conn.fetch(query("prices_at_last_slot"), user_id)
+    prices = {r["asset"]: r["price_usd"] for r in rows}
+    holdings = {a: held[a.lower()] for a in ASSETS}
+    if any(holdings[a] and prices[a] is None for a in ASSETS):
+        return  # no stored price yet for a held asset: the next run values it
+    value = mark_to_market(holdings, {a: p or Decimal(0) for a, p in prices.items()})
+    await conn.execute(query("set_value"), user_id, value)
 
 
 async def soft_delete(conn: Conn, actor: str, user_id: int) -> dict[str, Any]:
@@ -327,11 +341,15 @@ async def move_withdrawal(
                 "SELECT withdrawal_fee FROM fee_config WHERE asset = $1", w["asset"]
             )
             try:
-                await conn.fetchrow(query("change_holding"), w["user_id"], w["asset"], -w["amount"])
+                held = await conn.fetchrow(
+                    query("change_holding"), w["user_id"], w["asset"], -w["amount"]
+                )
             except asyncpg.CheckViolationError:
                 raise Refused(
                     f"withdrawal {withdrawal_id}: the holding no longer covers it"
                 ) from None
+            assert held is not None
+            await _revalue(conn, w["user_id"], held)
             details.update(fee=str(fee), net_sent=str(w["amount"] - fee), tx_hash=tx_hash)
         if step == "fail":
             details["error_message"] = error

@@ -324,3 +324,37 @@ async def test_report_writes_a_png_and_html(
     assert "<img src='data:image/png;base64," in png.with_suffix(".html").read_text()
     nothing = simctl(["report", "999999", "--out", str(png)], admin_env)
     assert nothing.returncode == 1
+
+
+async def test_holding_changes_between_runs_keep_the_value_marked_at_the_last_slot(
+    admin_env: dict[str, str], pg: asyncpg.Connection
+) -> None:
+    await seed_due(pg, 2)
+    assert simctl(["scheduler", "--once"], admin_env).returncode == 0
+    assert simctl(["worker", "--burst"], admin_env).returncode == 0
+    uid = await pg.fetchval("SELECT min(id) FROM users")
+    ok(
+        ["users", "adjust", str(uid), "--asset", "ETH", "--amount", "2", "--reason", "gift"],
+        admin_env,
+    )
+    ok(["withdrawals", "request", str(uid), "ETH", "0.5", "--address", "0xabc"], admin_env)
+    wid = await pg.fetchval("SELECT max(id) FROM withdrawals")
+    ok(["withdrawals", "process", str(wid)], admin_env)
+    ok(["withdrawals", "complete", str(wid)], admin_env)
+    expected = await pg.fetchval(
+        """WITH slot AS (SELECT max(scheduled_for) AS at FROM sim_runs WHERE user_id = $1)
+           SELECT round(sum(h.q * (SELECT price_usd FROM price_history ph, slot
+                                     WHERE ph.asset = h.a AND ph.at <= slot.at
+                                     ORDER BY ph.at DESC LIMIT 1)), 8)
+             FROM portfolio p, LATERAL (VALUES ('BTC', p.btc), ('ETH', p.eth), ('USDT', p.usdt),
+                  ('USDC', p.usdc), ('XRP', p.xrp), ('ADA', p.ada)) h(a, q)
+            WHERE p.user_id = $1""",
+        uid,
+    )
+    row = await pg.fetchrow(
+        "SELECT p.usd_value, u.portfolio_value_usd FROM portfolio p JOIN users u ON u.id = p.user_id "
+        "WHERE u.id = $1",
+        uid,
+    )
+    assert row is not None and row["usd_value"] == row["portfolio_value_usd"] == expected
+    assert simctl(["reconcile"], admin_env).returncode == 0
