@@ -7,6 +7,7 @@ recorded (error, backoff, auto-pause after SIM_MAX_FAILURES) and the others comm
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from store.runs import Claim, LoadedUser, RunWrite
 from workers.logs import get_logger
 
 log = get_logger("simengine.batch")
+FEES_TTL_S = 30.0
 
 
 @dataclass
@@ -70,6 +72,7 @@ class BatchRunner:
         self.settings = settings
         self.market = market
         self._fees: dict[str, FeeRule] | None = None
+        self._fees_at = 0.0
         self._strategies: dict[tuple[str | None, str], Strategy] = {}
 
     def _strategy(self, name: str | None, params: Mapping[str, Any]) -> Strategy:
@@ -88,8 +91,10 @@ class BatchRunner:
         return strategy
 
     async def fees(self, conn: Conn) -> dict[str, FeeRule]:
-        if self._fees is None:
-            self._fees = await load_fees(conn)
+        """fee_config, read again every FEES_TTL_S so a changed fee applies without a restart."""
+        now = time.monotonic()
+        if self._fees is None or now - self._fees_at > FEES_TTL_S:
+            self._fees, self._fees_at = await load_fees(conn), now
         return self._fees
 
     async def run(self, claims: Sequence[Claim]) -> BatchOutcome:
