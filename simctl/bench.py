@@ -109,9 +109,15 @@ def pgbench_binary() -> str:
     )
 
 
-def _pgbench(args: list[str], url: str) -> float:
+def _pgbench(clients: int, args: list[str], url: str) -> float:
+    """tps of one pgbench run with prepared statements and up to two threads."""
+    common = ["-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2))]
     out = subprocess.run(
-        [pgbench_binary(), *args, url], capture_output=True, text=True, check=False, timeout=1800
+        [pgbench_binary(), *common, *args, url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
     )
     match = re.search(r"tps = ([0-9.]+)", out.stdout)
     if out.returncode != 0 or match is None:
@@ -138,22 +144,7 @@ async def ceiling(
             await conn.close()
         per_client = max(1, plan.ceiling_users // (200 * clients) - 1)
         say(f"ceiling: {clients} client(s) × {per_client} statements of 200 user-runs")
-        tps = _pgbench(
-            [
-                "-n",
-                "-M",
-                "prepared",
-                "-c",
-                str(clients),
-                "-j",
-                str(min(clients, 2)),
-                "-t",
-                str(per_client),
-                "-f",
-                str(CEILING),
-            ],
-            url,
-        )
+        tps = _pgbench(clients, ["-n", "-t", str(per_client), "-f", str(CEILING)], url)
         conn = await connect(url)
         try:
             written = await conn.fetchval("SELECT count(*) FROM sim_runs")
@@ -186,22 +177,7 @@ async def tpcb(
     results = {}
     for clients in (1, 4, 16):
         say(f"TPC-B: {clients} client(s), {plan.tpcb_seconds} s")
-        results[str(clients)] = round(
-            _pgbench(
-                [
-                    "-M",
-                    "prepared",
-                    "-c",
-                    str(clients),
-                    "-j",
-                    str(min(clients, 2)),
-                    "-T",
-                    str(plan.tpcb_seconds),
-                ],
-                url,
-            ),
-            1,
-        )
+        results[str(clients)] = round(_pgbench(clients, ["-T", str(plan.tpcb_seconds)], url), 1)
     await _drop_db(admin_url, f"{prefix}_tpcb")
     return {"tps_by_clients": results, "best_tps": max(results.values())}
 

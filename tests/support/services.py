@@ -92,29 +92,27 @@ def build_template() -> str:
     return name
 
 
-def create_database(template: str) -> str:
-    name = f"simengine_t_{uuid.uuid4().hex[:16]}"
+def _admin(statement: str) -> None:
+    """One statement on the server's admin database (CREATE/DROP DATABASE cannot be bound)."""
 
     async def go() -> None:
         admin = await asyncpg.connect(admin_url())
         try:
-            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            await admin.execute(statement)
         finally:
             await admin.close()
 
     in_thread(go)
+
+
+def create_database(template: str) -> str:
+    name = f"simengine_t_{uuid.uuid4().hex[:16]}"
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     return name
 
 
 def drop_database(name: str) -> None:
-    async def go() -> None:
-        admin = await asyncpg.connect(admin_url())
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    in_thread(go)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
