@@ -38,3 +38,22 @@ def test_metrics_named_in_the_operations_guide_exist() -> None:
     assert len(named) >= 8
     for name in named:
         assert name in exposed, name
+
+
+def test_the_grafana_dashboard_only_queries_metrics_that_exist() -> None:
+    import json
+
+    from workers import metrics
+
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "simengine-dashboard.json").read_text())
+    exposed = {m._name for m in vars(metrics).values() if hasattr(m, "_name")}
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"(simengine_[a-z_]+)", target["expr"])
+    }
+    assert len(used) >= 8
+    for name in used:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert base in exposed, name
