@@ -66,15 +66,14 @@ async def _locked_user(conn: Conn, user_id: int) -> asyncpg.Record:
 async def _changed(
     conn: Conn, actor: str, action: str, user_id: int, before: asyncpg.Record, **extra: Any
 ) -> dict[str, Any]:
-    after = await conn.fetchrow(query("user_snapshot"), user_id)
-    assert after is not None
-    changes = {
-        k: {"before": _snapshot(before)[k], "after": v}
-        for k, v in _snapshot(after).items()
-        if _snapshot(before)[k] != v
-    }
-    details = {"changes": changes, **extra}
-    await audit(conn, actor, action, user_id, json.loads(json.dumps(details, default=str)))
+    """Audit a change of a user row: the columns that changed, before and after."""
+    row = await conn.fetchrow(query("user_snapshot"), user_id)
+    assert row is not None
+    old, new = _snapshot(before), _snapshot(row)
+    changes = {k: {"before": old[k], "after": v} for k, v in new.items() if old[k] != v}
+    # Round-trip through JSON so the caller sees exactly what the audit row holds.
+    details: dict[str, Any] = json.loads(json.dumps({"changes": changes, **extra}, default=str))
+    await audit(conn, actor, action, user_id, details)
     return details
 
 
