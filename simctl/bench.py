@@ -493,12 +493,24 @@ async def run_bench(settings: Settings, quick: bool, say: Callable[[str], None])
         result["machine"]["postgres"] = await conn.fetchval("SHOW server_version")
     finally:
         await conn.close()
-    result["ceiling"] = await ceiling(admin_url, prefix, plan, say)
-    result["tpcb"] = await tpcb(admin_url, prefix, plan, say)
-    result["naive"] = await naive(admin_url, prefix, plan, settings, say)
-    result["engine"] = await engine(admin_url, prefix, plan, settings, say)
-    result["claim"] = await claim_times(admin_url, prefix, plan, say)
-    result["rss"] = await worker_rss(admin_url, prefix, plan, settings, say)
+    try:
+        result["ceiling"] = await ceiling(admin_url, prefix, plan, say)
+        result["tpcb"] = await tpcb(admin_url, prefix, plan, say)
+        result["naive"] = await naive(admin_url, prefix, plan, settings, say)
+        result["engine"] = await engine(admin_url, prefix, plan, settings, say)
+        result["claim"] = await claim_times(admin_url, prefix, plan, say)
+        result["rss"] = await worker_rss(admin_url, prefix, plan, settings, say)
+    finally:
+        # A phase that failed leaves its database behind: drop every one of this run's.
+        conn = await connect(admin_url)
+        try:
+            names = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1 || '\\_%'", prefix
+            )
+        finally:
+            await conn.close()
+        for row in names:
+            await _drop_db(admin_url, row["datname"])
     e = result["engine"]["runs_per_s"]
     best_ceiling = result["ceiling"]["best_runs_per_s"]
     claims = result["claim"]["ms_per_claim_by_users"]

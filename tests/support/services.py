@@ -80,8 +80,13 @@ def build_template() -> str:
             # Two test runs at once build one after the other.
             await admin.execute("SELECT pg_advisory_lock(7151)")
             try:
-                if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                    await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+                # Templates of earlier migration sets (and this one's) are rebuilt or dropped.
+                stale = await admin.fetch(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'simengine\\_tpl\\_%'"
+                )
+                for row in stale:
+                    await admin.execute(f'ALTER DATABASE "{row["datname"]}" WITH IS_TEMPLATE false')
+                    await admin.execute(f'DROP DATABASE "{row["datname"]}" WITH (FORCE)')
                 await _build_template(name)
             finally:
                 await admin.execute("SELECT pg_advisory_unlock(7151)")
