@@ -42,23 +42,28 @@ WITH cash AS (
 ), fees AS (
     SELECT user_id, sum(fees_usd) AS fees_usd FROM cost GROUP BY user_id
 )
-SELECT u.id AS user_id, u.sim_enabled, u.sim_paused, u.sim_run_count, u.sim_last_run_at,
-       coalesce(c.deposits_usd, 0) AS deposits_usd,
-       coalesce(c.withdrawals_usd, 0) AS withdrawals_usd,
-       u.balance_usd AS cash_usd,
-       u.portfolio_value_usd AS holdings_value_usd,
-       u.balance_usd + u.portfolio_value_usd AS equity_usd,
-       coalesce(f.fees_usd, 0) AS fees_usd,
-       round(u.balance_usd + u.portfolio_value_usd - coalesce(c.deposits_usd, 0)
-             + coalesce(c.withdrawals_usd, 0) - coalesce(c.adjustments_usd, 0), 8) AS total_pnl_usd,
-       round(u.portfolio_value_usd - coalesce(h.cost_basis_usd, 0), 8) AS unrealised_pnl_usd,
-       round(u.balance_usd + coalesce(h.cost_basis_usd, 0) - coalesce(c.deposits_usd, 0)
-             + coalesce(c.withdrawals_usd, 0) - coalesce(c.adjustments_usd, 0), 8) AS realised_pnl_usd
-  FROM users u
-  LEFT JOIN cash c ON c.user_id = u.id
-  LEFT JOIN held h ON h.user_id = u.id
-  LEFT JOIN fees f ON f.user_id = u.id
- WHERE u.deleted_at IS NULL;
+SELECT b.user_id, b.sim_enabled, b.sim_paused, b.sim_run_count, b.sim_last_run_at,
+       b.deposits_usd, b.withdrawals_usd, b.cash_usd, b.holdings_value_usd, b.equity_usd, b.fees_usd,
+       b.total_pnl_usd, b.unrealised_pnl_usd,
+       -- The difference of two 8-decimal values, so total = realised + unrealised exactly.
+       b.total_pnl_usd - b.unrealised_pnl_usd AS realised_pnl_usd
+  FROM (
+    SELECT u.id AS user_id, u.sim_enabled, u.sim_paused, u.sim_run_count, u.sim_last_run_at,
+           coalesce(c.deposits_usd, 0) AS deposits_usd,
+           coalesce(c.withdrawals_usd, 0) AS withdrawals_usd,
+           u.balance_usd AS cash_usd,
+           u.portfolio_value_usd AS holdings_value_usd,
+           u.balance_usd + u.portfolio_value_usd AS equity_usd,
+           coalesce(f.fees_usd, 0) AS fees_usd,
+           u.balance_usd + u.portfolio_value_usd - coalesce(c.deposits_usd, 0)
+             + coalesce(c.withdrawals_usd, 0) - coalesce(c.adjustments_usd, 0) AS total_pnl_usd,
+           round(u.portfolio_value_usd - coalesce(h.cost_basis_usd, 0), 8) AS unrealised_pnl_usd
+      FROM users u
+      LEFT JOIN cash c ON c.user_id = u.id
+      LEFT JOIN held h ON h.user_id = u.id
+      LEFT JOIN fees f ON f.user_id = u.id
+     WHERE u.deleted_at IS NULL
+  ) b;
 
 -- Engine activity per minute over the last hour: runs, trades and scheduling lag.
 CREATE VIEW sim_activity AS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -341,16 +341,19 @@ async def test_holding_changes_between_runs_keep_the_value_marked_at_the_last_sl
     wid = await pg.fetchval("SELECT max(id) FROM withdrawals")
     ok(["withdrawals", "process", str(wid)], admin_env)
     ok(["withdrawals", "complete", str(wid)], admin_env)
-    expected = await pg.fetchval(
+    exact = await pg.fetchval(
         """WITH slot AS (SELECT max(scheduled_for) AS at FROM sim_runs WHERE user_id = $1)
-           SELECT round(sum(h.q * (SELECT price_usd FROM price_history ph, slot
-                                     WHERE ph.asset = h.a AND ph.at <= slot.at
-                                     ORDER BY ph.at DESC LIMIT 1)), 8)
+           SELECT sum(h.q * (SELECT price_usd FROM price_history ph, slot
+                               WHERE ph.asset = h.a AND ph.at <= slot.at
+                               ORDER BY ph.at DESC LIMIT 1))
              FROM portfolio p, LATERAL (VALUES ('BTC', p.btc), ('ETH', p.eth), ('USDT', p.usdt),
                   ('USDC', p.usdc), ('XRP', p.xrp), ('ADA', p.ada)) h(a, q)
             WHERE p.user_id = $1""",
         uid,
     )
+    expected = exact.quantize(
+        Decimal("0.00000001"), rounding=ROUND_HALF_EVEN
+    )  # valuations: half-even
     row = await pg.fetchrow(
         "SELECT p.usd_value, u.portfolio_value_usd FROM portfolio p JOIN users u ON u.id = p.user_id "
         "WHERE u.id = $1",
