@@ -16,7 +16,7 @@ from tests.support.services import (
     build_template,
     create_database,
     drop_database,
-    template_name,
+    drop_template,
     url_for,
 )
 
@@ -27,9 +27,14 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["SIMENGINE_TEST_TEMPLATE"] = build_template()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and "SIMENGINE_TEST_TEMPLATE" in os.environ:
+        drop_template(os.environ.pop("SIMENGINE_TEST_TEMPLATE"))
+
+
 @pytest.fixture(scope="session")
 def template() -> str:
-    return os.environ.get("SIMENGINE_TEST_TEMPLATE") or template_name()
+    return os.environ["SIMENGINE_TEST_TEMPLATE"]
 
 
 @pytest.fixture

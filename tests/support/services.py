@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import os
 import shutil
 import socket
@@ -21,7 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from store.migrate import migrate
-from store.sqlfiles import migrations
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,55 +44,48 @@ def in_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(fn())).result()
 
 
+TEMPLATE_PREFIX = "simengine_tpl_"
+STALE_AFTER_S = 6 * 3600
+
+
 def template_name() -> str:
-    digest = hashlib.sha256()
-    for mig in migrations():
-        digest.update(mig.checksum.encode())
-    return f"simengine_tpl_{digest.hexdigest()[:12]}"
-
-
-async def _build_template(name: str) -> None:
-    admin = await asyncpg.connect(admin_url())
-    try:
-        building = f"{name}_building_{os.getpid()}"
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{building}"')
-        conn = await asyncpg.connect(url_for(building))
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
-        await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
-    finally:
-        await admin.close()
+    """A template of this run's own: test runs at once (two checkouts) never share or drop one."""
+    return f"{TEMPLATE_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:8]}"
 
 
 def build_template() -> str:
-    """Build the template database from the migrations (once per test run)."""
+    """Build this run's template database from the migrations; drop templates left behind by
+    runs that were killed (older than STALE_AFTER_S, by the time in their name)."""
     name = template_name()
 
     async def go() -> None:
         admin = await asyncpg.connect(admin_url())
         try:
-            # Two test runs at once build one after the other.
-            await admin.execute("SELECT pg_advisory_lock(7151)")
-            try:
-                # Templates of earlier migration sets (and this one's) are rebuilt or dropped.
-                stale = await admin.fetch(
-                    "SELECT datname FROM pg_database WHERE datname LIKE 'simengine\\_tpl\\_%'"
-                )
-                for row in stale:
+            rows = await admin.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'simengine\\_tpl\\_%'"
+            )
+            for row in rows:
+                stamp = row["datname"][len(TEMPLATE_PREFIX) :].split("_")[0]
+                if not stamp.isdigit() or time.time() - int(stamp) > STALE_AFTER_S:
                     await admin.execute(f'ALTER DATABASE "{row["datname"]}" WITH IS_TEMPLATE false')
-                    await admin.execute(f'DROP DATABASE "{row["datname"]}" WITH (FORCE)')
-                await _build_template(name)
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            conn = await asyncpg.connect(url_for(name))
+            try:
+                await migrate(conn)
             finally:
-                await admin.execute("SELECT pg_advisory_unlock(7151)")
+                await conn.close()
+            await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
         finally:
             await admin.close()
 
     in_thread(go)
     return name
+
+
+def drop_template(name: str) -> None:
+    _admin(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _admin(statement: str) -> None:
