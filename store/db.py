@@ -85,6 +85,10 @@ def is_retryable(exc: BaseException) -> bool:
     """Serialization failures, deadlocks and lost connections; never a constraint violation."""
     if isinstance(exc, asyncpg.TransactionRollbackError):
         return True
+    # Class 08 (connection exception) and 57 (operator intervention: admin shutdown, crash
+    # shutdown, cannot connect now): the server went away, the work itself was fine.
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError):
+        return not isinstance(exc, asyncpg.QueryCanceledError)
     return isinstance(exc, _CONNECTION_LOST) and not isinstance(exc, asyncpg.PostgresError)
 
 

@@ -133,3 +133,34 @@ async def test_sigterm_lets_the_worker_finish_cleanly(
     assert stop(worker, signal.SIGTERM, timeout=30) == 0
     await no_partial_runs(pg)
     assert await reconcile(pg) == []
+
+
+async def test_scheduler_and_worker_survive_their_database_connections_being_cut(
+    pg: asyncpg.Connection, env: dict[str, str], db_name: str
+) -> None:
+    await seed_due(pg, 300)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() + interval '1 hour'")
+    procs = [spawn(["scheduler"], env), spawn(["worker"], env)]
+    try:
+
+        async def connected() -> bool:
+            n = await pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                db_name,
+            )
+            return bool(n >= 2)
+
+        await wait_until(connected, 30, "both processes to connect")
+        # What a Postgres restart does to a client: every connection is cut.
+        await pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            db_name,
+        )
+        await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 second'")
+        await wait_until(lambda: all_ran(pg, 300), 90, "every slot to run after the cut")
+        assert all(p.popen.poll() is None for p in procs)
+    finally:
+        codes = [stop(p) for p in procs]
+    assert codes == [0, 0]
+    await assert_exactly_once_and_clean(pg, 300)
