@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,10 @@ def in_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 TEMPLATE_PREFIX = "simengine_tpl_"
+# Names these tests give databases: with a creation time, or the earlier time-less forms.
+_OURS = re.compile(
+    r"^simengine_(?:(?:tpl|t)_(?P<stamp>\d{10})_[0-9a-f]{8,12}|tpl_[0-9a-f]{12}|t_[0-9a-f]{16})$"
+)
 STALE_AFTER_S = 6 * 3600
 
 
@@ -54,19 +59,22 @@ def template_name() -> str:
 
 
 def build_template() -> str:
-    """Build this run's template database from the migrations; drop templates left behind by
-    runs that were killed (older than STALE_AFTER_S, by the time in their name)."""
+    """Build this run's template database from the migrations; drop templates and test databases
+    left behind by runs that were killed (older than STALE_AFTER_S, by the time in their name)."""
     name = template_name()
 
     async def go() -> None:
         admin = await asyncpg.connect(admin_url())
         try:
             rows = await admin.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'simengine\\_tpl\\_%'"
+                "SELECT datname FROM pg_database WHERE datname LIKE 'simengine\\_t%'"
             )
             for row in rows:
-                stamp = row["datname"][len(TEMPLATE_PREFIX) :].split("_")[0]
-                if not stamp.isdigit() or time.time() - int(stamp) > STALE_AFTER_S:
+                found = _OURS.match(row["datname"])
+                if found is None:
+                    continue  # not a database these tests made
+                stamp = found.group("stamp")
+                if stamp is None or time.time() - int(stamp) > STALE_AFTER_S:
                     await admin.execute(f'ALTER DATABASE "{row["datname"]}" WITH IS_TEMPLATE false')
                     await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}"')
@@ -102,7 +110,7 @@ def _admin(statement: str) -> None:
 
 
 def create_database(template: str) -> str:
-    name = f"simengine_t_{uuid.uuid4().hex[:16]}"
+    name = f"simengine_t_{int(time.time())}_{uuid.uuid4().hex[:12]}"
     _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     return name
 
