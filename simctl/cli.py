@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simctl.common import Exit, err, out, print_json, run_async, settings
-from store.errors import Refused, Unavailable
+from store.errors import Refused, StoreError, Unavailable, first_line
 
 app = typer.Typer(
     name="simctl",
@@ -155,10 +155,7 @@ def worker(
     except Unavailable as exc:
         raise Exit(2, str(exc)) from None
     except (OSError, ConnectionError, RedisError) as exc:
-        text = str(exc).strip().splitlines()
-        raise Exit(
-            2, f"cannot reach Redis or Postgres: {text[0] if text else type(exc).__name__}"
-        ) from None
+        raise Exit(2, f"cannot reach Redis or Postgres: {first_line(exc)}") from None
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -421,4 +418,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except Exit as exc:
         fail(exc.code, str(exc))
+    except Unavailable as exc:  # raised outside run_async, e.g. while checking arguments
+        fail(2, str(exc))
+    except StoreError as exc:  # a refusal (bad amount, unknown asset, ...) outside run_async
+        fail(1, str(exc))
     sys.exit(result if isinstance(result, int) else 0)

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from simconfig import Settings, SettingsError, load_settings
-from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable
+from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable, first_line
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except Unavailable as exc:
         raise Exit(2, str(exc)) from None
     except RedisError as exc:
-        raise Exit(2, f"cannot reach Redis: {_first_line(exc)}") from None
+        raise Exit(2, f"cannot reach Redis: {first_line(exc)}") from None
     except (NotFound, Refused, MigrationError) as exc:
         raise Exit(1, str(exc)) from None
     except StoreError as exc:
@@ -76,8 +76,3 @@ def admin_fingerprint(s: Settings, key: str | None) -> str:
             "refused: the admin key is not accepted (its SHA-256 is not in SIM_ADMIN_KEYS_SHA256)",
         )
     return "sha256:" + digest[:12]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

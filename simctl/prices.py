@@ -77,10 +77,7 @@ def show(
     from store.prices import show_prices
 
     s = settings()
-    try:
-        checked = parse_asset(asset)
-    except Refused as exc:
-        raise Exit(1, str(exc)) from None
+    checked = parse_asset(asset)
 
     async def go() -> list[dict[str, object]]:
         async with connection(s.database_url) as conn:

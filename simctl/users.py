@@ -12,7 +12,6 @@ import typer
 
 from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
 from store.db import Conn, connection
-from store.errors import Refused
 
 app = typer.Typer(
     help="Create, show, list and steer users. USER is a numeric id or an email.\n\n"
@@ -219,7 +218,7 @@ def deposit(
     """
     from store.admin import move_usd, parse_amount
 
-    value = _amount(parse_amount, amount, "amount")
+    value = parse_amount(amount, "amount")
     _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "deposit", None))
 
 
@@ -244,13 +243,13 @@ def adjust(
     if (usd is None) == (asset is None):
         raise Exit(2, "give either --usd, or --asset with --amount")
     if usd is not None:
-        value = _amount(lambda t, w: parse_amount(t, w, signed=True), usd, "--usd")
+        value = parse_amount(usd, "--usd", signed=True)
         _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "adjustment", reason))
         return
     if amount is None:
         raise Exit(2, "--asset needs --amount")
-    checked = _asset(parse_asset, asset or "")
-    delta = _amount(lambda t, w: parse_amount(t, w, signed=True), amount, "--amount")
+    checked = parse_asset(asset or "")
+    delta = parse_amount(amount, "--amount", signed=True)
     _change(user, admin_key, lambda c, a, u: adjust_holding(c, a, u, checked, delta, reason))
 
 
@@ -263,17 +262,3 @@ def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
     from store.admin import soft_delete
 
     _change(user, admin_key, soft_delete)
-
-
-def _amount(parse: Callable[[str, str], Any], text: str, what: str) -> Any:
-    try:
-        return parse(text, what)
-    except Refused as exc:
-        raise Exit(1, str(exc)) from None
-
-
-def _asset(parse: Callable[[str], str], text: str) -> str:
-    try:
-        return parse(text)
-    except Refused as exc:
-        raise Exit(1, str(exc)) from None

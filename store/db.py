@@ -19,7 +19,7 @@ from tenacity import (
 )
 
 from simconfig import redact_url
-from store.errors import Refused, StoreError, Unavailable
+from store.errors import Refused, StoreError, Unavailable, first_line
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
+        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {first_line(exc)}") from None
     await _init(conn)
     return conn
 
@@ -61,7 +61,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             dsn, min_size=min_size, max_size=max_size, init=_init, timeout=10
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {_first_line(exc)}") from None
+        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {first_line(exc)}") from None
     assert pool is not None
     return pool
 
@@ -74,11 +74,6 @@ async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await asyncio.shield(conn.close())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -97,11 +92,11 @@ def translate(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
-        detail = getattr(exc, "constraint_name", None) or _first_line(exc)
+        detail = getattr(exc, "constraint_name", None) or first_line(exc)
         return Refused(f"refused by the database: {detail}")
     if isinstance(exc, _CONNECTION_LOST):
-        return Unavailable(f"database connection lost: {_first_line(exc)}")
-    return StoreError(f"database error: {_first_line(exc)}")
+        return Unavailable(f"database connection lost: {first_line(exc)}")
+    return StoreError(f"database error: {first_line(exc)}")
 
 
 async def retrying(

@@ -3,6 +3,12 @@
 from engine.errors import SimError
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for logs and refusals: its message's first line, or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class StoreError(SimError):
     """A database operation failed."""
 

@@ -25,6 +25,7 @@ from engine.strategies import MarketView, Strategy, make_strategy
 from simconfig import Settings
 from store import runs as store
 from store.db import Conn, is_retryable, retrying, translate
+from store.errors import first_line
 from store.fees import load_fees
 from store.runs import Claim, LoadedUser, RunWrite
 from workers.logs import get_logger
@@ -221,5 +222,4 @@ class BatchRunner:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -16,6 +16,7 @@ from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from simconfig import Settings
+from store.errors import first_line
 from workers.jobs import worker_settings
 from workers.logs import get_logger
 from workers.naive import naive_worker_settings
@@ -43,12 +44,7 @@ def run_worker(settings: Settings, *, burst: bool = False, naive: bool = False) 
                 loop.run_until_complete(kwargs["on_shutdown"](worker.ctx))
             if burst or not ever_started:
                 raise
-            text = str(exc).strip()
-            log.warning(
-                "redis.unavailable",
-                error=text.splitlines()[0] if text else type(exc).__name__,
-                retry_in_s=backoff_s,
-            )
+            log.warning("redis.unavailable", error=first_line(exc), retry_in_s=backoff_s)
         finally:
             with contextlib.suppress(Exception):
                 loop.close()

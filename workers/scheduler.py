@@ -23,18 +23,13 @@ from engine.market import Market
 from simconfig import Settings
 from store import runs as store
 from store.db import create_pool, retrying
-from store.errors import StoreError
+from store.errors import StoreError, first_line
 from store.ticker import write_ticks
 from workers import metrics
 from workers.jobs import JOB_NAME, encode_claims, job_id, start_health
 from workers.logs import get_logger
 
 log = get_logger("simengine.scheduler")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _count_retry(_: BaseException) -> None:
@@ -130,12 +125,12 @@ class Scheduler:
             except (RedisError, OSError) as exc:
                 # Redis away (restart, network): leases already taken simply expire and are
                 # claimed again; keep passing so the engine resumes as soon as Redis answers.
-                log.warning("redis.unavailable", error=_first_line(exc))
+                log.warning("redis.unavailable", error=first_line(exc))
                 report = PassReport()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, StoreError) as exc:
                 # Postgres restarted or our connections were cut after the retries gave up:
                 # nothing was half-done (each claim is one statement); the pool reconnects.
-                log.warning("db.unavailable", error=_first_line(exc))
+                log.warning("db.unavailable", error=first_line(exc))
                 report = PassReport()
             if report.claimed:
                 log.info(
