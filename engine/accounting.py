@@ -66,9 +66,22 @@ class RunResult(NamedTuple):
 
 
 def run_stream(seed: int, user_id: int, slot: datetime) -> Stream:
-    """The random stream of one run, keyed by (seed, user, slot) so a run is reproducible."""
-    slot_us = (slot - _UNIX_EPOCH) // _MICROSECOND
-    return Stream(key_bytes(seed, "run", user_id, slot_us))
+    """The random stream of one run, keyed by (seed, user, slot) so a run is reproducible.
+
+    The key is `key_bytes(seed, "run", user_id, slot_us)`, assembled from cached parts: the
+    prefix is the same for every run and the slot part for every user of a slot.
+    """
+    return Stream(_run_prefix(seed) + key_bytes(user_id) + _slot_part(slot))
+
+
+@functools.lru_cache(maxsize=16)
+def _run_prefix(seed: int) -> bytes:
+    return key_bytes(seed, "run")
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot_part(slot: datetime) -> bytes:
+    return key_bytes((slot - _UNIX_EPOCH) // _MICROSECOND)
 
 
 def mark_to_market(holdings: Mapping[str, Decimal], prices: Mapping[str, Decimal]) -> Decimal:

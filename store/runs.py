@@ -16,6 +16,8 @@ from store.sqlfiles import query
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
 PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
 _ZERO = Decimal(0)
+# The Fill fields apply_batch sends as numeric columns, in the statement's order.
+_FILL_AMOUNTS = ("amount", "price_usd", "total_usd", "fee_usd", "balance_before", "balance_after")
 
 
 class Claim(NamedTuple):
@@ -136,48 +138,25 @@ async def apply_batch(
     """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
     if not runs:
         return []
-    # Column-wise, each column one comma-separated text (see apply_batch in queries.sql).
-    cols: list[list[str]] = [[] for _ in range(11)]
-    trades: list[list[str]] = [[] for _ in range(9)]
-    for run in runs:
-        res = run.result
-        h = res.holdings
-        uid = str(res.user_id)
-        for col, value in zip(
-            cols,
-            (
-                uid,
-                run.slot.isoformat(),
-                str(len(res.fills)),
-                str(res.balance_usd),
-                str(h["BTC"]),
-                str(h["ETH"]),
-                str(h["USDT"]),
-                str(h["USDC"]),
-                str(h["XRP"]),
-                str(h["ADA"]),
-                str(res.value_usd),
-            ),
-            strict=True,
-        ):
-            col.append(value)
-        for f in res.fills:
-            for col, value in zip(
-                trades,
-                (
-                    uid,
-                    f.side,
-                    f.asset,
-                    str(f.amount),
-                    str(f.price_usd),
-                    str(f.total_usd),
-                    str(f.fee_usd),
-                    str(f.balance_before),
-                    str(f.balance_after),
-                ),
-                strict=True,
-            ):
-                col.append(value)
+    # Column-wise, each column one comma-separated text (see apply_batch in queries.sql), each
+    # built by one comprehension: about half the CPU of appending value by value.
+    results = [run.result for run in runs]
+    holdings = [r.holdings for r in results]
+    fills = [(r.user_id, f) for r in results for f in r.fills]
+    cols = [
+        ",".join([str(r.user_id) for r in results]),
+        ",".join([run.slot.isoformat() for run in runs]),
+        ",".join([str(len(r.fills)) for r in results]),
+        ",".join([str(r.balance_usd) for r in results]),
+        *(",".join([str(h[asset]) for h in holdings]) for asset in ASSETS),
+        ",".join([str(r.value_usd) for r in results]),
+    ]
+    trades = [
+        ",".join([str(uid) for uid, _ in fills]),
+        ",".join([f.side for _, f in fills]),
+        ",".join([f.asset for _, f in fills]),
+        *(",".join([str(getattr(f, name)) for _, f in fills]) for name in _FILL_AMOUNTS),
+    ]
     prices: list[list[str]] = [[], [], []]
     for asset, at, price in model_prices:
         prices[0].append(asset)
@@ -185,9 +164,9 @@ async def apply_batch(
         prices[2].append(str(price))
     rows = await conn.fetch(
         query("apply_batch"),
-        *(",".join(c) for c in cols),
+        *cols,
         started_at,
-        *(",".join(c) for c in trades),
+        *trades,
         *(",".join(c) for c in prices),
     )
     return [(r["run_id"], r["user_id"]) for r in rows]
