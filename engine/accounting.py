@@ -94,20 +94,6 @@ def mark_to_market(holdings: Mapping[str, Decimal], prices: Mapping[str, Decimal
     return usd_half_even(total)
 
 
-def _check_state(state: UserState) -> None:
-    if state.balance_usd < 0:
-        raise InvalidUserState(f"user {state.user_id}: negative balance {state.balance_usd}")
-    for asset in ASSETS:
-        held = state.holdings.get(asset, ZERO)
-        if held < 0:
-            raise InvalidUserState(f"user {state.user_id}: negative {asset} holding {held}")
-        reserved = state.reserved.get(asset, ZERO)
-        if reserved < 0 or reserved > held:
-            raise InvalidUserState(
-                f"user {state.user_id}: {asset} reserved {reserved} exceeds holding {held}"
-            )
-
-
 def apply_run(
     state: UserState,
     prices: Mapping[str, Decimal],
@@ -119,17 +105,26 @@ def apply_run(
     market: MarketView | None = None,
 ) -> RunResult:
     """Execute a strategy's orders for one user at one slot under the money rules."""
-    _check_state(state)
-    balance = state.balance_usd
+    user_id, balance = state.user_id, state.balance_usd
+    if balance < 0:
+        raise InvalidUserState(f"user {user_id}: negative balance {balance}")
+    # One pass: validate the starting state and build the run's working copies.
     get_held, get_reserved = state.holdings.get, state.reserved.get
-    holdings = {a: get_held(a, ZERO) for a in ASSETS}
-    reserved = {a: get_reserved(a, ZERO) for a in ASSETS}
+    holdings: dict[str, Decimal] = {}
+    reserved: dict[str, Decimal] = {}
+    available: dict[str, Decimal] = {}
+    for asset in ASSETS:
+        held = get_held(asset, ZERO)
+        if held < 0:
+            raise InvalidUserState(f"user {user_id}: negative {asset} holding {held}")
+        res = get_reserved(asset, ZERO)
+        if res < 0 or res > held:
+            raise InvalidUserState(f"user {user_id}: {asset} reserved {res} exceeds holding {held}")
+        holdings[asset] = held
+        reserved[asset] = res
+        available[asset] = held - res
     view = market or MarketView(prices=prices, history=_no_history)
-    wallet = Wallet(
-        balance_usd=balance,
-        available={a: holdings[a] - reserved[a] for a in ASSETS},
-        holdings=holdings,
-    )
+    wallet = Wallet(balance_usd=balance, available=available, holdings=holdings)
     slip = _slip(slippage_bps)
     fills: list[Fill] = []
     for order in strategy.orders(wallet, view, stream):
@@ -174,12 +169,10 @@ def _execute(
     rule = fees[order.asset]
     market_price = prices[order.asset]
     if order.side == "buy":
-        # Fill price rounded up: slippage and rounding never favour the user.
-        price = usd_up(CTX.multiply(market_price, CTX.add(1, slip)))
         budget = min(order.usd, balance)
         if budget <= 0:
             return None
-        gross = CTX.multiply(price, CTX.add(1, CTX.divide(Decimal(rule.fee_bps), BPS)))
+        price, gross = _buy_terms(market_price, slip, rule.fee_bps)
         qty = qty_down(CTX.divide(budget, gross))
         while qty > 0:
             total = usd_up(CTX.multiply(qty, price))
@@ -191,7 +184,7 @@ def _execute(
             return None
         after = CTX.subtract(balance, CTX.add(total, fee))
     else:
-        price = usd_down(CTX.multiply(market_price, CTX.subtract(1, slip)))
+        price = _sell_price(market_price, slip)
         qty = qty_down(min(order.qty, holdings[order.asset] - reserved[order.asset]))
         if qty <= 0 or price <= 0:
             return None
@@ -201,6 +194,21 @@ def _execute(
     if total < rule.min_notional_usd or total <= 0 or price <= 0:
         return None
     return Fill(order.asset, order.side, qty, price, total, fee, balance, after)
+
+
+# Users of a batch share a slot's prices, so the per-price terms of a fill are worth caching.
+@functools.lru_cache(maxsize=4096)
+def _buy_terms(market_price: Decimal, slip: Decimal, fee_bps: int) -> tuple[Decimal, Decimal]:
+    """A buy's fill price (rounded up: slippage and rounding never favour the user) and its
+    cost per unit including the fee."""
+    price = usd_up(CTX.multiply(market_price, CTX.add(1, slip)))
+    return price, CTX.multiply(price, CTX.add(1, CTX.divide(Decimal(fee_bps), BPS)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sell_price(market_price: Decimal, slip: Decimal) -> Decimal:
+    """A sell's fill price, rounded down."""
+    return usd_down(CTX.multiply(market_price, CTX.subtract(1, slip)))
 
 
 def check_result(state: UserState, result: RunResult) -> None:

@@ -42,9 +42,10 @@ SELECT pg_advisory_xact_lock_shared($1) AS locked,
 -- lock_batch --
 -- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)
 -- and loads what a run needs. Reservations: open withdrawals via idx_user_withdrawals.
+-- store.runs.lock_batch reads the columns by position: keep their order.
 SELECT u.id, u.balance_usd, u.sim_next_run_at,
        (u.sim_enabled AND NOT u.sim_paused AND u.is_active AND u.deleted_at IS NULL) AS eligible,
-       u.sim_strategy, u.sim_params, u.sim_fail_count,
+       u.sim_strategy, u.sim_params::text AS sim_params, u.sim_fail_count,
        p.user_id IS NOT NULL AS has_portfolio,
        coalesce(p.btc, 0) AS btc, coalesce(p.eth, 0) AS eth, coalesce(p.usdt, 0) AS usdt,
        coalesce(p.usdc, 0) AS usdc, coalesce(p.xrp, 0) AS xrp, coalesce(p.ada, 0) AS ada,

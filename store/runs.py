@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from engine.accounting import RunResult
@@ -16,6 +17,8 @@ from store.sqlfiles import query
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
 PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
 _ZERO = Decimal(0)
+# Shared by every user without an open withdrawal (most of them); read-only.
+NO_RESERVATIONS: Mapping[str, Decimal] = MappingProxyType({a: _ZERO for a in ASSETS})
 # The Fill fields apply_batch sends as numeric columns, in the statement's order.
 _FILL_AMOUNTS = ("amount", "price_usd", "total_usd", "fee_usd", "balance_before", "balance_after")
 
@@ -43,7 +46,7 @@ class LoadedUser(NamedTuple):
     next_run_at: datetime | None
     eligible: bool
     strategy: str | None
-    params: Mapping[str, Any]
+    params_json: str  # sim_params as jsonb prints it: equal parameters, equal text
     fail_count: int
     has_portfolio: bool
     holdings: Mapping[str, Decimal]
@@ -85,21 +88,23 @@ async def lock_batch(conn: Conn, user_ids: Sequence[int]) -> list[LoadedUser]:
     rows = await conn.fetch(query("lock_batch"), list(user_ids))
     out = []
     for r in rows:
-        holdings = {a: r[a.lower()] for a in ASSETS}
-        reserved = {a: r["r_" + a.lower()] or _ZERO for a in ASSETS}
-        params = r["sim_params"]
+        # Positional, in the statement's column order: holdings and reservations in ASSETS order.
+        uid, balance, next_run_at, eligible, strategy, params, fails, has_portfolio, *amounts = r
+        reserved = amounts[6:]
         out.append(
             LoadedUser(
-                user_id=r["id"],
-                balance_usd=r["balance_usd"],
-                next_run_at=r["sim_next_run_at"],
-                eligible=r["eligible"],
-                strategy=r["sim_strategy"],
-                params=params if isinstance(params, dict) else {},
-                fail_count=r["sim_fail_count"],
-                has_portfolio=r["has_portfolio"],
-                holdings=holdings,
-                reserved=reserved,
+                user_id=uid,
+                balance_usd=balance,
+                next_run_at=next_run_at,
+                eligible=eligible,
+                strategy=strategy,
+                params_json=params,
+                fail_count=fails,
+                has_portfolio=has_portfolio,
+                holdings=dict(zip(ASSETS, amounts[:6], strict=True)),
+                reserved=NO_RESERVATIONS
+                if reserved.count(None) == len(reserved)
+                else {a: v or _ZERO for a, v in zip(ASSETS, reserved, strict=True)},
             )
         )
     return out

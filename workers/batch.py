@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
@@ -76,14 +75,16 @@ class BatchRunner:
         self._fees_at = 0.0
         self._strategies: dict[tuple[str | None, str], Strategy] = {}
 
-    def _strategy(self, name: str | None, params: Mapping[str, Any]) -> Strategy:
-        """Strategies are immutable given their parameters, so users sharing them share one."""
-        key = (name, json.dumps(params, sort_keys=True) if params else "")
+    def _strategy(self, name: str | None, params_json: str) -> Strategy:
+        """Strategies are immutable given their parameters, so users sharing them share one
+        (keyed by the parameters' jsonb text, which is the same for equal parameters)."""
+        key = (name, params_json)
         strategy = self._strategies.get(key)
         if strategy is None:
+            params = json.loads(params_json)
             strategy = make_strategy(
                 name or self.settings.sim_default_strategy,
-                params,
+                params if isinstance(params, dict) else {},
                 max_trades=self.settings.sim_max_trades_per_run,
             )
             if len(self._strategies) > 10_000:
@@ -137,7 +138,7 @@ class BatchRunner:
                 slot = slot_of[user.user_id]
                 times.add(slot)
                 try:
-                    strategy = self._strategy(user.strategy, user.params)
+                    strategy = self._strategy(user.strategy, user.params_json)
                 except SimError as exc:
                     strategies[user.user_id] = exc
                     continue
@@ -181,22 +182,25 @@ class BatchRunner:
         book: PriceBook,
         fees: dict[str, FeeRule],
     ) -> RunResult:
-        prices = book.prices_at(slot)
+        state = UserState(user.user_id, user.balance_usd, user.holdings, user.reserved)
+        return apply_run(
+            state,
+            book.prices_at(slot),
+            fees,
+            strategy,
+            run_stream(self.settings.sim_seed, user.user_id, slot),
+            slippage_bps=self.settings.sim_slippage_bps,
+            market=self._view(book, slot) if strategy.lookback else None,
+        )
+
+    def _view(self, book: PriceBook, slot: datetime) -> MarketView:
+        """Prices at the slot and, for strategies that look back, the ticks before it."""
         tick_s = self.market.params.tick_s
 
         def history(asset: str, ticks_back: int) -> Decimal:
             return book.price(asset, slot - timedelta(seconds=ticks_back * tick_s))
 
-        state = UserState(user.user_id, user.balance_usd, user.holdings, user.reserved)
-        return apply_run(
-            state,
-            prices,
-            fees,
-            strategy,
-            run_stream(self.settings.sim_seed, user.user_id, slot),
-            slippage_bps=self.settings.sim_slippage_bps,
-            market=MarketView(prices=prices, history=history),
-        )
+        return MarketView(prices=book.prices_at(slot), history=history)
 
     async def _fail_one(self, user_id: int, error: str) -> BatchOutcome:
         async def record() -> int:

@@ -32,10 +32,11 @@ def encode_claims(claims: Sequence[Claim]) -> tuple[list[int], list[int]]:
 
 
 def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Claim]:
-    return [
-        Claim(uid, _UNIX + timedelta(microseconds=us))
-        for uid, us in zip(user_ids, slots_us, strict=True)
-    ]
+    slots: dict[int, datetime] = {}  # a batch's users mostly share a few slots
+    for us in slots_us:
+        if us not in slots:
+            slots[us] = _UNIX + timedelta(microseconds=us)
+    return [Claim(uid, slots[us]) for uid, us in zip(user_ids, slots_us, strict=True)]
 
 
 def job_id(user_ids: Sequence[int], slots_us: Sequence[int], lease_until: datetime | None) -> str:
