@@ -18,6 +18,8 @@ UPDATE users SET sim_next_run_at = now()
 -- (IN (subquery) seq-scans). SKIP LOCKED: rows a worker or another scheduler holds are left to
 -- them, so schedulers never wait. sim_claimed_until is in no index, so taking the lease is a HOT
 -- update. `recovered` counts slots whose earlier lease had run out (a lost job, a backoff).
+-- One row back: the user ids in id order and their slots as Unix microseconds (exact: epoch is
+-- numeric), ready to go into jobs without a per-user object on the scheduler's side.
 WITH c AS (
     SELECT array_agg(id) AS ids, count(sim_claimed_until) AS recovered
       FROM (SELECT id, sim_claimed_until FROM users
@@ -27,11 +29,18 @@ WITH c AS (
              ORDER BY sim_next_run_at
              LIMIT $1
                FOR UPDATE SKIP LOCKED) due
+), leased AS (
+    UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
+      FROM c
+     WHERE u.id = ANY(c.ids)
+    RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until
 )
-UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
-  FROM c
- WHERE u.id = ANY(c.ids)
-RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until, c.recovered
+SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
+       coalesce(array_agg((extract(epoch FROM sim_next_run_at) * 1000000)::bigint ORDER BY id),
+                '{}') AS slots_us,
+       max(sim_claimed_until) AS until,
+       (SELECT recovered FROM c) AS recovered
+  FROM leased
 
 -- batch_prelude --
 -- Shared lock against `prices import` (which takes it exclusively), and the imported spans.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -17,6 +17,8 @@ from store.sqlfiles import query
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
 PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
 _ZERO = Decimal(0)
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 # Shared by every user without an open withdrawal (most of them); read-only.
 NO_RESERVATIONS: Mapping[str, Decimal] = MappingProxyType({a: _ZERO for a in ASSETS})
 # The Fill fields apply_batch sends as numeric columns, in the statement's order.
@@ -30,12 +32,30 @@ class Claim(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """Claims taken together, and when their lease ends (it also names their jobs: a slot
-    re-claimed after its lease expired gets a new job, whatever happened to the old one)."""
+    """Slots taken together, in user id order, and when their lease ends (it also names their
+    jobs: a slot re-claimed after its lease expired gets a new job, whatever happened to the old
+    one). Slots are Unix microseconds, as jobs carry them."""
 
-    claims: list[Claim]
+    user_ids: list[int]
+    slots_us: list[int]
     until: datetime | None
     recovered: int = 0
+
+    @property
+    def claims(self) -> list[Claim]:
+        return [
+            Claim(uid, slot_from_us(us))
+            for uid, us in zip(self.user_ids, self.slots_us, strict=True)
+        ]
+
+
+def slot_to_us(slot: datetime) -> int:
+    """A slot as Unix microseconds: small and exact, the form jobs carry."""
+    return (slot - _UNIX) // _MICROSECOND
+
+
+def slot_from_us(us: int) -> datetime:
+    return _UNIX + timedelta(microseconds=us)
 
 
 class LoadedUser(NamedTuple):
@@ -68,11 +88,9 @@ async def materialize_null_slots(conn: Conn, limit: int) -> int:
 
 async def claim_due(conn: Conn, limit: int, lease_s: int) -> Lease:
     """Lease up to `limit` due users for `lease_s` seconds, oldest slot first (sorted by id)."""
-    rows = await conn.fetch(query("claim_due"), limit, float(lease_s))
-    claims = sorted((Claim(r["id"], r["sim_next_run_at"]) for r in rows), key=lambda c: c.user_id)
-    if not rows:
-        return Lease([], None)
-    return Lease(claims, rows[0]["sim_claimed_until"], rows[0]["recovered"])
+    row = await conn.fetchrow(query("claim_due"), limit, float(lease_s))
+    assert row is not None
+    return Lease(row["ids"], row["slots_us"], row["until"], row["recovered"] or 0)
 
 
 async def batch_prelude(conn: Conn) -> list[Span]:

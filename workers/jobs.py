@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -13,39 +13,34 @@ from arq.connections import RedisSettings
 from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
-from store.runs import Claim
+from store.runs import Claim, slot_from_us, slot_to_us
 from workers import metrics
 from workers.batch import BatchRunner
 from workers.logs import configure_logging, get_logger
 
 log = get_logger("simengine.worker")
-_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 JOB_NAME = "run_batch"
 
 
 def encode_claims(claims: Sequence[Claim]) -> tuple[list[int], list[int]]:
     """A batch as two int lists (user ids, slots in Unix microseconds): small and exact."""
     ordered = sorted(claims, key=lambda c: c.user_id)
-    return [c.user_id for c in ordered], [
-        (c.slot - _UNIX) // timedelta(microseconds=1) for c in ordered
-    ]
+    return [c.user_id for c in ordered], [slot_to_us(c.slot) for c in ordered]
 
 
 def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Claim]:
     slots: dict[int, datetime] = {}  # a batch's users mostly share a few slots
     for us in slots_us:
         if us not in slots:
-            slots[us] = _UNIX + timedelta(microseconds=us)
+            slots[us] = slot_from_us(us)
     return [Claim(uid, slots[us]) for uid, us in zip(user_ids, slots_us, strict=True)]
 
 
 def job_id(user_ids: Sequence[int], slots_us: Sequence[int], lease_until: datetime | None) -> str:
     """Deterministic per lease: enqueueing the same claim twice is harmless, while a claim taken
     again after its lease expired gets a new job even if the old one is stuck in Redis."""
-    digest = hashlib.sha256(str(lease_until).encode())
-    for uid, us in zip(user_ids, slots_us, strict=True):
-        digest.update(f"{uid}:{us};".encode())
-    return "sim:" + digest.hexdigest()[:32]
+    key = f"{lease_until}|{list(user_ids)}|{list(slots_us)}"
+    return "sim:" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 async def run_batch(

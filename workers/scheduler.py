@@ -26,7 +26,7 @@ from store.db import create_pool, retrying
 from store.errors import StoreError, first_line
 from store.ticker import write_ticks
 from workers import metrics
-from workers.jobs import JOB_NAME, encode_claims, job_id, start_health
+from workers.jobs import JOB_NAME, job_id, start_health
 from workers.logs import get_logger
 
 log = get_logger("simengine.scheduler")
@@ -85,14 +85,15 @@ class Scheduler:
             elapsed = time.perf_counter() - started
             report.claim_ms += elapsed * 1000
             metrics.CLAIM_SECONDS.observe(elapsed)
-            claims = lease.claims
-            metrics.CLAIMED.inc(len(claims))
+            claimed = len(lease.user_ids)
+            metrics.CLAIMED.inc(claimed)
             if lease.recovered:
                 metrics.LEASES_RECOVERED.inc(lease.recovered)
                 log.info("lease.expired", recovered=lease.recovered)
-            report.claimed += len(claims)
-            for i in range(0, len(claims), s.sim_batch_size):
-                user_ids, slots_us = encode_claims(claims[i : i + s.sim_batch_size])
+            report.claimed += claimed
+            for i in range(0, claimed, s.sim_batch_size):
+                user_ids = lease.user_ids[i : i + s.sim_batch_size]
+                slots_us = lease.slots_us[i : i + s.sim_batch_size]
                 job = await self.redis.enqueue_job(
                     JOB_NAME,
                     user_ids,
@@ -102,7 +103,7 @@ class Scheduler:
                 )
                 if job is not None:
                     report.enqueued += 1
-            if len(claims) < limit:
+            if claimed < limit:
                 break
         return report
 
