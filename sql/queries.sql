@@ -50,7 +50,8 @@ SELECT pg_advisory_xact_lock_shared($1) AS locked,
 
 -- lock_batch --
 -- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)
--- and loads what a run needs. Reservations: open withdrawals via idx_user_withdrawals.
+-- and loads what a run needs. Reservations: the batch's open withdrawals, aggregated once
+-- (one probe of idx_user_withdrawals with the whole id list, not one aggregate per user).
 -- store.runs.lock_batch reads the columns by position: keep their order.
 SELECT u.id, u.balance_usd, u.sim_next_run_at,
        (u.sim_enabled AND NOT u.sim_paused AND u.is_active AND u.deleted_at IS NULL) AS eligible,
@@ -61,15 +62,17 @@ SELECT u.id, u.balance_usd, u.sim_next_run_at,
        r.r_btc, r.r_eth, r.r_usdt, r.r_usdc, r.r_xrp, r.r_ada
   FROM users u
   LEFT JOIN portfolio p ON p.user_id = u.id
-  LEFT JOIN LATERAL (
-        SELECT sum(w.amount) FILTER (WHERE w.asset = 'BTC') AS r_btc,
+  LEFT JOIN (
+        SELECT w.user_id,
+               sum(w.amount) FILTER (WHERE w.asset = 'BTC') AS r_btc,
                sum(w.amount) FILTER (WHERE w.asset = 'ETH') AS r_eth,
                sum(w.amount) FILTER (WHERE w.asset = 'USDT') AS r_usdt,
                sum(w.amount) FILTER (WHERE w.asset = 'USDC') AS r_usdc,
                sum(w.amount) FILTER (WHERE w.asset = 'XRP') AS r_xrp,
                sum(w.amount) FILTER (WHERE w.asset = 'ADA') AS r_ada
           FROM withdrawals w
-         WHERE w.user_id = u.id AND w.status IN ('pending', 'processing')) r ON true
+         WHERE w.user_id = ANY($1::bigint[]) AND w.status IN ('pending', 'processing')
+         GROUP BY w.user_id) r ON r.user_id = u.id
  WHERE u.id = ANY($1::bigint[])
  ORDER BY u.id
    FOR UPDATE OF u
