@@ -30,6 +30,9 @@ def test_quick_bench_reports_every_figure_and_a_clean_ledger(
     assert data["ceiling"]["best_runs_per_s"] > 0 and data["tpcb"]["best_tps"] > 0
     assert data["naive"]["runs_per_s"] > 0 and data["engine"]["runs_per_s"] > 0
     assert data["engine"]["trades_per_s"] > 0
+    # The reported peak is the best of the peaks run (one in --quick).
+    assert len(data["engine"]["peaks_runs_per_s"]) == 1
+    assert data["engine"]["runs_per_s"] == max(data["engine"]["peaks_runs_per_s"])
     sustained = data["engine"]["sustained"]
     assert (
         sustained["runs"] > 0
