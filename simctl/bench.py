@@ -605,3 +605,24 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"| reconcile after the run | {'clean' if e['reconcile']['clean'] else 'BROKEN: ' + str(e['reconcile']['discrepancies'])} |",
     ]
     return "\n".join(lines) + "\n"
+
+
+async def run_steps(settings: Settings, users: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """`--steps`: a fresh database of `users` due users, run one batch at a time and profiled
+    statement by statement (simctl/benchsteps.py), then dropped."""
+    from simctl.benchsteps import profile_steps
+
+    name = f"simbench_{os.getpid()}_steps"
+    admin_url = settings.database_url
+    try:
+        url = await _fresh_db(admin_url, name)
+        say(f"steps: {users} due users")
+        await _population(url, users)
+        conn = await connect(url)
+        try:
+            await _checkpoint(conn)
+        finally:
+            await conn.close()
+        return await profile_steps(url, settings, say)
+    finally:
+        await _drop_db(admin_url, name)

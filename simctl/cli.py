@@ -371,6 +371,15 @@ def bench(
     docs: Annotated[
         bool, typer.Option("--docs/--no-docs", help="Append a table to docs/benchmarks.md.")
     ] = True,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Instead of the benchmark: run this many due users one batch at a time on one "
+            "connection and print each statement's server and client CPU per run.",
+        ),
+    ] = None,
 ) -> None:
     """The end-to-end benchmark: simengine's user-runs/s against the database's own ceiling
     (shared/bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive design, all measured in
@@ -379,9 +388,23 @@ def bench(
     DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile after the run.
 
     Example: simctl bench --quick --json bench.json
+    Example: simctl bench --steps 50000
     """
     s = settings()
-    from simctl.bench import markdown, run_bench
+    from simctl.bench import markdown, run_bench, run_steps
+
+    if steps is not None:
+        from simctl.benchsteps import steps_table
+
+        profile = run_async(
+            lambda: run_steps(s, steps, lambda m: err.print(f"bench: {m}", markup=False))
+        )
+        out.print(steps_table(profile), markup=False)
+        if json_out is not None:
+            json_out.write_text(json.dumps(profile, indent=2), encoding="utf-8")
+        if not profile["reconcile"]["clean"]:
+            raise Exit(1, "bench: the ledger does not reconcile after the run")
+        return
 
     result = run_async(
         lambda: run_bench(s, quick, lambda m: err.print(f"bench: {m}", markup=False))

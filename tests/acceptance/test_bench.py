@@ -44,3 +44,27 @@ def test_quick_bench_reports_every_figure_and_a_clean_ledger(
     for key in ("engine_vs_ceiling", "engine_vs_tpcb", "engine_vs_naive", "claim_largest_vs_10k"):
         assert data["ratios"][key] > 0
     assert "| ratio to ceiling |" in result.stdout
+
+
+def test_steps_profile_names_every_statement_of_a_batch(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "steps.json"
+    result = simctl(
+        ["bench", "--steps", "1000", "--json", str(out)],
+        {**env, "DATABASE_URL": server_url(), "SIM_BATCH_SIZE": "100"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["runs"] == 1000 and data["reconcile"] == {"clean": True}
+    steps = data["steps"]
+    # One claim per batch plus the last, empty one; one transaction per batch.
+    assert steps["claim_due"]["calls"] == 11
+    for name in ("BEGIN", "batch_prelude", "lock_batch", "apply_batch", "COMMIT"):
+        assert steps[name]["calls"] == 10, name
+        assert steps[name]["client_us_per_run"] > 0, name
+    # Postgres runs on this machine in the tests, so the server side is measured too.
+    assert steps["apply_batch"]["server_us_per_run"] > 0
+    assert data["worker_outside_statements_us_per_run"] > 0
+    assert "| apply_batch |" in result.stdout
