@@ -381,14 +381,15 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """The end-to-end benchmark: simengine's user-runs/s against the database's own ceiling
-    (shared/bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive design, all measured in
-    this run on this machine; then lag at half of peak, claim time by population, worker RSS,
-    CPU per run by process, and reconcile. Creates and drops its own databases next to
-    DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile after the run.
+    """The end-to-end benchmark: simengine's user-runs/s (best of three peaks) against the
+    database's own ceiling (shared/bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive
+    design, all measured in this run on this machine; then lag at half of peak, claim time by
+    population, worker RSS, CPU per run by process, and reconcile. Creates and drops its own
+    databases next to DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile.
 
     Example: simctl bench --quick --json bench.json
-    Example: simctl bench --steps 50000
+
+    Example (where a run's CPU goes, statement by statement): simctl bench --steps 50000
     """
     s = settings()
     from simctl.bench import markdown, run_bench, run_steps
