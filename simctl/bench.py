@@ -534,6 +534,25 @@ async def worker_rss(
     }
 
 
+async def _drop_queues(redis_url: str, prefix: str) -> None:
+    """Remove this run's arq queues and the jobs still in them (the sustained phase ends with
+    jobs queued), so bench runs leave nothing behind in REDIS_URL."""
+    from arq import create_pool as create_redis
+    from arq.connections import RedisSettings
+    from arq.constants import job_key_prefix
+
+    redis = await create_redis(RedisSettings.from_dsn(redis_url))
+    try:
+        async for queue in redis.scan_iter(match=f"{prefix}:*"):
+            job_ids = await redis.zrange(queue, 0, -1)
+            keys = [job_key_prefix + j.decode() for j in job_ids]
+            for i in range(0, len(keys), 500):
+                await redis.delete(*keys[i : i + 500])
+            await redis.delete(queue)
+    finally:
+        await redis.aclose()
+
+
 async def run_bench(settings: Settings, quick: bool, say: Callable[[str], None]) -> dict[str, Any]:
     plan = Plan.make(quick)
     prefix = f"simbench_{os.getpid()}"
@@ -571,6 +590,7 @@ async def run_bench(settings: Settings, quick: bool, say: Callable[[str], None])
             await conn.close()
         for row in names:
             await _drop_db(admin_url, row["datname"])
+        await _drop_queues(settings.redis_url, prefix)
     e = result["engine"]["runs_per_s"]
     best_ceiling = result["ceiling"]["best_runs_per_s"]
     claims = result["claim"]["ms_per_claim_by_users"]

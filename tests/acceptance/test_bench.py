@@ -4,9 +4,11 @@ No speed threshold: only the shape of the result and a ledger that still reconci
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.procs import simctl
 from tests.support.services import server_url
@@ -44,6 +46,36 @@ def test_quick_bench_reports_every_figure_and_a_clean_ledger(
     for key in ("engine_vs_ceiling", "engine_vs_tpcb", "engine_vs_naive", "claim_largest_vs_10k"):
         assert data["ratios"][key] > 0
     assert "| ratio to ceiling |" in result.stdout
+    # Nothing of the run is left in Redis (its queues, the jobs still in them).
+    assert redis.Redis.from_url(env["REDIS_URL"]).keys("simbench_*") == []
+
+
+async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str) -> None:
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.constants import job_key_prefix
+
+    from simctl.bench import _drop_queues
+
+    # Names of this test's own (the Redis is shared by the tests of one process).
+    run, other_run = f"simbench_{os.getpid()}1", f"simbench_{os.getpid()}12"
+    queues = [f"{run}:engine", f"{run}:naive", f"{other_run}:engine", f"not_{run}"]
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        jobs: dict[str, list[str]] = {q: [] for q in queues}
+        for queue in queues:
+            for n in range(3):
+                job = await pool.enqueue_job("run_batch", [n], [n], _queue_name=queue)
+                assert job is not None
+                jobs[queue].append(job_key_prefix + job.job_id)
+        await _drop_queues(redis_url, run)
+        present = {q: await pool.exists(q) for q in queues}
+        jobs_left = {q: sum([await pool.exists(k) for k in keys]) for q, keys in jobs.items()}
+    finally:
+        await pool.aclose()
+    # The run's two queues and their jobs are gone; another run's and another queue's stay.
+    assert present == {queues[0]: 0, queues[1]: 0, queues[2]: 1, queues[3]: 1}
+    assert jobs_left == {queues[0]: 0, queues[1]: 0, queues[2]: 3, queues[3]: 3}
 
 
 def test_steps_profile_names_every_statement_of_a_batch(
