@@ -65,6 +65,15 @@ class RunResult(NamedTuple):
     value_usd: Decimal
 
 
+def slot_to_us(slot: datetime) -> int:
+    """A slot as Unix microseconds: small and exact (the form jobs carry and run keys use)."""
+    return (slot - _UNIX_EPOCH) // _MICROSECOND
+
+
+def slot_from_us(us: int) -> datetime:
+    return _UNIX_EPOCH + us * _MICROSECOND
+
+
 def run_stream(seed: int, user_id: int, slot: datetime) -> Stream:
     """The random stream of one run, keyed by (seed, user, slot) so a run is reproducible.
 
@@ -81,7 +90,7 @@ def _run_prefix(seed: int) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _slot_part(slot: datetime) -> bytes:
-    return key_bytes((slot - _UNIX_EPOCH) // _MICROSECOND)
+    return key_bytes(slot_to_us(slot))
 
 
 def mark_to_market(holdings: Mapping[str, Decimal], prices: Mapping[str, Decimal]) -> Decimal:

@@ -100,6 +100,14 @@ async def _population(url: str, users: int, *, due: bool = True) -> None:
         await conn.close()
 
 
+async def _seconds_until(conn: asyncpg.Connection, at: datetime) -> float:
+    """How far `at` is ahead of the server's clock (negative once passed)."""
+    seconds: float = await conn.fetchval(
+        "SELECT extract(epoch FROM $1::timestamptz - clock_timestamp())::float8", at
+    )
+    return seconds
+
+
 async def _checkpoint(conn: asyncpg.Connection) -> None:
     """Start a timed phase with no checkpoint in progress: a checkpoint left running by the
     previous phase's writes (the ceiling writes gigabytes of WAL) cost the next phase 10-15 %
@@ -332,9 +340,7 @@ async def _peak(
         await conn.execute("VACUUM ANALYZE users")
         await _checkpoint(conn)
         trades_before = await conn.fetchval("SELECT count(*) FROM trades")
-        wait_s = await conn.fetchval(
-            "SELECT extract(epoch FROM $1::timestamptz - clock_timestamp())::float8", due_at
-        )
+        wait_s = await _seconds_until(conn, due_at)
         if wait_s < 0.1:
             raise RuntimeError(
                 "the vacuum and checkpoint outlasted the head start; raise it for this population"
@@ -409,9 +415,7 @@ async def engine(
                 interval_s,
                 start,
             )
-            ahead_s = await conn.fetchval(
-                "SELECT extract(epoch FROM $1::timestamptz - clock_timestamp())::float8", start
-            )
+            ahead_s = await _seconds_until(conn, start)
             if ahead_s < 0:
                 raise RuntimeError("the sustained phase's update outlasted its head start")
             await asyncio.sleep(ahead_s + plan.sustained_s)

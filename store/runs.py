@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from engine.accounting import RunResult
+from engine.accounting import RunResult, slot_from_us
 from engine.assets import ASSETS
 from store.db import Conn
 from store.sqlfiles import query
@@ -17,8 +17,6 @@ from store.sqlfiles import query
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
 PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
 _ZERO = Decimal(0)
-_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 # Shared by every user without an open withdrawal (most of them); read-only.
 NO_RESERVATIONS: Mapping[str, Decimal] = MappingProxyType({a: _ZERO for a in ASSETS})
 # The Fill fields apply_batch sends as numeric columns, in the statement's order.
@@ -47,15 +45,6 @@ class Lease:
             Claim(uid, slot_from_us(us))
             for uid, us in zip(self.user_ids, self.slots_us, strict=True)
         ]
-
-
-def slot_to_us(slot: datetime) -> int:
-    """A slot as Unix microseconds: small and exact, the form jobs carry."""
-    return (slot - _UNIX) // _MICROSECOND
-
-
-def slot_from_us(us: int) -> datetime:
-    return _UNIX + timedelta(microseconds=us)
 
 
 class LoadedUser(NamedTuple):

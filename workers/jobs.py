@@ -10,10 +10,11 @@ from typing import Any
 
 from arq.connections import RedisSettings
 
+from engine.accounting import slot_from_us, slot_to_us
 from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
-from store.runs import Claim, slot_from_us, slot_to_us
+from store.runs import Claim
 from workers import metrics
 from workers.batch import BatchRunner
 from workers.logs import configure_logging, get_logger
