@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     sim_metrics_host: str = Field(
         default="127.0.0.1", description="Address the metrics endpoint binds to."
     )
+    sim_migrate_lock_timeout_ms: int = Field(
+        default=3000,
+        ge=10,
+        le=600_000,
+        description="migrate: how long one statement waits for a lock before it gives up and retries.",
+    )
+    sim_migrate_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="migrate: attempts per step on lock timeouts before it exits 1, nothing of that step applied.",
+    )
     sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
     sim_log_json: bool | None = Field(
         default=None, description="JSON logs; default: JSON unless on a terminal."

@@ -41,27 +41,65 @@ def _register() -> None:
 
 # -- migrate ----------------------------------------------------------------------------------
 @app.command()
-def migrate() -> None:
-    """Apply pending migrations from sql/migrations; running it again changes nothing.
+def migrate(
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan", help="Print the statements it would run and the legacy rows it would report; change nothing."
+        ),
+    ] = False,
+) -> None:
+    """Apply pending migrations; running it again changes nothing.
 
-    Refuses (exit 1) when an applied migration's file has changed since.
+    On a database that already holds the platform's tables (restored from its backup) it adopts
+    them: checks every column the engine uses (refuses an incompatible one, exit 1, nothing
+    changed), adds only what is missing, never rewrites a legacy row, records each user's opening
+    balance and holdings as the ledger's baseline, builds indexes CONCURRENTLY and reports legacy
+    rows that break a rule it adds. Every statement waits at most SIM_MIGRATE_LOCK_TIMEOUT_MS for
+    a lock and is tried SIM_MIGRATE_ATTEMPTS times. Refuses (exit 1) when an applied migration's
+    file has changed since.
 
-    Example: simctl migrate
+    Examples:
+
+      simctl migrate --plan
+
+      simctl migrate
     """
     s = settings()
 
-    async def go() -> None:
+    async def go() -> Any:
         from store.db import connection
+        from store.migrate import LockPolicy
         from store.migrate import migrate as do_migrate
 
+        policy = LockPolicy(s.sim_migrate_lock_timeout_ms, s.sim_migrate_attempts)
         async with connection(s.database_url) as conn:
-            report = await do_migrate(conn)
-        if report.applied:
-            out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
-        else:
-            out.print(f"up to date ({len(report.already)} migration(s) applied)")
+            return await do_migrate(conn, policy=policy, plan_only=plan)
 
-    run_async(go)
+    report = run_async(go)
+    for note in report.notes:
+        out.print(f"-- {note}", markup=False)
+    if plan:
+        for statement in report.plan:
+            out.print(statement, markup=False)
+        for rows in report.legacy:
+            out.print(f"-- {rows}", markup=False)
+        out.print(
+            f"-- plan: {len(report.applied)} migration(s) to apply; nothing was changed",
+            markup=False,
+        )
+        return
+    if report.adopted_users is not None:
+        out.print(
+            f"adopted the platform's tables: baseline of {report.adopted_users} user(s); "
+            f"the platform's writes to users waited at most {report.users_lock_ms:.0f} ms"
+        )
+    for rows in report.legacy:
+        out.print(str(rows), markup=False)
+    if report.applied:
+        out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
+    else:
+        out.print(f"up to date ({len(report.already)} migration(s) applied)")
 
 
 # -- seed-demo --------------------------------------------------------------------------------
@@ -289,23 +327,42 @@ def _status_table(data: dict[str, Any]) -> Any:
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+    legacy: Annotated[
+        bool,
+        typer.Option(
+            "--legacy",
+            help="Also report, as information, how far an adopted database's legacy ledger was "
+            "from explaining each user's opening balance and holdings.",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild every balance and holding from the ledger rows and compare.
 
-    Exit 0 when clean, 1 with each discrepancy named (user, field, expected, found).
+    On an adopted database the ledger is judged from the adoption's baseline on (each user's
+    opening balance and holdings). Exit 0 when clean, 1 with each discrepancy named (user,
+    field, expected, found). --legacy never changes the exit code.
 
-    Example: simctl reconcile --json
+    Examples:
+
+      simctl reconcile --json
+
+      simctl reconcile --legacy
     """
     s = settings()
 
-    async def go() -> list[Any]:
+    async def go() -> tuple[list[Any], list[dict[str, Any]]]:
         from store.db import connection
+        from store.ops import legacy_gap
         from store.ops import reconcile as do_reconcile
 
         async with connection(s.database_url) as conn:
-            return await do_reconcile(conn, user)
+            found = await do_reconcile(conn, user)
+            gaps = await legacy_gap(conn, user) if legacy else []
+            return found, gaps
 
-    found = run_async(go)
+    found, gaps = run_async(go)
+    if legacy:
+        _print_legacy_gaps(gaps, as_json)
     if as_json:
         print_json(
             {
@@ -328,6 +385,26 @@ def reconcile(
             out.print("clean: every balance and holding matches the ledger")
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
+
+
+
+
+def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json({"legacy_unexplained": gaps})
+        return
+    if not gaps:
+        out.print("legacy: the legacy ledger explains every adopted user's opening state")
+        return
+    for g in gaps:
+        parts = [f"{k} {v}" for k, v in g["gaps"].items()]
+        if g["value_unequal"]:
+            parts.append("portfolio value unequal")
+        out.print(f"legacy: user {g['user_id']}: opening not explained by: {', '.join(parts)}")
+    out.print(
+        f"legacy: {len(gaps)} adopted user(s) whose opening state the legacy ledger does not "
+        "explain (information: reconcile judges from the baseline)"
+    )
 
 
 _register()

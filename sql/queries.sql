@@ -247,57 +247,63 @@ SELECT
      FROM (SELECT asset, max(at) AS at FROM price_history GROUP BY asset) x) AS last_tick
 
 -- reconcile --
--- Rebuilds every balance and holding from the ledger rows, set-based (hash aggregates and joins),
--- and returns only the users where something differs.
-WITH ledger AS (
-    SELECT user_id, sum(amount) AS usd FROM transactions WHERE status = 'completed' GROUP BY user_id
-), traded AS (
-    SELECT user_id,
-           sum(CASE WHEN asset = 'BTC' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS btc,
-           sum(CASE WHEN asset = 'ETH' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS eth,
-           sum(CASE WHEN asset = 'USDT' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS usdt,
-           sum(CASE WHEN asset = 'USDC' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS usdc,
-           sum(CASE WHEN asset = 'XRP' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS xrp,
-           sum(CASE WHEN asset = 'ADA' THEN CASE trade_type WHEN 'buy' THEN amount ELSE -amount END END) AS ada
-      FROM trades GROUP BY user_id
-), withdrawn AS (
-    SELECT user_id,
-           sum(amount) FILTER (WHERE asset = 'BTC') AS btc, sum(amount) FILTER (WHERE asset = 'ETH') AS eth,
-           sum(amount) FILTER (WHERE asset = 'USDT') AS usdt, sum(amount) FILTER (WHERE asset = 'USDC') AS usdc,
-           sum(amount) FILTER (WHERE asset = 'XRP') AS xrp, sum(amount) FILTER (WHERE asset = 'ADA') AS ada
-      FROM withdrawals WHERE status = 'completed' GROUP BY user_id
-), adjusted AS (
-    -- Audited holding adjustments: details {"asset": "BTC", "delta": "0.5"}.
-    SELECT target_user_id AS user_id,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'BTC') AS btc,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'ETH') AS eth,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'USDT') AS usdt,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'USDC') AS usdc,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'XRP') AS xrp,
-           sum((details->>'delta')::numeric) FILTER (WHERE details->>'asset' = 'ADA') AS ada
-      FROM admin_audit WHERE action = 'adjust_holding' GROUP BY target_user_id
-), expected AS (
-    SELECT u.id, u.balance_usd, coalesce(l.usd, 0) AS exp_usd,
+-- Rebuilds every balance and holding from the ledger rows (sim_ledger_totals: set-based hash
+-- aggregates and joins) and returns only the users where something differs. For a user that
+-- existed when simengine adopted the database, the ledger is judged from the baseline on:
+-- expected = opening + (what the ledger explains now - what it explained at adoption). A value
+-- the platform left unequal at adoption is tolerated until it changes (the next run re-marks it).
+WITH expected AS (
+    SELECT u.id, u.balance_usd, l.usd + coalesce(b.balance_usd - b.ledger_usd, 0) AS exp_usd,
            u.portfolio_value_usd, p.usd_value, p.user_id IS NOT NULL AS has_portfolio,
-           coalesce(p.btc, 0) AS btc, coalesce(t.btc, 0) - coalesce(w.btc, 0) + coalesce(a.btc, 0) AS exp_btc,
-           coalesce(p.eth, 0) AS eth, coalesce(t.eth, 0) - coalesce(w.eth, 0) + coalesce(a.eth, 0) AS exp_eth,
-           coalesce(p.usdt, 0) AS usdt, coalesce(t.usdt, 0) - coalesce(w.usdt, 0) + coalesce(a.usdt, 0) AS exp_usdt,
-           coalesce(p.usdc, 0) AS usdc, coalesce(t.usdc, 0) - coalesce(w.usdc, 0) + coalesce(a.usdc, 0) AS exp_usdc,
-           coalesce(p.xrp, 0) AS xrp, coalesce(t.xrp, 0) - coalesce(w.xrp, 0) + coalesce(a.xrp, 0) AS exp_xrp,
-           coalesce(p.ada, 0) AS ada, coalesce(t.ada, 0) - coalesce(w.ada, 0) + coalesce(a.ada, 0) AS exp_ada
+           coalesce(p.btc, 0) AS btc, l.btc + coalesce(b.btc - b.ledger_btc, 0) AS exp_btc,
+           coalesce(p.eth, 0) AS eth, l.eth + coalesce(b.eth - b.ledger_eth, 0) AS exp_eth,
+           coalesce(p.usdt, 0) AS usdt, l.usdt + coalesce(b.usdt - b.ledger_usdt, 0) AS exp_usdt,
+           coalesce(p.usdc, 0) AS usdc, l.usdc + coalesce(b.usdc - b.ledger_usdc, 0) AS exp_usdc,
+           coalesce(p.xrp, 0) AS xrp, l.xrp + coalesce(b.xrp - b.ledger_xrp, 0) AS exp_xrp,
+           coalesce(p.ada, 0) AS ada, l.ada + coalesce(b.ada - b.ledger_ada, 0) AS exp_ada,
+           coalesce(p.usd_value IS NOT DISTINCT FROM b.usd_value
+                    AND u.portfolio_value_usd = b.portfolio_value_usd, false) AS value_as_adopted
       FROM users u
+      JOIN sim_ledger_totals l ON l.user_id = u.id
       LEFT JOIN portfolio p ON p.user_id = u.id
-      LEFT JOIN ledger l ON l.user_id = u.id
-      LEFT JOIN traded t ON t.user_id = u.id
-      LEFT JOIN withdrawn w ON w.user_id = u.id
-      LEFT JOIN adjusted a ON a.user_id = u.id
+      LEFT JOIN sim_baseline b ON b.user_id = u.id
      WHERE $1::bigint IS NULL OR u.id = $1
 )
 SELECT * FROM expected
  WHERE balance_usd <> exp_usd OR btc <> exp_btc OR eth <> exp_eth OR usdt <> exp_usdt
     OR usdc <> exp_usdc OR xrp <> exp_xrp OR ada <> exp_ada
-    OR (has_portfolio AND usd_value <> portfolio_value_usd)
+    OR (has_portfolio AND usd_value <> portfolio_value_usd AND NOT value_as_adopted)
  ORDER BY id
+
+-- legacy_gap --
+-- `reconcile --legacy`: how far the legacy ledger was from explaining each adopted user's
+-- opening state (information: the baseline is what reconcile judges from).
+SELECT b.user_id, b.balance_usd - b.ledger_usd AS usd,
+       b.btc - b.ledger_btc AS btc, b.eth - b.ledger_eth AS eth, b.usdt - b.ledger_usdt AS usdt,
+       b.usdc - b.ledger_usdc AS usdc, b.xrp - b.ledger_xrp AS xrp, b.ada - b.ledger_ada AS ada,
+       b.usd_value IS DISTINCT FROM b.portfolio_value_usd AND b.usd_value IS NOT NULL AS value_unequal
+  FROM sim_baseline b
+ WHERE ($1::bigint IS NULL OR b.user_id = $1)
+   AND (b.balance_usd <> b.ledger_usd OR b.btc <> b.ledger_btc OR b.eth <> b.ledger_eth
+        OR b.usdt <> b.ledger_usdt OR b.usdc <> b.ledger_usdc OR b.xrp <> b.ledger_xrp
+        OR b.ada <> b.ledger_ada
+        OR (b.usd_value IS DISTINCT FROM b.portfolio_value_usd AND b.usd_value IS NOT NULL))
+ ORDER BY b.user_id
+
+-- take_baseline --
+-- Adoption's opening state: every user's balance and holdings now, with what the ledger explains
+-- now, read by one statement (one snapshot), so a change committed after it is a change after
+-- the baseline on both sides. Only shared locks: the platform keeps writing meanwhile.
+INSERT INTO sim_baseline (user_id, taken_at, balance_usd, portfolio_value_usd, usd_value,
+                          btc, eth, usdt, usdc, xrp, ada,
+                          ledger_usd, ledger_btc, ledger_eth, ledger_usdt, ledger_usdc, ledger_xrp, ledger_ada)
+SELECT u.id, now(), coalesce(u.balance_usd, 0), coalesce(u.portfolio_value_usd, 0), p.usd_value,
+       coalesce(p.btc, 0), coalesce(p.eth, 0), coalesce(p.usdt, 0),
+       coalesce(p.usdc, 0), coalesce(p.xrp, 0), coalesce(p.ada, 0),
+       l.usd, l.btc, l.eth, l.usdt, l.usdc, l.xrp, l.ada
+  FROM users u
+  JOIN sim_ledger_totals l ON l.user_id = u.id
+  LEFT JOIN portfolio p ON p.user_id = u.id
 
 -- user_snapshot --
 -- A user's row as operators see it, locked for the change that follows (one user at a time, so

@@ -98,3 +98,14 @@ async def reconcile(conn: Conn, user_id: int | None = None) -> list[Discrepancy]
                 )
             )
     return out
+
+
+async def legacy_gap(conn: Conn, user_id: int | None = None) -> list[dict[str, Any]]:
+    """Per adopted user, how far the legacy ledger was from explaining the opening state
+    (USD and each asset: opening minus explained; nonzero only)."""
+    rows = await conn.fetch(query("legacy_gap"), user_id)
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        gaps = {k: r[k] for k in ("usd", *(a.lower() for a in ASSETS)) if r[k] != 0}
+        out.append({"user_id": r["user_id"], "gaps": gaps, "value_unequal": r["value_unequal"]})
+    return out

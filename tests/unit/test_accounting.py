@@ -142,9 +142,25 @@ def test_different_slots_give_different_runs_same_slot_the_same() -> None:
     )
 
 
-def test_reserved_more_than_held_is_refused() -> None:
-    state = UserState(1, Decimal(10), {"BTC": Decimal(1)}, {"BTC": Decimal(2)})
-    with pytest.raises(InvalidUserState, match="reserved"):
+def test_reserved_more_than_held_sells_none_of_it_and_trades_the_rest() -> None:
+    # Legacy rows (an adopted database) may reserve more than is held: the run goes on, never
+    # selling that asset, and may still buy it.
+    held = dict.fromkeys(ASSETS, Decimal(1000))
+    state = UserState(1, Decimal(100_000), held, {"BTC": Decimal(5000)})
+    prices = dict.fromkeys(ASSETS, Decimal(1))
+    sides: set[tuple[str, str]] = set()
+    for minute in range(400):
+        slot = SLOT + timedelta(minutes=minute)
+        result = run(state, prices, FeeRule(10, Decimal(1)), ("random", {}), slot)
+        sides |= {(f.asset, f.side) for f in result.fills}
+        assert not any(f.asset == "BTC" and f.side == "sell" for f in result.fills)
+    assert ("BTC", "buy") in sides
+    assert {side for asset, side in sides if asset != "BTC"} == {"buy", "sell"}
+
+
+def test_negative_reservation_is_refused() -> None:
+    state = UserState(1, Decimal(10), {"BTC": Decimal(1)}, {"BTC": Decimal(-2)})
+    with pytest.raises(InvalidUserState, match="reservation"):
         run(state, dict.fromkeys(ASSETS, Decimal(1)), FeeRule(10, Decimal(1)), ("random", {}))
 
 
