@@ -92,7 +92,7 @@ def migrate(
     if report.adopted_users is not None:
         out.print(
             f"adopted the platform's tables: baseline of {report.adopted_users} user(s); "
-            f"the platform's writes to users waited at most {report.users_lock_ms:.0f} ms"
+            f"locks that hold back writes to users were held for {report.users_lock_ms:.0f} ms"
         )
     for rows in report.legacy:
         out.print(str(rows), markup=False)
