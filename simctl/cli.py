@@ -77,9 +77,9 @@ def migrate(
             return await do_migrate(conn, policy=policy, plan_only=plan)
 
     report = run_async(go)
-    for note in report.notes:
-        out.print(f"-- {note}", markup=False)
     if plan:
+        for note in report.notes:
+            out.print(f"-- {note}", markup=False)
         for statement in report.plan:
             out.print(statement, markup=False)
         for rows in report.legacy:
@@ -96,6 +96,8 @@ def migrate(
         )
     for rows in report.legacy:
         out.print(str(rows), markup=False)
+    for note in report.notes:
+        out.print(note, markup=False)
     if report.applied:
         out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     else:
