@@ -36,8 +36,14 @@ from store.migrate import migrate
 from store.ops import reconcile
 from store.seed import seed_demo
 
-ROOT = Path(__file__).resolve().parent.parent
-CEILING = ROOT.parent / "shared" / "bench" / "ceiling.pgb"
+# The shared ceiling script sits next to the checkout (scripts/bench runs from its root); an
+# installed package has no checkout, so the path is the working directory's or the variable's.
+CEILING_ENV = "SIMENGINE_BENCH_CEILING"
+
+
+def ceiling_file() -> Path:
+    """shared/bench/ceiling.pgb: $SIMENGINE_BENCH_CEILING, else ../shared/bench/ from here."""
+    return Path(os.environ.get(CEILING_ENV) or "../shared/bench/ceiling.pgb").resolve()
 
 
 @dataclass
@@ -164,7 +170,7 @@ async def ceiling(
             await conn.close()
         per_client = max(1, plan.ceiling_users // (200 * clients) - 1)
         say(f"ceiling: {clients} client(s) × {per_client} statements of 200 user-runs")
-        tps = _pgbench(clients, ["-n", "-t", str(per_client), "-f", str(CEILING)], url)
+        tps = _pgbench(clients, ["-n", "-t", str(per_client), "-f", str(ceiling_file())], url)
         conn = await connect(url)
         try:
             written = await conn.fetchval("SELECT count(*) FROM sim_runs")

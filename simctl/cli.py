@@ -392,7 +392,13 @@ def bench(
     Example (where a run's CPU goes, statement by statement): simctl bench --steps 50000
     """
     s = settings()
-    from simctl.bench import markdown, run_bench, run_steps
+    from simctl.bench import CEILING_ENV, ceiling_file, markdown, run_bench, run_steps
+
+    bench_docs = Path("docs/benchmarks.md")  # the checkout's, from its root (scripts/bench)
+    if steps is None and not ceiling_file().is_file():
+        raise Exit(2, f"bench: no ceiling script at {ceiling_file()} (set {CEILING_ENV})")
+    if steps is None and docs and not bench_docs.is_file():
+        raise Exit(2, "bench: no docs/benchmarks.md here to append to (run from the checkout or pass --no-docs)")
 
     if steps is not None:
         from simctl.benchsteps import steps_table
@@ -415,8 +421,7 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if docs:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        with path.open("a", encoding="utf-8") as fh:
+        with bench_docs.open("a", encoding="utf-8") as fh:
             fh.write(table)
     if not result["engine"]["reconcile"]["clean"]:
         raise Exit(1, "bench: the ledger does not reconcile after the run")
