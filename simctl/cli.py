@@ -177,12 +177,10 @@ def run(
     s = settings()
 
     async def go() -> dict[str, Any] | None:
-        from arq import create_pool as create_redis
-        from arq.connections import RedisSettings
-
         from store.db import connection
         from store.ops import make_due_now, resolve_user, run_of_slot
         from store.runs import Claim
+        from workers.codec import connect_redis
         from workers.jobs import JOB_NAME, encode_claims, job_id
 
         async with connection(s.database_url) as conn:
@@ -191,7 +189,7 @@ def run(
             await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
             slot, lease_until = await make_due_now(conn, uid, s.sim_lease_s)
             try:
-                redis = await create_redis(RedisSettings.from_dsn(s.redis_url))
+                redis = await connect_redis(s.redis_url)
             except (OSError, ConnectionError) as exc:
                 raise Unavailable(f"cannot reach Redis: {exc}") from None
             try:

@@ -17,6 +17,7 @@ from store.db import create_pool
 from store.runs import Claim
 from workers import metrics
 from workers.batch import BatchRunner
+from workers.codec import CODEC
 from workers.logs import configure_logging, get_logger
 
 log = get_logger("simengine.worker")
@@ -118,6 +119,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "poll_delay": settings.sim_worker_poll_ms / 1000,
         "job_completion_wait": settings.sim_shutdown_s,
         "log_results": False,
+        **CODEC,  # JSON, never pickle
     }
 
 

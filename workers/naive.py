@@ -17,6 +17,7 @@ from simconfig import Settings
 from store.db import create_pool
 from store.fees import load_fees
 from store.sqlfiles import query
+from workers.codec import CODEC
 from workers.jobs import decode_claims
 
 NAIVE_JOB = "naive_run"
@@ -115,4 +116,5 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
         "keep_result": 0,
         "poll_delay": settings.sim_worker_poll_ms / 1000,
         "log_results": False,
+        **CODEC,  # JSON, never pickle
     }
