@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         description="Postgres DSN (postgresql://user:pass@host:port/db).",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
+    sim_pg_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
+    )
     sim_seed: int = Field(
         default=42, ge=0, lt=2**63, description="Seed of the market model and of every run."
     )

@@ -85,7 +85,12 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         configure_logging(settings)
         # Every connection opened up front: no connect latency in the middle of a burst.
         size = settings.sim_worker_concurrency + 1
-        pool = await create_pool(settings.database_url, min_size=size, max_size=size)
+        pool = await create_pool(
+            settings.database_url,
+            min_size=size,
+            max_size=size,
+            statement_cache_size=settings.sim_pg_statement_cache_size,
+        )
         ctx["pool"] = pool
         ctx["runner"] = BatchRunner(
             pool,

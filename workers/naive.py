@@ -97,7 +97,9 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
         ctx["pool"] = await create_pool(
-            settings.database_url, max_size=settings.sim_worker_concurrency + 1
+            settings.database_url,
+            max_size=settings.sim_worker_concurrency + 1,
+            statement_cache_size=settings.sim_pg_statement_cache_size,
         )
         ctx["market"] = Market(settings.market_params())
 

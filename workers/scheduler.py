@@ -157,7 +157,12 @@ class Scheduler:
 
 async def run_scheduler(settings: Settings, once: bool) -> None:
     """Build the resources, run the loop, close what was opened."""
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        statement_cache_size=settings.sim_pg_statement_cache_size,
+    )
     try:
         redis = await connect_redis(settings.redis_url)
         try:
