@@ -331,31 +331,13 @@ def reconcile(
 _register()
 
 
-@app.command("grant-reader")
-def grant_reader(
-    role: Annotated[
-        str, typer.Argument(help="Role name: lower-case letters, digits, underscores.")
-    ],
-    password: Annotated[
-        str | None, typer.Option("--password", help="Set (or change) its login password.")
-    ] = None,
-) -> None:
-    """Create or update a login role that can read the read views (sim_positions, sim_pnl,
-    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+def _register_grant_reader() -> None:
+    from simctl.reader import grant_reader
 
-    Example: simctl grant-reader analytics --password 's3cret'
-    """
-    s = settings()
+    app.command("grant-reader")(grant_reader)
 
-    async def go() -> list[str]:
-        from store.db import connection
-        from store.reader import grant_reader as do_grant
 
-        async with connection(s.database_url) as conn:
-            return await do_grant(conn, role, password)
-
-    views = run_async(go)
-    out.print(f"role {role} can read: {', '.join(views)}")
+_register_grant_reader()
 
 
 @app.command()
