@@ -4,7 +4,9 @@ way an image installs it, migrates an empty database and runs users with no sour
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -47,10 +49,8 @@ class Installed:
         )
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """One clean clone, one wheel, one venv for the whole module (the pip cache makes it quick)."""
-    tmp = tmp_path_factory.mktemp("wheel")
+def _build(tmp: Path) -> None:
+    """Clone HEAD, build its wheel, install it with the locked dependencies into a fresh venv."""
     head = _run(["git", "-C", str(ROOT), "rev-parse", "HEAD"]).stdout.strip()
     src = tmp / "src"
     _run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(src)])
@@ -72,10 +72,26 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         ],
         cwd=tmp,
     )
-    migrations = len(list((src / "sql" / "migrations").glob("*.sql")))
-    home = tmp / "elsewhere"
-    home.mkdir()
-    return Installed(venv, wheel, migrations, home)
+    (tmp / "elsewhere").mkdir()
+    (tmp / "built").write_text(str(wheel))
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Installed:
+    """One clean clone, one wheel, one venv for the whole run: xdist workers share it through
+    the run's common temp directory, the first one builds it under a lock."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base
+    tmp = shared / "simengine-wheel"
+    with open(shared / "simengine-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tmp / "built").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _build(tmp)
+    wheel = Path((tmp / "built").read_text())
+    migrations = len(list((tmp / "src" / "sql" / "migrations").glob("*.sql")))
+    return Installed(tmp / "venv", wheel, migrations, tmp / "elsewhere")
 
 
 @pytest.fixture
