@@ -77,11 +77,11 @@ def _build(tmp: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Installed:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """One clean clone, one wheel, one venv for the whole run: xdist workers share it through
     the run's common temp directory, the first one builds it under a lock."""
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if worker_id != "master" else base
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     tmp = shared / "simengine-wheel"
     with open(shared / "simengine-wheel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
