@@ -152,10 +152,21 @@ async def test_an_installed_wheel_migrates_an_empty_database_and_runs_users(
         await conn.close()
 
 
-def test_the_base_install_refuses_report_naming_the_extra(
+def test_the_base_install_refuses_report_and_the_demo_naming_their_extras(
     installed: Installed, env: dict[str, str], tmp_path: Path
 ) -> None:
     result = installed.simctl(["report", "1", "--out", str(tmp_path / "x.png")], env)
     assert result.returncode == 2
     assert "pip install 'simengine[report]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    demo = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-m", "simctl.demo"],
+        cwd=installed.home,
+        env={**{k: v for k, v in env.items() if k != "PYTHONPATH"}, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert demo.returncode == 2
+    assert "pip install 'simengine[demo]'" in demo.stderr
