@@ -31,12 +31,6 @@ class Settings(BaseSettings):
         description="Postgres DSN (postgresql://user:pass@host:port/db).",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
-    sim_pg_statement_cache_size: int = Field(
-        default=100,
-        ge=0,
-        le=10_000,
-        description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
-    )
     sim_seed: int = Field(
         default=42, ge=0, lt=2**63, description="Seed of the market model and of every run."
     )
@@ -97,6 +91,12 @@ class Settings(BaseSettings):
         description="How often an idle job slot looks for work (arq poll delay); a finished job's slot waits up to this long.",
     )
     sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
+    sim_pg_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
+    )
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
     sim_queue_name: str = Field(
         default="simengine:queue", min_length=1, description="arq queue name."

@@ -39,8 +39,8 @@ def grant_reader(
         str | None, typer.Option("--password", hidden=True, help="Refused: see below.")
     ] = None,
 ) -> None:
-    """Create a new login role that can read the read views (sim_positions, sim_pnl,
-    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+    """Create a new login role that can read the read views (docs/read-side.md) and nothing
+    else: no table, so no password_hash or tax_id.
 
     The password comes from SIM_READER_PASSWORD, or else a hidden prompt (asked twice) on a
     terminal; never from the command line. It is sent as a SCRAM-SHA-256 verifier, so the

@@ -14,10 +14,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from store.reader import READ_VIEWS
 from tests.support.procs import simctl
 from tests.support.services import url_for
 
-VIEWS = {"sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity"}
+VIEWS = set(READ_VIEWS)
 
 
 async def snapshot(pg: asyncpg.Connection, role: str) -> dict[str, Any]:
