@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         description="How often an idle job slot looks for work (arq poll delay); a finished job's slot waits up to this long.",
     )
     sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
+    sim_pg_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
+    )
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
     sim_queue_name: str = Field(
         default="simengine:queue", min_length=1, description="arq queue name."

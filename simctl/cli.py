@@ -217,12 +217,10 @@ def run(
     s = settings()
 
     async def go() -> dict[str, Any] | None:
-        from arq import create_pool as create_redis
-        from arq.connections import RedisSettings
-
         from store.db import connection
         from store.ops import make_due_now, resolve_user, run_of_slot
         from store.runs import Claim
+        from workers.codec import connect_redis
         from workers.jobs import JOB_NAME, encode_claims, job_id
 
         async with connection(s.database_url) as conn:
@@ -231,7 +229,7 @@ def run(
             await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
             slot, lease_until = await make_due_now(conn, uid, s.sim_lease_s)
             try:
-                redis = await create_redis(RedisSettings.from_dsn(s.redis_url))
+                redis = await connect_redis(s.redis_url)
             except (OSError, ConnectionError) as exc:
                 raise Unavailable(f"cannot reach Redis: {exc}") from None
             try:
@@ -412,31 +410,13 @@ def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
 _register()
 
 
-@app.command("grant-reader")
-def grant_reader(
-    role: Annotated[
-        str, typer.Argument(help="Role name: lower-case letters, digits, underscores.")
-    ],
-    password: Annotated[
-        str | None, typer.Option("--password", help="Set (or change) its login password.")
-    ] = None,
-) -> None:
-    """Create or update a login role that can read the read views (sim_positions, sim_pnl,
-    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+def _register_grant_reader() -> None:
+    from simctl.reader import grant_reader
 
-    Example: simctl grant-reader analytics --password 's3cret'
-    """
-    s = settings()
+    app.command("grant-reader")(grant_reader)
 
-    async def go() -> list[str]:
-        from store.db import connection
-        from store.reader import grant_reader as do_grant
 
-        async with connection(s.database_url) as conn:
-            return await do_grant(conn, role, password)
-
-    views = run_async(go)
-    out.print(f"role {role} can read: {', '.join(views)}")
+_register_grant_reader()
 
 
 @app.command()
@@ -471,7 +451,13 @@ def bench(
     Example (where a run's CPU goes, statement by statement): simctl bench --steps 50000
     """
     s = settings()
-    from simctl.bench import markdown, run_bench, run_steps
+    from simctl.bench import CEILING_ENV, ceiling_file, markdown, run_bench, run_steps
+
+    bench_docs = Path("docs/benchmarks.md")  # the checkout's, from its root (scripts/bench)
+    if steps is None and not ceiling_file().is_file():
+        raise Exit(2, f"bench: no ceiling script at {ceiling_file()} (set {CEILING_ENV})")
+    if steps is None and docs and not bench_docs.is_file():
+        raise Exit(2, "bench: no docs/benchmarks.md here to append to (run from the checkout or pass --no-docs)")
 
     if steps is not None:
         from simctl.benchsteps import steps_table
@@ -494,8 +480,7 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if docs:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        with path.open("a", encoding="utf-8") as fh:
+        with bench_docs.open("a", encoding="utf-8") as fh:
             fh.write(table)
     if not result["engine"]["reconcile"]["clean"]:
         raise Exit(1, "bench: the ledger does not reconcile after the run")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +25,11 @@ def report(
     with buys and sells marked. Prices are the ones the runs used (model or imported).
 
     Example: simctl report 42 --out equity-42.png --html
+
+    Needs the report extra (matplotlib): pip install 'simengine[report]'
     """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise Exit(2, "simctl report needs matplotlib: pip install 'simengine[report]'")
     s = settings()
     if out_file.suffix.lower() != ".png":
         raise Exit(2, "--out must name a .png file")

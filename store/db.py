@@ -54,11 +54,20 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer.
+    statement_cache_size=0 (SIM_PG_STATEMENT_CACHE_SIZE) works behind PgBouncer in transaction
+    mode: no named prepared statement outlives its transaction."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init, timeout=10
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init,
+            timeout=10,
+            statement_cache_size=statement_cache_size,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unavailable(f"cannot connect to {redact_url(dsn)}: {first_line(exc)}") from None

@@ -17,6 +17,7 @@ from store.db import create_pool
 from store.runs import Claim
 from workers import metrics
 from workers.batch import BatchRunner
+from workers.codec import CODEC
 from workers.logs import configure_logging, get_logger
 
 log = get_logger("simengine.worker")
@@ -84,7 +85,12 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         configure_logging(settings)
         # Every connection opened up front: no connect latency in the middle of a burst.
         size = settings.sim_worker_concurrency + 1
-        pool = await create_pool(settings.database_url, min_size=size, max_size=size)
+        pool = await create_pool(
+            settings.database_url,
+            min_size=size,
+            max_size=size,
+            statement_cache_size=settings.sim_pg_statement_cache_size,
+        )
         ctx["pool"] = pool
         ctx["runner"] = BatchRunner(
             pool,
@@ -118,6 +124,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "poll_delay": settings.sim_worker_poll_ms / 1000,
         "job_completion_wait": settings.sim_shutdown_s,
         "log_results": False,
+        **CODEC,  # JSON, never pickle
     }
 
 

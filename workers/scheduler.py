@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import asyncpg
-from arq import create_pool as create_redis
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from engine.market import Market
@@ -26,6 +25,7 @@ from store.db import create_pool, retrying
 from store.errors import StoreError, first_line
 from store.ticker import write_ticks
 from workers import metrics
+from workers.codec import connect_redis
 from workers.jobs import JOB_NAME, job_id, start_health
 from workers.logs import get_logger
 
@@ -157,9 +157,14 @@ class Scheduler:
 
 async def run_scheduler(settings: Settings, once: bool) -> None:
     """Build the resources, run the loop, close what was opened."""
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        statement_cache_size=settings.sim_pg_statement_cache_size,
+    )
     try:
-        redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
+        redis = await connect_redis(settings.redis_url)
         try:
             scheduler = Scheduler(settings, pool, redis)
             health = (

@@ -120,6 +120,7 @@ async def test_reader_role_reads_the_views_and_nothing_else(
     assert simctl(["scheduler", "--once"], env).returncode == 0
     assert simctl(["worker", "--burst"], env).returncode == 0
     role = f"reader_{db_name[-8:]}"
+    env = {**env, "SIM_READER_PASSWORD": "r3ader-Pass"}
     granted = simctl(["grant-reader", role], env)
     assert granted.returncode == 0, granted.stderr
     assert simctl(["grant-reader", role], env).returncode == 0  # again: updates, no error
