@@ -144,6 +144,9 @@ def scheduler(
     """Lease due users and enqueue their slots on Redis (runs until SIGTERM/SIGINT).
 
     Several schedulers at once are safe: claims use FOR UPDATE SKIP LOCKED and a lease in Postgres.
+    Waits out Postgres and Redis outages, at start too (postgres.unavailable, redis.unavailable);
+    exits 2 at start only for configuration (credentials, database, schema, privileges, a busy
+    SIM_METRICS_PORT). --once does not wait: exit 2 with one line if either is away.
 
     Example: simctl scheduler --once
     """
@@ -167,6 +170,9 @@ def worker(
     ] = False,
 ) -> None:
     """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
+
+    Waits out Postgres and Redis outages, at start too, and comes back with them; exits 2 at
+    start only for configuration. --burst does not wait: exit 2 with one line if either is away.
 
     Example: simctl worker --burst
     """
@@ -195,8 +201,10 @@ def run(
 ) -> None:
     """Make a user due now and enqueue that slot; the slot still runs at most once.
 
-    Refuses (exit 1) a user who is disabled, paused, deactivated or deleted. With --wait, prints the
-    run's outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
+    Refuses (exit 1) a user who is disabled, paused, deactivated or deleted, and (exit 2) when
+    Redis does not answer; a refused run changes nothing. Never sets or extends the user's lease,
+    so a job lost earlier still comes back when that lease ends. With --wait, prints the run's
+    outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
 
     Example: simctl run 42 --wait
     """
@@ -265,6 +273,9 @@ def status(
 ) -> None:
     """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
     auto-pauses, and the last market tick per asset.
+
+    Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
+    not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).
 
     Example: simctl status --json
     Example: simctl status --watch 2

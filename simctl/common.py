@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
@@ -33,6 +34,16 @@ class LazyConsole:
         return self._console
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        plain = (
+            self._console is None
+            and len(objects) == 1
+            and isinstance(objects[0], str)
+            and set(kwargs) <= {"markup"}
+            and (kwargs.get("markup") is False or "[" not in objects[0])
+        )
+        if plain:  # a line of text needs no rich (what most commands print)
+            print(objects[0], file=sys.stderr if self._stderr else sys.stdout, flush=True)
+            return
         self.get().print(*objects, **kwargs)
 
 
