@@ -184,3 +184,12 @@ async def test_run_never_restarts_the_wait_of_a_lost_slot(
     runs = await pg.fetch("SELECT user_id, scheduled_for FROM sim_runs ORDER BY user_id")
     assert [(r["user_id"], r["scheduled_for"]) for r in runs][:1] == [(first, slot)]
     assert len(runs) == 2
+
+
+@pytest.mark.parametrize("command", [["scheduler", "--once"], ["worker", "--burst"]])
+def test_one_shot_processes_without_redis_say_so_in_one_line(
+    env: dict[str, str], command: list[str]
+) -> None:
+    result = simctl(command, {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert result.returncode == 2
+    assert "cannot reach Redis" in one_line_refusal(result.stderr)  # not arq's retry lines

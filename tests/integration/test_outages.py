@@ -6,10 +6,12 @@ answerable, and every slot still runs exactly once."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -272,3 +274,19 @@ async def test_a_killed_workers_jobs_neither_hold_back_claims_nor_count_as_queue
     assert total == distinct == users
     await no_partial_runs(pg)
     assert await reconcile(pg) == []
+
+
+def test_a_private_redis_leaves_no_folder_behind() -> None:
+    server = RedisServer()
+    server.start()
+    folder = Path(server.dir)
+    server.stop()
+    server.start_on_same_port()  # a restart keeps it
+    assert folder.is_dir()
+    server.close()
+    assert not folder.exists()
+    forgotten = RedisServer()
+    folder = Path(forgotten.dir)
+    del forgotten  # never started nor closed: the folder still goes with the object
+    gc.collect()
+    assert not folder.exists()
