@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=65_535,
-        description="Port of /metrics, /healthz and /readyz for this process (0 = off); one per process.",
+        description="Port of /metrics, /livez (alive) and /readyz (Postgres and Redis answer) for this process (0 = off); one per process, a busy one is exit 2.",
     )
     sim_metrics_host: str = Field(
         default="127.0.0.1", description="Address the metrics endpoint binds to."

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -43,7 +43,8 @@ def test_every_worker_refuses_a_pickled_job(settings: Settings, tmp_path: Path) 
     pickle.loads(pickled_job(control))  # the payload is live: unpickled, it runs
     assert control.exists()
     marker = tmp_path / "marker"
-    for kwargs in (worker_settings(settings), naive_worker_settings(settings)):
+    no_pool = cast(asyncpg.Pool, None)  # the settings only close over the pool
+    for kwargs in (worker_settings(settings, no_pool), naive_worker_settings(settings)):
         with pytest.raises(ValueError):
             kwargs["job_deserializer"](pickled_job(marker))
     assert not marker.exists()
