@@ -193,3 +193,13 @@ def test_one_shot_processes_without_redis_say_so_in_one_line(
     result = simctl(command, {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert result.returncode == 2
     assert "cannot reach Redis" in one_line_refusal(result.stderr)  # not arq's retry lines
+
+
+@pytest.mark.parametrize("command", [["worker"], ["scheduler"]])
+def test_processes_stop_at_start_for_a_database_that_waiting_cannot_bring(
+    env: dict[str, str], command: list[str]
+) -> None:
+    missing = url_for(f"simengine_nonexistent_{uuid.uuid4().hex[:8]}")
+    result = simctl(command, {**env, "DATABASE_URL": missing}, timeout=60)  # no waiting forever
+    assert result.returncode == 2
+    assert "does not exist" in one_line_refusal(result.stderr)
