@@ -88,6 +88,10 @@ class Scheduler:
             return await retrying(attempt, on_retry=_count_retry)
         except StoreError:
             raise
+        except asyncpg.InternalClientError as exc:
+            # A connection cut in the middle of a statement can leave asyncpg's protocol in a
+            # state it reports this way; the pool replaces the connection on the next acquire.
+            raise Unavailable(f"postgres: {first_line(exc)}") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             if is_retryable(exc) or isinstance(exc, TimeoutError):
                 raise Unavailable(f"postgres: {first_line(exc)}") from exc
@@ -192,6 +196,11 @@ class Scheduler:
                 if once:
                     raise
                 log.error("scheduler.pass_failed", error=str(exc), exc_info=exc)
+                report = PassReport()
+            except Exception as exc:  # a bug must not stop claiming: log it whole, pass again
+                if once:
+                    raise
+                log.error("scheduler.pass_failed", error=first_line(exc), exc_info=exc)
                 report = PassReport()
             if report.claimed:
                 log.info(
