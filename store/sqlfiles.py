@@ -36,14 +36,15 @@ def migrations(directory: Path = SQL_DIR / "migrations") -> list[Migration]:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries from sql/queries.sql: blocks headed `-- name --`."""
-    text = (SQL_DIR / "queries.sql").read_text()
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """Named queries from a file in sql/ (sql/queries.sql unless named): blocks headed
+    `-- name --`."""
+    text = (SQL_DIR / file).read_text()
     parts = _QUERY_HEADER.split(text)
     named = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
     return named
 
 
-def query(name: str) -> str:
+def query(name: str, file: str = "queries.sql") -> str:
     """One named query; KeyError names the missing one."""
-    return queries()[name]
+    return queries(file)[name]
