@@ -389,7 +389,6 @@ class Supervisor:
     logdir: Path
     cwd: Path
     restart_delay_s: float
-    t0: datetime
     slots: dict[tuple[str, int], Child] = field(default_factory=dict)
     gens: Counter[tuple[str, int]] = field(default_factory=Counter)
     exits: list[dict[str, Any]] = field(default_factory=list)
@@ -445,7 +444,6 @@ class Supervisor:
                             "index": child.index,
                             "exit_code": child.popen.returncode,
                             "at": at.isoformat(),
-                            "offset_s": round((at - self.t0).total_seconds(), 1),
                             "last_line": last_line(child.log_path),
                         }
                     )
@@ -711,7 +709,7 @@ class Drill:
         began = _now()
         t0 = time.monotonic()
         self.sup = Supervisor(
-            self.env, self.pg.url, self.root / "logs", self.root, plan.restart_delay_s, began
+            self.env, self.pg.url, self.root / "logs", self.root, plan.restart_delay_s
         )
         self.sup.logdir.mkdir()
         for i in range(plan.schedulers):
@@ -843,7 +841,10 @@ class Drill:
                     )
                 ),
             },
-            "process_exits": self.sup.exits,
+            "process_exits": [
+                {**e, "offset_s": round((_parse(e["at"]) - faults_from).total_seconds(), 1)}
+                for e in self.sup.exits
+            ],
             "process_restarts": self.sup.restarts,
             "runs": {
                 **totals,
@@ -863,6 +864,10 @@ class Drill:
             "floors": floors,
             "ok": all(f["ok"] for f in floors),
         }
+
+
+def _parse(at: str) -> datetime:
+    return datetime.fromisoformat(at)
 
 
 def _r(value: Any) -> Any:
