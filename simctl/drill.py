@@ -563,9 +563,7 @@ class Drill:
         if kind == "worker_kill":
             return await self._kill_worker(rng, mon)
         if kind == "scheduler_kill":
-            alive = self.sup.alive("scheduler")
-            if not alive:
-                raise DrillError("no scheduler alive to kill")
+            alive = await self._alive("scheduler")
             child = rng.choice(alive)
             self.sup.kill(child)
             return child.app, "SIGKILL"
@@ -586,16 +584,25 @@ class Drill:
             )
         raise AssertionError(kind)
 
-    async def _kill_worker(self, rng: random.Random, mon: Monitor) -> tuple[str, str]:
-        """SIGKILL a worker seen inside a transaction (looked for up to 2 s), else any worker."""
+    async def _alive(self, role: str, limit_s: float = 10.0) -> list[Child]:
+        """The live processes of a role, waiting up to limit_s for the supervisor to restart one."""
         assert self.sup is not None
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            rows = await mon.call(lambda c: checks.open_transactions(c, "drill-w"))
+        deadline = time.monotonic() + limit_s
+        while not (alive := self.sup.alive(role)):
+            if time.monotonic() > deadline:
+                raise DrillError(f"no {role} alive for {limit_s:.0f} s")
+            await asyncio.sleep(0.05)
+        return alive
+
+    async def _kill_worker(self, rng: random.Random, mon: Monitor) -> tuple[str, str]:
+        """SIGKILL a worker seen inside a transaction (looked for up to 2 s), else any live
+        worker (waiting up to 10 s for the supervisor to bring one back)."""
+        assert self.sup is not None
+        began = time.monotonic()
+        while True:
+            rows = await mon.call(lambda c: checks.open_transactions(c, "drill-w")) or []
             busy = sorted(
-                {
-                    child.app: child for app, _, _ in rows or [] if (child := self.sup.by_app(app))
-                }.items()
+                {child.app: child for app, _, _ in rows if (child := self.sup.by_app(app))}.items()
             )
             if busy:
                 app, child = rng.choice(busy)
@@ -603,13 +610,15 @@ class Drill:
                 self.sup.kill(child)
                 self.kills_mid_transaction += 1
                 return app, "SIGKILL inside a transaction (" + ", ".join(states) + ")"
+            waited = time.monotonic() - began
+            alive = self.sup.alive("worker")
+            if waited > 2.0 and alive:
+                child = rng.choice(alive)
+                self.sup.kill(child)
+                return child.app, "SIGKILL (no worker was inside a transaction within 2 s)"
+            if waited > 10.0:
+                raise DrillError("no worker alive to kill for 10 s")
             await asyncio.sleep(0.01)
-        alive = self.sup.alive("worker")
-        if not alive:
-            raise DrillError("no worker alive to kill")
-        child = rng.choice(alive)
-        self.sup.kill(child)
-        return child.app, "SIGKILL (no worker was inside a transaction within 2 s)"
 
     # duplicate triggers
     async def trigger(self, planned: list[Planned], start: float, user_ids: list[int]) -> None:
@@ -777,6 +786,7 @@ class Drill:
             lag = await checks.lag_phases(conn, faults_from, last_fault, recovered_from, end)
             recovery = await checks.fault_recovery(conn)
             totals = await checks.run_totals(conn, faults_from, faults_to)
+            late = await checks.late_slots(conn, plan.lease_s)
         finally:
             await conn.close()
         reconcile = await asyncio.to_thread(self.simctl, "reconcile")
@@ -855,6 +865,7 @@ class Drill:
                 "per_s_scheduled": round(plan.users / plan.interval_s, 1),
             },
             "lag": {p: {k: _r(v) for k, v in s.items()} for p, s in lag.items()},
+            "late_slots": {k: _r(v) for k, v in late.items()},
             "slot_walk": walk,
             "left_due_oldest_s": _r(left_oldest),
             "invariants": invariants,
@@ -927,6 +938,12 @@ def summary(result: dict[str, Any]) -> str:
             f"  {phase:<31} {s['runs']:>6} {_fmt(s['p50_s']):>9} {_fmt(s['p99_s']):>8}"
             f" {_fmt(s['max_s']):>8}"
         )
+    late = result["late_slots"]
+    lines.append(
+        f"runs later than the lease: {late['runs']} (max {_fmt(late['max_s'])} s), of which "
+        f"{late['with_trigger']} had a `simctl run` of their user while waiting "
+        f"(max {_fmt(late['max_with_trigger_s'])} s; without: {_fmt(late['max_without_trigger_s'])} s)"
+    )
     walk = ", ".join(f"{k} {v['n']}" for k, v in sorted(result["slot_walk"].items()))
     lines += ["", f"slot walk: {walk}", "invariants:"]
     for k, v in result["invariants"].items():

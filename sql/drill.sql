@@ -198,3 +198,22 @@ SELECT count(*) AS runs,
        count(*) FILTER (WHERE started_at >= $1 AND started_at <= $2) AS runs_in_faults,
        coalesce(sum(trades_count), 0) AS trades
   FROM sim_runs
+
+-- drill_late_slots --
+-- Runs later than the lease ($1 s): how many, and how many of them had one of the drill's
+-- `simctl run`s of that user between their slot and their start (a trigger re-leases the user).
+WITH late AS (
+    SELECT r.user_id, r.scheduled_for, r.started_at,
+           extract(epoch FROM r.started_at - r.scheduled_for)::float8 AS lag_s,
+           EXISTS (SELECT 1 FROM drill.triggers t
+                    WHERE t.user_id = r.user_id
+                      AND t.done_at >= r.scheduled_for AND t.issued_at <= r.started_at) AS triggered
+      FROM sim_runs r
+     WHERE r.started_at - r.scheduled_for > make_interval(secs => $1)
+)
+SELECT count(*) AS runs,
+       count(*) FILTER (WHERE triggered) AS with_trigger,
+       max(lag_s) AS max_s,
+       max(lag_s) FILTER (WHERE triggered) AS max_with_trigger_s,
+       max(lag_s) FILTER (WHERE NOT triggered) AS max_without_trigger_s
+  FROM late

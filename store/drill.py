@@ -136,3 +136,10 @@ async def run_totals(conn: Conn, faults_from: datetime, faults_to: datetime) -> 
     row = await conn.fetchrow(_q("drill_run_totals"), faults_from, faults_to)
     assert row is not None
     return {k: int(v) for k, v in row.items()}
+
+
+async def late_slots(conn: Conn, lease_s: float) -> dict[str, Any]:
+    """Runs later than the lease, and how many had a drill `simctl run` of their user in between."""
+    row = await conn.fetchrow(_q("drill_late_slots"), float(lease_s))
+    assert row is not None
+    return dict(row.items())
