@@ -833,8 +833,8 @@ class Drill:
                     "target": f.target,
                     "detail": f.detail,
                     "first_commit_after_s": _r(r["first_commit_s"]),
-                    "worst_lag_of_slots_due_s": _r(r["worst_lag_s"]),
-                    "slots_due": r["slots_due"],
+                    "worst_lag_of_slots_hit_s": _r(r["worst_lag_s"]),
+                    "slots_hit": r["slots_due"],
                 }
                 for f, r in zip(self.faults, recovery, strict=True)
             ],
@@ -910,12 +910,12 @@ def summary(result: dict[str, Any]) -> str:
     for f in result["faults_not_injected"]:
         lines.append(f"  NOT injected: {f['kind']} at {f['at']}: {f['error']}")
     lines.append(
-        "  at (s)  kind            first run after (s)  worst lag of slots due (s)  target / detail"
+        "  at (s)  kind            first run after (s)  worst lag of slots hit (s)  target / detail"
     )
     for f in result["faults"]:
         lines.append(
             f"  {f['offset_s']:6.1f}  {f['kind']:<15} {_fmt(f['first_commit_after_s']):>19}"
-            f"  {_fmt(f['worst_lag_of_slots_due_s']):>26}  {f['target']}: {f['detail']}"
+            f"  {_fmt(f['worst_lag_of_slots_hit_s']):>26}  {f['target']}: {f['detail']}"
         )
     d = result["duplicate_runs"]
     lines.append(

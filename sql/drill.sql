@@ -182,16 +182,25 @@ SELECT phase, count(*) AS runs,
   FROM phased GROUP BY phase
 
 -- drill_fault_recovery --
--- Per fault: the first run to finish after it (idx_sim_runs_finished_at), and the worst lateness
--- of the slots that were already due when it struck and ran only after it.
+-- Per fault: the first run to finish after it (idx_sim_runs_finished_at); the worst lateness of
+-- the slots it was the first fault to meet (due after the previous fault, at or before this one,
+-- and not yet started), and how many of them there were.
+WITH f AS (
+    SELECT id, kind, at, coalesce(lag(at) OVER (ORDER BY at, id), '-infinity') AS prev_at
+      FROM drill.faults
+)
 SELECT f.id, f.kind, f.at,
        extract(epoch FROM (SELECT min(r.finished_at) FROM sim_runs r
                             WHERE r.finished_at > f.at) - f.at)::float8 AS first_commit_s,
-       (SELECT extract(epoch FROM max(r.started_at - r.scheduled_for))::float8
-          FROM sim_runs r WHERE r.scheduled_for <= f.at AND r.started_at > f.at) AS worst_lag_s,
-       (SELECT count(*) FROM sim_runs r
-         WHERE r.scheduled_for <= f.at AND r.started_at > f.at) AS slots_due
-  FROM drill.faults f ORDER BY f.id
+       m.worst_lag_s, m.slots_due
+  FROM f
+  CROSS JOIN LATERAL (
+        SELECT extract(epoch FROM max(r.started_at - r.scheduled_for))::float8 AS worst_lag_s,
+               count(*) AS slots_due
+          FROM sim_runs r
+         WHERE r.scheduled_for > f.prev_at AND r.scheduled_for <= f.at
+           AND r.started_at > f.at) m
+ ORDER BY f.id
 
 -- drill_run_totals --
 SELECT count(*) AS runs,

@@ -126,7 +126,7 @@ async def lag_phases(
 
 async def fault_recovery(conn: Conn) -> list[dict[str, Any]]:
     """Per recorded fault: seconds to the first run finished after it, and the worst lag of the
-    slots that were due when it struck."""
+    slots it was the first fault to meet (due since the previous fault, not yet started)."""
     rows = await conn.fetch(_q("drill_fault_recovery"))
     return [dict(r.items()) for r in rows]
 
