@@ -118,5 +118,5 @@ async def test_slot_walk_tells_a_catch_up_and_a_trigger_from_a_skipped_or_early_
     assert counts == {"ok": 7, "skipped": 1, "early": 1, "triggered": 1, "catch_up": 1}
     assert [e["user_id"] for e in walk["skipped"]["examples"]] == [u2]
     assert [e["user_id"] for e in walk["early"]["examples"]] == [u3]
-    late = await checks.late_slots(pg, 30)
-    assert (late["runs"], late["with_trigger"], late["max_s"]) == (1, 0, 90.0)  # u5's first run
+    slow = await checks.late_slots(pg, 30)
+    assert (slow["runs"], slow["with_trigger"], slow["max_s"]) == (1, 0, 90.0)  # u5's first run
