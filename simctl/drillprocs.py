@@ -81,6 +81,12 @@ class PgCluster:
             owner = pwd.getpwnam("postgres")
             for path in (self.root, self.sock):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
+            reachable = subprocess.run(self._cmd("test", "-w", str(self.root)), check=False)
+            if reachable.returncode != 0:
+                raise DrillError(
+                    f"the postgres OS user cannot reach {self.root}: "
+                    "choose a --workdir every user can traverse (e.g. /tmp)"
+                )
         self._run(
             str(PG_BIN / "initdb"),
             "-D",

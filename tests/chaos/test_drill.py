@@ -4,8 +4,11 @@ slot walk) shown to catch what it is there to catch."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,8 +21,17 @@ from store.drill import Trigger
 from store.seed import seed_demo
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A directory the postgres OS user can traverse too (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="simengine-chaos-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(180)
-def test_ci_drill_every_fault_injected_and_every_invariant_holds(tmp_path: Path) -> None:
+def test_ci_drill_every_fault_injected_and_every_invariant_holds(workdir: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
@@ -29,7 +41,7 @@ def test_ci_drill_every_fault_injected_and_every_invariant_holds(tmp_path: Path)
             "ci",
             "--json",
             "--workdir",
-            str(tmp_path),
+            str(workdir),
         ],
         capture_output=True,
         text=True,
@@ -56,7 +68,7 @@ def test_ci_drill_every_fault_injected_and_every_invariant_holds(tmp_path: Path)
     assert result["invariants_ok"]
     assert "clean" in result["reconcile"]
     # Every child stopped and the temp cluster removed.
-    assert list(tmp_path.iterdir()) == []
+    assert list(workdir.iterdir()) == []
 
 
 def test_the_fault_schedule_is_a_function_of_the_seed() -> None:
