@@ -659,7 +659,9 @@ def run_drill(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         async def main() -> dict[str, Any]:
             task = asyncio.current_task()
             assert task is not None
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+            # Both end the drill the same way, even where a shell started it with SIGINT ignored.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
             return await drill.run()
 
         try:
