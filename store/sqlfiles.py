@@ -48,14 +48,15 @@ def migrations(directory: Traversable | None = None) -> list[Migration]:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Named queries from sql/queries.sql: blocks headed `-- name --`."""
-    text = (sql_root() / "queries.sql").read_text(encoding="utf-8")
+def queries(file: str = "queries.sql") -> dict[str, str]:
+    """Named queries from a file in sql/ (sql/queries.sql unless named): blocks headed
+    `-- name --`."""
+    text = (sql_root() / file).read_text(encoding="utf-8")
     parts = _QUERY_HEADER.split(text)
     named = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
     return named
 
 
-def query(name: str) -> str:
+def query(name: str, file: str = "queries.sql") -> str:
     """One named query; KeyError names the missing one."""
-    return queries()[name]
+    return queries(file)[name]
