@@ -8,6 +8,8 @@ import contextlib
 import json
 import sys
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simctl.common import Exit, err, out, print_json, run_async, settings
+from simctl.fmt import plain
 from store.errors import Refused, StoreError, Unavailable, first_line
 
 app = typer.Typer(
@@ -45,7 +48,8 @@ def migrate(
     plan: Annotated[
         bool,
         typer.Option(
-            "--plan", help="Print the statements it would run and the legacy rows it would report; change nothing."
+            "--plan",
+            help="Print the statements it would run and the legacy rows it would report; change nothing.",
         ),
     ] = False,
 ) -> None:
@@ -123,7 +127,10 @@ def seed_demo(
     Each user's balance is explained by one completed deposit transaction; first slots are spread
     over the next interval so the load is smooth. All users are created in one transaction.
 
-    Example: simctl seed-demo --users 10000 --seed 7
+    Example:
+
+    \b
+      simctl seed-demo --users 10000 --seed 7
     """
     s = settings()
 
@@ -158,7 +165,10 @@ def scheduler(
 
     Several schedulers at once are safe: claims use FOR UPDATE SKIP LOCKED and a lease in Postgres.
 
-    Example: simctl scheduler --once
+    Example:
+
+    \b
+      simctl scheduler --once
     """
     s = settings()
 
@@ -181,7 +191,10 @@ def worker(
 ) -> None:
     """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
 
-    Example: simctl worker --burst
+    Example:
+
+    \b
+      simctl worker --burst
     """
     s = settings()
     from workers.logs import configure_logging
@@ -210,7 +223,10 @@ def run(
     Refuses (exit 1) a user who is disabled, paused, deactivated or deleted. With --wait, prints the
     run's outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
 
-    Example: simctl run 42 --wait
+    Example:
+
+    \b
+      simctl run 42 --wait
     """
     s = settings()
 
@@ -275,8 +291,11 @@ def status(
     """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
     auto-pauses, and the last market tick per asset.
 
-    Example: simctl status --json
-    Example: simctl status --watch 2
+    Examples:
+
+    \b
+      simctl status --json
+      simctl status --watch 2
     """
     s = settings()
 
@@ -303,6 +322,14 @@ def status(
     if watch is None:
         out.print(_status_table(run_async(read)))
         return
+    if not out.is_terminal:
+        # Into a file or a pipe: a new block per refresh, each stamped, written as it comes.
+        while True:
+            data = run_async(read)
+            out.print(f"-- {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC", markup=False)
+            out.print(_status_table(data))
+            sys.stdout.flush()
+            time.sleep(watch)
     from rich.live import Live
 
     with Live(console=out, auto_refresh=False) as live:
@@ -317,7 +344,8 @@ def _status_table(data: dict[str, Any]) -> Any:
     table = Table(title="simengine status", show_header=False)
     ticks = data.pop("last_tick", {}) or {}
     for key, value in data.items():
-        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+        shown = plain(value) if isinstance(value, Decimal) else str(value)
+        table.add_row(key.replace("_", " "), "-" if value is None else shown)
     for asset, at in sorted(ticks.items()):
         table.add_row(f"last tick {asset}", str(at))
     return table
@@ -326,7 +354,9 @@ def _status_table(data: dict[str, Any]) -> Any:
 @app.command()
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user (id or email); refused if unknown.")
+    ] = None,
     legacy: Annotated[
         bool,
         typer.Option(
@@ -352,12 +382,13 @@ def reconcile(
 
     async def go() -> tuple[list[Any], list[dict[str, Any]]]:
         from store.db import connection
-        from store.ops import legacy_gap
+        from store.ops import legacy_gap, resolve_user
         from store.ops import reconcile as do_reconcile
 
         async with connection(s.database_url) as conn:
-            found = await do_reconcile(conn, user)
-            gaps = await legacy_gap(conn, user) if legacy else []
+            uid = None if user is None else await resolve_user(conn, user)
+            found = await do_reconcile(conn, uid)
+            gaps = await legacy_gap(conn, uid) if legacy else []
             return found, gaps
 
     found, gaps = run_async(go)
@@ -385,8 +416,6 @@ def reconcile(
             out.print("clean: every balance and holding matches the ledger")
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
-
-
 
 
 def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
@@ -422,7 +451,10 @@ def grant_reader(
     """Create or update a login role that can read the read views (sim_positions, sim_pnl,
     sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
 
-    Example: simctl grant-reader analytics --password 's3cret'
+    Example:
+
+    \b
+      simctl grant-reader analytics --password 's3cret'
     """
     s = settings()
 
@@ -464,9 +496,11 @@ def bench(
     population, worker RSS, CPU per run by process, and reconcile. Creates and drops its own
     databases next to DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile.
 
-    Example: simctl bench --quick --json bench.json
+    Examples (the second: where a run's CPU goes, statement by statement):
 
-    Example (where a run's CPU goes, statement by statement): simctl bench --steps 50000
+    \b
+      simctl bench --quick --json bench.json
+      simctl bench --steps 50000
     """
     s = settings()
     from simctl.bench import markdown, run_bench, run_steps

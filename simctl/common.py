@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from simconfig import Settings, SettingsError, load_settings
+from simctl.fmt import plain
 from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable, first_line
 
 T = TypeVar("T")
@@ -53,14 +54,14 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 def _json_default(value: object) -> str:
     if isinstance(value, Decimal):
-        return str(value)
+        return plain(value)  # str() would give 0E-8 for a stored zero
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(type(value).__name__)
 
 
 def print_json(data: object) -> None:
-    out.print(json.dumps(data, default=_json_default, indent=2), markup=False)
+    out.print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False), markup=False)
 
 
 def admin_fingerprint(s: Settings, key: str | None) -> str:

@@ -187,7 +187,7 @@ async def test_withdrawal_reserves_then_completes_or_fails(
     ok(["withdrawals", "fail", str(second), "--error", "address rejected"], admin_env)
     backwards = simctl(["withdrawals", "process", str(second), "--admin-key", KEY], admin_env)
     assert backwards.returncode == 1 and "failed" in backwards.stderr
-    rows = ok(["withdrawals", "list", "--user", str(uid)], admin_env)
+    rows = ok(["withdrawals", "list", "--user", str(uid), "--json"], admin_env)
     assert [(r["status"], r["error_message"]) for r in rows] == [
         ("failed", "address rejected"),
         ("completed", None),
