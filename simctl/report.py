@@ -364,7 +364,15 @@ def _market(ax: Axes, xs: list[float], x_of: dict[datetime, float], c: Curve) ->
     for a in shown:
         base = first[a]
         rel = [float(p.prices[a] / base - 1) * 100 for p in c.points]
-        ax.plot(xs, rel, color=ASSET_COLOURS[a], linewidth=1, label=a, marker="." if few else None)
+        ax.plot(
+            xs,
+            rel,
+            color=ASSET_COLOURS[a],
+            linewidth=1,
+            label=a,
+            marker="." if few else None,
+            zorder=3,
+        )
     for side, marker, colour in (("buy", "^", "tab:green"), ("sell", "v", "tab:red")):
         pts = [
             (x_of[f.at], float(f.trade.price_usd / first[f.trade.asset] - 1) * 100)
@@ -372,15 +380,17 @@ def _market(ax: Axes, xs: list[float], x_of: dict[datetime, float], c: Curve) ->
             if f.trade.side == side and first[f.trade.asset]
         ]
         if pts:
+            many = len(pts) >= 500  # small and faint, so the price lines stay readable
             ax.scatter(
                 [p[0] for p in pts],
                 [p[1] for p in pts],
                 marker=marker,
                 color=colour,
-                s=28 if len(pts) < 500 else 8,
-                zorder=3,
+                s=5 if many else 28,
+                alpha=0.45 if many else 1.0,
+                zorder=2 if many else 4,
                 label=f"{side}s ({len(pts):,})",
-                edgecolors="black" if len(pts) < 500 else "none",
+                edgecolors="none" if many else "black",
                 linewidths=0.4,
             )
     ax.axhline(0, color="grey", linewidth=0.8)

@@ -36,8 +36,11 @@ async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
     await pool.close()
 
 
-async def new_user(pg: Conn, email: str, deposit: str, strategy: str) -> int:
-    uid = await create_user(pg, ACTOR, email, "", Decimal(deposit), True, 300, strategy)
+async def new_user(
+    pg: Conn, email: str, deposit: str, strategy: str, interval: timedelta = timedelta(minutes=5)
+) -> int:
+    interval_s = int(interval.total_seconds())
+    uid: int = await create_user(pg, ACTOR, email, "", Decimal(deposit), True, interval_s, strategy)
     return uid
 
 
@@ -83,7 +86,7 @@ async def test_report_png_at_any_span(
     runs: int,
     interval: timedelta,
 ) -> None:
-    uid = await new_user(pg, f"span{runs}@example.com", "10000", "random")
+    uid = await new_user(pg, f"span{runs}@example.com", "10000", "random", interval)
     slots = [START + i * interval for i in range(runs)]
     await (fast_forward if runs > 100 else drive)(pg, runner, uid, slots)
     await check_series(pg, uid, runs)
@@ -99,7 +102,7 @@ async def test_report_png_at_any_span(
 async def test_html_report_has_the_header_events_and_every_trade(
     pg: asyncpg.Connection, runner: BatchRunner, env: dict[str, str], tmp_path: Path
 ) -> None:
-    uid = await new_user(pg, "html@example.com", "5000", "random")
+    uid = await new_user(pg, "html@example.com", "5000", "random", timedelta(hours=1))
     hour = timedelta(hours=1)
     await drive(pg, runner, uid, [START + i * hour for i in range(20)])
     # Money put in and taken out between runs: events, not gains or losses.
@@ -143,6 +146,15 @@ async def test_html_report_has_the_header_events_and_every_trade(
     ):
         assert f"<th>{label}</th>" in text
     keep([png, page])
+
+    # A window: only its runs are drawn (as SVG here); one after the last run is refused.
+    svg = tmp_path / "window.svg"
+    window = simctl(["report", str(uid), "--out", str(svg), "--since", "2026-03-03T12:00"], env)
+    assert window.returncode == 0, window.stderr
+    assert "user 1, 13 run(s)" in window.stdout.replace(f"user {uid},", "user 1,")
+    assert "<svg" in svg.read_text(encoding="utf-8")[:1000]
+    late = simctl(["report", str(uid), "--out", str(svg), "--since", "2030-01-01"], env)
+    assert late.returncode == 1 and "no runs since 2030-01-01 00:00 UTC" in late.stderr
 
 
 async def test_a_crypto_flow_is_a_contribution_not_a_loss(
