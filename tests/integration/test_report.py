@@ -92,10 +92,18 @@ async def test_report_png_at_any_span(
     await check_series(pg, uid, runs)
 
     png = tmp_path / f"report-{runs}-run{'s' if runs > 1 else ''}.png"
-    result = simctl(["report", str(uid), "--out", str(png)], env)
+    page = tmp_path / "capped.html"
+    result = simctl(["report", str(uid), "--out", str(png), "--html", str(page)], env)
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{runs} run(s)" in result.stdout
+    # The trade table is capped at the latest 1,000, and says how many there are.
+    trades = await pg.fetchval("SELECT count(*) FROM trades WHERE user_id = $1", uid)
+    text = page.read_text(encoding="utf-8")
+    rows = text.count("<td class=buy>") + text.count("<td class=sell>")
+    assert rows == min(trades, 1_000)
+    if trades > 1_000:
+        assert f"The latest 1,000 of {trades:,} trades" in text
     keep([png])
 
 
