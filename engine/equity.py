@@ -1,6 +1,6 @@
 """A user's value and P&L over time, replayed from the ledger's rows (pure: no I/O, no clock).
 
-P&L is the contract's: value (cash + holdings at the prices of the latest run) minus net
+P&L is the contract's: value (cash + holdings at the prices of the run) minus net
 contributions (deposits − USD withdrawals + USD adjustments, and crypto flows — completed
 crypto withdrawals and holding adjustments — valued at the price when they happened). A
 contribution moves value and contributions by the same amount, so it never shows as a gain or a
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from engine.accounting import mark_to_market
 from engine.assets import ASSETS
-from engine.money import CTX, ZERO, usd_half_even
+from engine.money import CTX, EIGHT_DP, ZERO, usd_half_even
 
 # Flows that are contributions (money or crypto put in or taken out by someone, not by trading).
 CONTRIBUTIONS = frozenset(
@@ -110,7 +110,8 @@ class Curve:
     events: tuple[Event, ...]
     fills: tuple[Fill, ...]
     fees_usd: Decimal
-    # P&L of the state now (every flow included), marked at the last run's prices: what sim_pnl says.
+    # P&L of the state now (every flow included), marked at the last run's prices: what sim_pnl
+    # says as long as no newer tick has been stored.
     pnl_usd: Decimal
     # P&L made within the points (last point's P&L minus the P&L before the first one).
     period_pnl_usd: Decimal
@@ -146,7 +147,8 @@ class _State:
             price = flow.price_usd
             if price is None:
                 price = prices[flow.asset] if prices is not None else ZERO
-            value += usd_half_even(CTX.multiply(flow.quantity, price))
+            # Exact (up to 16 decimals): the sum is rounded once, in the P&L, as sim_pnl does.
+            value += CTX.multiply(flow.quantity, price)
         if flow.kind not in CONTRIBUTIONS:
             return ZERO
         self.contributions += value
@@ -212,10 +214,18 @@ def build_curve(
         peak = point.pnl_usd if peak is None else max(peak, point.pnl_usd)
         points.append(point)
     place(points[-1].at if points else None, None)
-    final_pnl = ZERO
-    if prices is not None:
-        final_pnl = state.cash + mark_to_market(state.holdings, prices) - state.contributions
+    final_pnl = _pnl(state, prices) if prices is not None else ZERO
     return _summarise(points, events, fills, fees, final_pnl, ZERO, first_holdings)
+
+
+def _pnl(state: _State, prices: Mapping[str, Decimal]) -> Decimal:
+    """Value − contributions, summed exactly and rounded once, half away from zero (Postgres's
+    round(), so it equals sim_pnl to the last decimal at the same prices)."""
+    total = state.cash - state.contributions
+    for asset in ASSETS:
+        if state.holdings[asset]:
+            total = CTX.add(total, CTX.multiply(state.holdings[asset], prices[asset]))
+    return total.quantize(EIGHT_DP, rounding=ROUND_HALF_UP, context=CTX)
 
 
 def _point(
@@ -226,9 +236,8 @@ def _point(
     sells: int,
     peak: Decimal | None,
 ) -> Point:
-    held = mark_to_market(state.holdings, prices)
-    value = state.cash + held
-    pnl = value - state.contributions
+    value = state.cash + mark_to_market(state.holdings, prices)
+    pnl = _pnl(state, prices)
     return Point(
         at=at,
         cash_usd=state.cash,

@@ -130,7 +130,11 @@ def report(
     except OSError as exc:
         raise Exit(2, f"cannot write the report: {exc.strerror}: {exc.filename}") from None
     wrote = f"wrote {out_file}" + (f" and {html_file}" if html_file is not None else "")
-    out.print(f"{wrote}: user {data.user_id}, {len(curve.points)} run(s)", markup=False)
+    now = curve.pnl_usd if data.pnl_now_usd is None else data.pnl_now_usd
+    out.print(
+        f"{wrote}: user {data.user_id}, {len(curve.points)} run(s); P&L now {plain(now)} USD",
+        markup=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +167,15 @@ class Sheet:
         ]
         if self.start is not None:
             rows.append(("P&L over the period", usd(c.period_pnl_usd, signed=True)))
+        now = d.pnl_now_usd
+        total = (
+            f"{usd(c.pnl_usd if now is None else now, signed=True)} (value minus net contributions"
+        )
+        total += ")" if now is None else ", now, as sim_pnl says)"
+        if now is not None and c.points[-1].pnl_usd != now:
+            total += f"; {usd(c.points[-1].pnl_usd, signed=True)} at the last run's prices"
         rows += [
-            ("total P&L", f"{usd(c.pnl_usd, signed=True)} (value minus net contributions)"),
+            ("total P&L", total),
             ("max drawdown", drawdown),
             ("market over the period", moves or "-"),
             ("holding the starting portfolio", usd(c.hold_pnl_usd, signed=True)),

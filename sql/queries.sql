@@ -485,37 +485,41 @@ SELECT t.sim_run_id, t.trade_type, t.asset, t.amount, t.price_usd, t.fee_usd,
 
 -- report_flows --
 -- Every change of a user's cash or holdings that is not an engine trade, with when it happened:
--- completed ledger rows (the engine's own trade rows, `trade:<id>`, excepted), completed crypto
--- withdrawals (the whole amount leaves the holding) and audited holding adjustments. A crypto
--- flow carries the price when it happened: the latest stored tick at or before it (else the
--- first one after it).
+-- completed ledger rows (the engine's own trade rows, `trade:<id>`, excepted) and the audited
+-- crypto flows (holding adjustments; completed withdrawals, the whole amount leaving). A crypto
+-- flow is valued at the price its audit row recorded, else the latest stored tick at or before
+-- it, else the first after it: the same rows and prices as the read side's sim_contributions.
 WITH f AS (
     SELECT t.created_at AS at, t.type AS kind, t.amount AS usd, NULL::text AS asset,
-           0::numeric AS quantity, t.id AS ord
+           0::numeric AS quantity, NULL::numeric AS recorded_usd, 0 AS source, t.id AS ord
       FROM transactions t
      WHERE t.user_id = $1 AND t.status = 'completed'
        AND NOT (t.type IN ('buy', 'sell') AND t.reference LIKE 'trade:%')
     UNION ALL
-    SELECT w.updated_at, 'crypto_withdrawal', 0, w.asset, -w.amount, w.id
-      FROM withdrawals w
-     WHERE w.user_id = $1 AND w.status = 'completed'
-    UNION ALL
-    SELECT a.created_at, 'holding_adjustment', 0, a.details->>'asset', (a.details->>'delta')::numeric, a.id
+    SELECT a.created_at,
+           CASE a.action WHEN 'adjust_holding' THEN 'holding_adjustment' ELSE 'crypto_withdrawal' END,
+           0, a.details->>'asset',
+           CASE a.action WHEN 'adjust_holding' THEN (a.details->>'delta')::numeric
+                         ELSE -(a.details->>'amount')::numeric END,
+           (a.details->>'price_usd')::numeric, 1, a.id
       FROM admin_audit a
-     WHERE a.target_user_id = $1 AND a.action = 'adjust_holding'
+     WHERE a.target_user_id = $1 AND a.action IN ('adjust_holding', 'withdrawal_complete')
 )
 SELECT f.at, f.kind, f.usd, f.asset, f.quantity,
        CASE WHEN f.asset IS NOT NULL THEN coalesce(
+           f.recorded_usd,
            (SELECT h.price_usd FROM price_history h
              WHERE h.asset = f.asset AND h.at <= f.at ORDER BY h.at DESC LIMIT 1),
            (SELECT h.price_usd FROM price_history h
              WHERE h.asset = f.asset AND h.at > f.at ORDER BY h.at LIMIT 1)) END AS price_usd
   FROM f
- ORDER BY f.at, f.ord
+ ORDER BY f.at, f.source, f.ord
 
 -- report_user --
--- The user's strategy and current state (the replay's end must arrive here).
+-- The user's strategy, current state (the replay's end must arrive here) and the read side's
+-- P&L now (sim_pnl: value at the latest prices; no row for a deleted user).
 SELECT u.id, u.sim_strategy, u.sim_params, u.sim_interval_s, u.balance_usd, u.deleted_at,
+       (SELECT s.total_pnl_usd FROM sim_pnl s WHERE s.user_id = u.id) AS pnl_now_usd,
        coalesce(p.btc, 0) AS btc, coalesce(p.eth, 0) AS eth, coalesce(p.usdt, 0) AS usdt,
        coalesce(p.usdc, 0) AS usdc, coalesce(p.xrp, 0) AS xrp, coalesce(p.ada, 0) AS ada
   FROM users u LEFT JOIN portfolio p ON p.user_id = u.id

@@ -26,6 +26,8 @@ class ReportData:
     # What the rows do not explain (normally zero; an adopted user's opening state).
     opening_cash: Decimal
     opening_holdings: dict[str, Decimal]
+    # The read side's P&L now (sim_pnl, at the latest stored prices); None for a deleted user.
+    pnl_now_usd: Decimal | None
 
     def curve(self) -> Curve:
         """The P&L series (engine.equity) of these rows."""
@@ -79,4 +81,5 @@ async def report_data(conn: Conn, user_id: int) -> ReportData:
         flows=flows,
         opening_cash=cash,
         opening_holdings=held,
+        pnl_now_usd=user["pnl_now_usd"],
     )
