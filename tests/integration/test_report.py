@@ -24,11 +24,13 @@ from store.admin import (
     move_usd,
     move_withdrawal,
     request_withdrawal,
+    set_flags,
 )
 from store.db import Conn, create_pool
 from store.reports import report_data
 from tests.support.procs import simctl
 from tests.support.runs import drive, fast_forward
+from tests.support.services import create_database, drop_database, url_for
 from workers.batch import BatchRunner
 
 ACTOR = "sha256:test"
@@ -93,6 +95,9 @@ async def test_report_png_at_any_span(
     interval: timedelta,
 ) -> None:
     uid = await new_user(pg, f"span{runs}@example.com", "10000", "random", interval)
+    if runs == 50:  # a strategy with parameters, for the header to show them
+        params = {"usd": "150", "assets": ["BTC", "ETH", "ADA"]}
+        await set_flags(pg, ACTOR, "set_strategy", uid, strategy="dca", params=params)
     slots = [START + i * interval for i in range(runs)]
     await (fast_forward if runs > 100 else drive)(pg, runner, uid, slots)
     await check_series(pg, uid, runs)
@@ -209,3 +214,38 @@ async def test_report_refuses_a_user_without_runs_and_an_unknown_user(
     assert not png.exists()
     bad = simctl(["report", str(uid), "--out", str(tmp_path / "r.jpg")], env)
     assert bad.returncode == 2 and ".png or .svg" in bad.stderr
+
+
+async def test_fast_forward_writes_what_the_batches_write(
+    template: str, settings: Settings
+) -> None:
+    """The 5,000-run artefact is written by fast_forward: it must leave exactly the rows that
+    running the same slots through the batch code leaves (same user id, same market)."""
+    slots = [START + i * timedelta(minutes=5) for i in range(30)]
+    found = []
+    for how in (drive, fast_forward):
+        name = create_database(template)
+        try:
+            pool = await create_pool(url_for(name), max_size=2)
+            try:
+                runner = BatchRunner(pool, settings, Market(settings.market_params()))
+                async with pool.acquire() as conn:
+                    uid = await new_user(conn, "same@example.com", "10000", "random")
+                    await how(conn, runner, uid, slots)
+                    found.append([await conn.fetch(q) for q in SAME_ROWS])
+            finally:
+                await pool.close()
+        finally:
+            drop_database(name)
+    assert found[0] == found[1] and len(found[0][0]) > 10
+
+
+SAME_ROWS = [
+    "SELECT user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd, balance_before, "
+    "balance_after, generated_at, is_simulated FROM trades ORDER BY id",
+    "SELECT user_id, type, amount, status, reference FROM transactions ORDER BY id",
+    "SELECT user_id, scheduled_for, trades_count, outcome FROM sim_runs ORDER BY id",
+    "SELECT balance_usd, portfolio_value_usd, sim_run_count FROM users",
+    "SELECT asset, at, price_usd, source FROM price_history ORDER BY asset, at",
+    "SELECT btc, eth, usdt, usdc, xrp, ada, usd_value FROM portfolio",
+]
