@@ -75,7 +75,8 @@ def report(
         Path | None,
         typer.Option(
             "--html",
-            help="Also write one self-contained HTML file: the chart, the header and the trades.",
+            help="Also write one self-contained HTML file: the chart, the header and the trades "
+            "(the latest 1,000, the total stated).",
         ),
     ] = None,
     since_text: Annotated[

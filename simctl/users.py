@@ -102,7 +102,7 @@ def show(user: UserArg) -> None:
 @app.command("list")
 def list_(
     search: Annotated[
-        str | None, typer.Option("--search", help="Part of an email or name.")
+        str | None, typer.Option("--search", help="Part of an email or name (% and _ are literal).")
     ] = None,
     enabled: Annotated[
         bool | None, typer.Option("--enabled/--disabled", help="Filter on sim_enabled.")
@@ -115,7 +115,7 @@ def list_(
     ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List users, filtered and paged.
 
