@@ -186,7 +186,10 @@ class Sheet:
 
 def render(sheet: Sheet, path: Path) -> bytes:
     """Draw the sheet to `path` (.png or .svg); returns the file's bytes."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise Exit(2, "simctl report needs matplotlib: pip install 'simengine[report]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
