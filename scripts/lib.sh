@@ -1,5 +1,6 @@
 # Shared by scripts/*: create or reuse the venv and install the locked dependencies.
-# Usage: . scripts/lib.sh; bootstrap [EXTRAS]   (EXTRAS e.g. "dev" or "dev,embedded")
+# Usage: . scripts/lib.sh; bootstrap [EXTRAS]   (EXTRAS e.g. "dev" or "demo,embedded"; extras:
+# report = matplotlib for simctl report, demo = honcho for scripts/run, dev, embedded)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SIMENGINE_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         description="How often an idle job slot looks for work (arq poll delay); a finished job's slot waits up to this long.",
     )
     sim_job_timeout_s: int = Field(default=120, ge=1, le=3600, description="arq job timeout.")
+    sim_pg_statement_cache_size: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
+    )
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
     sim_queue_name: str = Field(
         default="simengine:queue", min_length=1, description="arq queue name."
@@ -99,7 +105,7 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=65_535,
-        description="Port of /metrics, /healthz and /readyz for this process (0 = off); one per process.",
+        description="Port of /metrics, /livez (alive) and /readyz (Postgres and Redis answer) for this process (0 = off); one per process, a busy one is exit 2.",
     )
     sim_metrics_host: str = Field(
         default="127.0.0.1", description="Address the metrics endpoint binds to."

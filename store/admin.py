@@ -21,6 +21,13 @@ from store.sqlfiles import query
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 MAX_USD = Decimal("100000000000")  # numeric(20,8) holds < 1e12
+MAX_INTERVAL_S = 2_147_483_647  # users.sim_interval_s is an integer (int32)
+
+
+def check_interval(interval_s: int) -> None:
+    """Refused unless 1 <= interval_s <= MAX_INTERVAL_S (what the column can hold)."""
+    if not 1 <= interval_s <= MAX_INTERVAL_S:
+        raise Refused(f"interval must be 1..{MAX_INTERVAL_S} seconds, got {interval_s}")
 
 
 def parse_amount(text: str, what: str = "amount", *, signed: bool = False) -> Decimal:
@@ -88,6 +95,7 @@ async def create_user(
     strategy: str | None,
 ) -> int:
     email = parse_email(email)
+    check_interval(interval_s)
     if strategy is not None:
         _check_strategy(strategy, {})
     async with conn.transaction():
@@ -132,6 +140,8 @@ async def set_flags(
     params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """enable, disable, pause, resume, set-interval, set-strategy."""
+    if interval_s is not None:
+        check_interval(interval_s)
     if strategy is not None:
         _check_strategy(strategy, params or {})
     async with conn.transaction():

@@ -18,8 +18,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from simconfig import redact_url
-from store.errors import Refused, StoreError, Unavailable, first_line
+from store.errors import Misconfigured, Refused, StoreError, Unavailable, first_line
 
 T = TypeVar("T")
 
@@ -48,22 +47,60 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """One connection, or Unavailable naming the (redacted) DSN."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {first_line(exc)}") from None
+    except (
+        TimeoutError,
+        OSError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise connect_error(dsn, exc) from None
     await _init(conn)
     return conn
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer."""
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer.
+    statement_cache_size=0 (SIM_PG_STATEMENT_CACHE_SIZE) works behind PgBouncer in transaction
+    mode: no named prepared statement outlives its transaction."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init, timeout=10
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init,
+            timeout=10,
+            statement_cache_size=statement_cache_size,
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise Unavailable(f"cannot connect to {redact_url(dsn)}: {first_line(exc)}") from None
+    except (
+        TimeoutError,
+        OSError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise connect_error(dsn, exc) from None
     assert pool is not None
     return pool
+
+
+# SQLSTATE classes and codes that no amount of waiting fixes: invalid authorization (28), unknown
+# database (3D), a role without CONNECT (42501).
+_CONFIG_SQLSTATES = ("28", "3D", "42501")
+
+
+def connect_error(dsn: str, exc: BaseException) -> StoreError:
+    """Misconfigured for a refusal that waiting cannot fix, Unavailable for one it can (refused
+    or reset connections, timeouts, "the database system is starting up", too many clients)."""
+    from simconfig import redact_url  # here: importing settings costs short commands ~0.1 s CPU
+
+    message = f"cannot connect to {redact_url(dsn)}: {first_line(exc)}"
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    if sqlstate.startswith(_CONFIG_SQLSTATES) or isinstance(exc, ValueError):
+        return Misconfigured(message)
+    return Unavailable(message)
 
 
 @asynccontextmanager

@@ -17,6 +17,11 @@ class Unavailable(StoreError):
     """The database cannot be reached."""
 
 
+class Misconfigured(StoreError):
+    """The database refuses us for good: wrong password or user, unknown database, a bad DSN,
+    a missing schema or privilege. Waiting will not help; the configuration must change."""
+
+
 class MigrationError(StoreError):
     """A migration is missing, changed after it was applied, or failed."""
 

@@ -42,9 +42,10 @@ def ineligibility(row: asyncpg.Record) -> str | None:
     return None
 
 
-async def make_due_now(conn: Conn, user_id: int, lease_s: int) -> tuple[datetime, datetime]:
-    """Make an eligible user's slot due now and lease it: (slot, lease end). Refused with the
-    reason when the user is not eligible."""
+async def make_due_now(conn: Conn, user_id: int) -> tuple[datetime, datetime | None]:
+    """Make an eligible user's slot due now: (slot, the end of the user's live lease or None).
+    Never sets or extends a lease (see the make_due_now query). Refused with the reason when
+    the user is not eligible; nothing changes then."""
     async with conn.transaction():
         row = await conn.fetchrow(query("user_for_update"), user_id)
         if row is None:
@@ -52,9 +53,9 @@ async def make_due_now(conn: Conn, user_id: int, lease_s: int) -> tuple[datetime
         reason = ineligibility(row)
         if reason is not None:
             raise Refused(f"user {user_id} not run: {reason}")
-        row = await conn.fetchrow(query("make_due_now"), user_id, float(lease_s))
+        row = await conn.fetchrow(query("make_due_now"), user_id)
     assert row is not None
-    return row["sim_next_run_at"], row["sim_claimed_until"]
+    return row["sim_next_run_at"], row["lease_until"]
 
 
 async def run_of_slot(conn: Conn, user_id: int, slot: datetime) -> dict[str, Any] | None:

@@ -1,54 +1,188 @@
-"""The reader role: SELECT on the read views and nothing else."""
+"""The reader role: a new login role with SELECT on the read views and nothing else.
+
+It never strips an existing role: a role that exists is refused unless it already is exactly a
+reader made here (then the grants are renewed), or the operator adopts it explicitly, and then
+it only gains the read-view grants (no REVOKE, no ALTER ROLE, its password untouched).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import re
+from dataclasses import dataclass, field
 
 from store.db import Conn
 from store.errors import Refused
 
 READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity")
+# Marks a role made by simctl grant-reader (a comment on the role, shared by the cluster).
+READER_COMMENT = "simengine reader: SELECT on the read views only (simctl grant-reader)"
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCRAM_ITERATIONS = 4096  # Postgres' default scram_iterations
+
+# Everything that would make a role more than a reader: attributes, memberships, ownership and
+# privileges (tables, views, sequences, columns, schemas, this database) beyond the reader's own.
+_ROLE_STATE = """
+SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypassrls,
+       r.rolcanlogin, shobj_description(r.oid, 'pg_authid') AS comment,
+       (SELECT array_agg(g.rolname::text ORDER BY g.rolname)
+          FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+         WHERE m.member = r.oid) AS member_of,
+       (SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text)
+          FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+         WHERE a.grantee = r.oid AND c.relowner <> r.oid
+           AND NOT (c.relnamespace = 'public'::regnamespace AND c.relname = ANY($2::text[])
+                    AND a.privilege_type = 'SELECT')) AS relation_privileges,
+       (SELECT count(*) FROM pg_attribute t CROSS JOIN LATERAL aclexplode(t.attacl) a
+         WHERE a.grantee = r.oid) AS column_privileges,
+       (SELECT count(*) FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+         WHERE a.grantee = r.oid AND n.nspowner <> r.oid
+           AND NOT (n.nspname = 'public' AND a.privilege_type = 'USAGE')) AS schema_privileges,
+       (SELECT count(*) FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a
+         WHERE d.datname = current_database() AND a.grantee = r.oid AND d.datdba <> r.oid
+           AND a.privilege_type <> 'CONNECT') AS database_privileges,
+       (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) AS owned_relations,
+       (SELECT count(*) FROM pg_database d WHERE d.datdba = r.oid) AS owned_databases
+  FROM pg_roles r
+ WHERE r.rolname = $1
+"""
 
 
-async def grant_reader(conn: Conn, role: str, password: str | None) -> list[str]:
-    """Create or update `role` (LOGIN) so that it reads exactly the read views."""
+@dataclass(frozen=True)
+class RoleState:
+    """An existing role (or none) and what makes it other than a reader made here."""
+
+    exists: bool
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def is_reader(self) -> bool:
+        return self.exists and not self.differences
+
+
+@dataclass(frozen=True)
+class GrantReport:
+    action: str  # created, renewed (a reader made here) or adopted (an existing role)
+    views: list[str]
+    kept: list[str]  # what an adopted role keeps beyond the views
+    password_set: bool
+
+
+def check_role_name(role: str) -> None:
+    """Refused unless `role` is a plain lower-case identifier (it is quoted anyway)."""
     if not _ROLE.match(role):
         raise Refused(f"role name must match {_ROLE.pattern}, got {role!r}")
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for `password`, computed here so the password
+    itself never reaches the server (nor a statement log). Printable ASCII only: for it,
+    SASLprep changes nothing, so the server's login check matches."""
+    if not (password and password.isascii() and password.isprintable()):
+        raise Refused("the reader's password must be non-empty printable ASCII")
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${_SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+async def role_state(conn: Conn, role: str) -> RoleState:
+    """Whether `role` exists and, if so, how it differs from a reader made by grant_reader."""
+    row = await conn.fetchrow(_ROLE_STATE, role, list(READ_VIEWS))
+    if row is None:
+        return RoleState(False)
+    found = [
+        attr
+        for attr, column in (
+            ("SUPERUSER", "rolsuper"),
+            ("CREATEDB", "rolcreatedb"),
+            ("CREATEROLE", "rolcreaterole"),
+            ("REPLICATION", "rolreplication"),
+            ("BYPASSRLS", "rolbypassrls"),
+        )
+        if row[column]
+    ]
+    if not row["rolcanlogin"]:
+        found.append("NOLOGIN")
+    if row["member_of"]:
+        found.append("member of " + ", ".join(row["member_of"]))
+    if row["relation_privileges"]:
+        names = row["relation_privileges"]
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        found.append("privileges on " + ", ".join(names[:3]) + more)
+    for key, what in (
+        ("column_privileges", "column privileges"),
+        ("schema_privileges", "schema privileges"),
+        ("database_privileges", "database privileges beyond CONNECT"),
+        ("owned_relations", "owned relations"),
+        ("owned_databases", "owned databases"),
+    ):
+        if row[key]:
+            found.append(f"{row[key]} {what}")
+    if row["comment"] != READER_COMMENT:
+        found.append("not made by simctl grant-reader")
+    return RoleState(True, found)
+
+
+def refusal(role: str, state: RoleState) -> str:
+    """The one line that refuses an existing role that is not (only) a reader."""
+    return (
+        f"role {role} already exists and is not a reader made by simctl grant-reader "
+        f"({'; '.join(state.differences)}): nothing changed. Choose a new role name, or pass "
+        "--adopt-existing-role to only add the read-view grants to it"
+    )
+
+
+async def _run(conn: Conn, template: str, *args: str) -> None:
+    # Identifiers and literals cannot be bound parameters: format('%I', '%L') quotes them.
+    placeholders = ", ".join(f"${i}::text" for i in range(2, len(args) + 2))
+    statement = await conn.fetchval(f"SELECT format($1::text, {placeholders})", template, *args)
+    await conn.execute(statement)
+
+
+async def grant_reader(
+    conn: Conn, role: str, *, verifier: str | None, adopt_existing: bool = False
+) -> GrantReport:
+    """Create `role` as a reader, renew the grants of a reader made here, or (adopt_existing)
+    add the read-view grants to another existing role. Only ever grants; Refused otherwise."""
+    check_role_name(role)
     async with conn.transaction():
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
-        # Identifiers cannot be bound parameters; format('%I') quotes the validated name.
-        verb = "ALTER" if exists else "CREATE"
-        statement = await conn.fetchval(
-            "SELECT format('%s ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', $1::text, $2::text)",
-            verb,
-            role,
-        )
-        await conn.execute(statement)
-        if password is not None:
-            await conn.execute(
-                await conn.fetchval(
-                    "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password
-                )
+        state = await role_state(conn, role)
+        if not state.exists:
+            action = "created"
+            await _run(
+                conn,
+                "CREATE ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                "NOBYPASSRLS" + (" PASSWORD %L" if verifier else ""),
+                role,
+                *([verifier] if verifier else []),
             )
+            await _run(conn, "COMMENT ON ROLE %I IS %L", role, READER_COMMENT)
+        elif state.is_reader:
+            action = "renewed"
+            if verifier:
+                await _run(conn, "ALTER ROLE %I PASSWORD %L", role, verifier)
+        elif adopt_existing:
+            action = "adopted"
+        else:
+            raise Refused(refusal(role, state))
         db = await conn.fetchval("SELECT current_database()")
-        for template in (
-            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM %I",
-            "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM %I",
-            "GRANT USAGE ON SCHEMA public TO %I",
-        ):
-            await conn.execute(
-                await conn.fetchval("SELECT format($1::text, $2::text)", template, role)
-            )
-        await conn.execute(
-            await conn.fetchval(
-                "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)", db, role
-            )
-        )
+        await _run(conn, "GRANT CONNECT ON DATABASE %I TO %I", db, role)
+        await _run(conn, "GRANT USAGE ON SCHEMA public TO %I", role)
         for view in READ_VIEWS:
-            await conn.execute(
-                await conn.fetchval(
-                    "SELECT format('GRANT SELECT ON %I TO %I', $1::text, $2::text)", view, role
-                )
-            )
-    return list(READ_VIEWS)
+            await _run(conn, "GRANT SELECT ON %I TO %I", view, role)
+    return GrantReport(
+        action,
+        list(READ_VIEWS),
+        state.differences if action == "adopted" else [],
+        password_set=bool(verifier) and action != "adopted",
+    )

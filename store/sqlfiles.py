@@ -1,4 +1,8 @@
-"""SQL kept as files: numbered migrations and named queries, loaded once at start."""
+"""SQL kept as files: numbered migrations and named queries, loaded once at start.
+
+The files live in the top-level `sql` package and ship as its package data, so an installed
+wheel reads the same SQL as a source checkout (importlib.resources, never a path next to ours).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,16 @@ import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _QUERY_HEADER = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+def sql_root() -> Traversable:
+    """The `sql` package's files, wherever it is installed."""
+    return files("sql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +33,24 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def migrations(directory: Path = SQL_DIR / "migrations") -> list[Migration]:
+def migrations(directory: Traversable | None = None) -> list[Migration]:
     """Every migration file, in version order."""
+    folder = sql_root() / "migrations" if directory is None else directory
     out = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _MIGRATION_NAME.match(entry.name)
         if match is None:
-            raise ValueError(f"migration file name must look like 0001_name.sql: {path.name}")
-        out.append(Migration(match.group(1), match.group(2), path.read_text()))
+            raise ValueError(f"migration file name must look like 0001_name.sql: {entry.name}")
+        out.append(Migration(match.group(1), match.group(2), entry.read_text(encoding="utf-8")))
     return out
 
 
 @cache
 def queries() -> dict[str, str]:
     """Named queries from sql/queries.sql: blocks headed `-- name --`."""
-    text = (SQL_DIR / "queries.sql").read_text()
+    text = (sql_root() / "queries.sql").read_text(encoding="utf-8")
     parts = _QUERY_HEADER.split(text)
     named = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
     return named

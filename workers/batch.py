@@ -110,7 +110,7 @@ class BatchRunner:
             if len(claims) == 1:
                 return await self._fail_one(claims[0].user_id, _describe(exc))
             mid = len(claims) // 2
-            log.warning("batch.split", users=len(claims), error=_describe(exc))
+            log.warning("batch.split", users=len(claims), error=_describe(exc), exc_info=exc)
             outcome = await self.run(claims[:mid])
             outcome.merge(await self.run(claims[mid:]))
             return outcome

@@ -1,4 +1,9 @@
-"""structlog set-up: JSON when not on a terminal, key=value on one. Events have stable names."""
+"""structlog set-up: JSON when not on a terminal, key=value on one. Events have stable names.
+
+Everything a process writes goes through one renderer: our structlog events and the stdlib
+records of arq, asyncio and the drivers (structlog's ProcessorFormatter on the root handler), so
+a JSON log stays JSON line by line. Exceptions keep their traceback (structured in JSON).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,48 @@ import structlog
 
 from simconfig import Settings
 
+# Libraries whose own INFO lines are per-job chatter on the hot path (arq logs every job).
+_QUIET_BELOW_WARNING = ("arq", "asyncio")
+
 
 def configure_logging(settings: Settings) -> None:
-    """Configure structlog and the stdlib root logger (arq logs through it) once per process."""
+    """Configure structlog and the stdlib root logger (arq, asyncio) once per process."""
     level = getattr(logging, settings.sim_log_level.upper())
     as_json = (
         settings.sim_log_json if settings.sim_log_json is not None else not sys.stderr.isatty()
     )
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if as_json:
+        # A traceback as a list of frames: one JSON line, nothing lost.
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_BELOW_WARNING:
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -1,4 +1,4 @@
-"""Prometheus metrics and the /metrics, /healthz and /readyz endpoints of each process.
+"""Prometheus metrics and the /metrics, /livez and /readyz endpoints of each process.
 
 Each process serves its own registry on SIM_METRICS_PORT (0 = off). Several processes on one
 host each need their own port (the Procfile gives each worker `SIM_METRICS_PORT=...`)."""
@@ -53,11 +53,12 @@ LOOP_ALIVE = Gauge(
 
 
 class HealthServer:
-    """A tiny asyncio HTTP server: /metrics, /healthz (Postgres, Redis and this loop), /readyz."""
+    """A tiny asyncio HTTP server: /metrics, /livez (this loop is alive), /readyz (Postgres and
+    Redis answer). It lives as long as the process: it answers 503 with the reason while a
+    dependency is away, never a refused connection. /healthz is kept as /livez's old name."""
 
-    def __init__(self, host: str, port: int, check: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, host: str, port: int, check: Callable[[], Awaitable[str | None]]) -> None:
         self.host, self.port, self.check = host, port, check
-        self.ready = False
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.last_beat = time.monotonic()
@@ -69,8 +70,14 @@ class HealthServer:
             await asyncio.sleep(1)
 
     async def start(self) -> None:
+        """Bind and serve; MetricsPortError (configuration) if the address cannot be bound."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            raise MetricsPortError(
+                f"SIM_METRICS_PORT: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
         sock = self._server.sockets[0].getsockname()
         self.port = sock[1]
         log.info("metrics.listening", host=self.host, port=self.port)
@@ -106,14 +113,31 @@ class HealthServer:
     async def _route(self, path: str) -> tuple[str, str, bytes]:
         if path.startswith("/metrics"):
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
+        if path.startswith(("/livez", "/healthz")):
+            stale_s = time.monotonic() - self.last_beat
+            if stale_s > _STALE_BEAT_S:
+                return _unavailable(f"not alive: the event loop heartbeat is {stale_s:.0f} s old")
+            return "200 OK", "text/plain", b"alive\n"
         if path.startswith("/readyz"):
-            return ("200 OK" if self.ready else "503 Service Unavailable"), "text/plain", b"ready\n"
-        if path.startswith("/healthz"):
             try:
-                if time.monotonic() - self.last_beat > 5:
-                    raise RuntimeError("the event loop heartbeat is stale")
-                await asyncio.wait_for(self.check(), 3)
-            except Exception as exc:  # any failure of a dependency is "unhealthy", said in the body
-                return "503 Service Unavailable", "text/plain", f"unhealthy: {exc!r}\n".encode()
-            return "200 OK", "text/plain", b"ok\n"
+                reason = await asyncio.wait_for(self.check(), _CHECK_TIMEOUT_S)
+            except TimeoutError:
+                reason = f"the dependency check took over {_CHECK_TIMEOUT_S} s"
+            except Exception as exc:  # a failing check is "not ready", said in the body
+                reason = f"{type(exc).__name__}: {exc}"
+            if reason is not None:
+                return _unavailable(f"not ready: {reason}")
+            return "200 OK", "text/plain", b"ready\n"
         return "404 Not Found", "text/plain", b"not found\n"
+
+
+class MetricsPortError(Exception):
+    """SIM_METRICS_PORT cannot be bound (in use, not allowed): a configuration error."""
+
+
+_STALE_BEAT_S = 5.0
+_CHECK_TIMEOUT_S = 3.0
+
+
+def _unavailable(reason: str) -> tuple[str, str, bytes]:
+    return "503 Service Unavailable", "text/plain", (reason + "\n").encode()

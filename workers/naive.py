@@ -17,6 +17,7 @@ from simconfig import Settings
 from store.db import create_pool
 from store.fees import load_fees
 from store.sqlfiles import query
+from workers.codec import CODEC
 from workers.jobs import decode_claims
 
 NAIVE_JOB = "naive_run"
@@ -96,7 +97,9 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
         ctx["pool"] = await create_pool(
-            settings.database_url, max_size=settings.sim_worker_concurrency + 1
+            settings.database_url,
+            max_size=settings.sim_worker_concurrency + 1,
+            statement_cache_size=settings.sim_pg_statement_cache_size,
         )
         ctx["market"] = Market(settings.market_params())
 
@@ -115,4 +118,5 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
         "keep_result": 0,
         "poll_delay": settings.sim_worker_poll_ms / 1000,
         "log_results": False,
+        **CODEC,  # JSON, never pickle
     }

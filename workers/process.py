@@ -1,52 +1,152 @@
-"""The worker process: an arq Worker that outlives Redis restarts.
+"""The worker process: arq Workers on one event loop, outliving Redis and Postgres outages.
 
-arq's Worker stops when its Redis connection drops. A worker that had started properly is made
-again after a short backoff instead (its in-flight batches rolled back with the lost jobs, and
-come back through their leases), so a Redis restart needs no operator. A failure before the
-first start (a wrong URL, no server) still ends the process: that is configuration.
+The process owns what must outlive an outage: its health server (/livez, /readyz answer while it
+lives), its Postgres pool (asyncpg reconnects it) and the signal handlers. arq's Worker stops when
+its Redis connection drops; a new one is made after a capped backoff, and the jobs that were
+running finish first (their slots are Postgres's business, not Redis's). At start it waits for
+Postgres and Redis the same way. Only configuration stops it: exit 2 at start, one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import signal
+from typing import Any
 
+import asyncpg
 from arq.worker import Worker
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from simconfig import Settings
 from store.errors import first_line
+from workers.deps import (
+    Backoff,
+    open_pool,
+    pause,
+    readiness,
+    redis_error,
+    redis_settings,
+    serve_health,
+)
 from workers.jobs import worker_settings
 from workers.logs import get_logger
 from workers.naive import naive_worker_settings
 
 log = get_logger("simengine.worker")
-_MAX_BACKOFF_S = 10.0
 
 
 def run_worker(settings: Settings, *, burst: bool = False, naive: bool = False) -> None:
-    """Run until SIGTERM/SIGINT (or an empty queue with burst); raise if it never started."""
-    backoff_s = 0.5
-    ever_started = False
-    while True:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        kwargs = naive_worker_settings(settings) if naive else worker_settings(settings)
-        worker = Worker(**kwargs, burst=burst)
+    """Run until SIGTERM/SIGINT (or an empty queue with burst). Raises Misconfigured or
+    MetricsPortError for configuration; with burst, also Unavailable / RedisUnavailable."""
+    asyncio.run(_serve(settings, burst=burst, naive=naive))
+
+
+class _Process:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.pool: asyncpg.Pool | None = None
+        self.worker: Worker | None = None
+        self.graceful = True
+        # A client of its own for /readyz: the arq Worker's comes and goes with Redis.
+        self.probe: Redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        self.stopping.set()
+        if self.worker is not None:
+            if self.graceful:  # stop picking jobs, let running ones finish (SIM_SHUTDOWN_S)
+                self.worker.handle_sig_wait_for_completion(sig)
+            else:
+                self.worker.handle_sig(sig)
+
+    async def ready(self) -> str | None:
+        return await readiness(self.pool, self.probe)
+
+
+async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
+    proc = _Process(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proc.on_signal, sig)
+    health = None
+    try:
+        health = await serve_health(settings, proc.ready)
+        # Every connection opened up front: no connect latency in the middle of a burst.
+        proc.pool = await open_pool(
+            settings, settings.sim_worker_concurrency + 1, proc.stopping, wait=not burst
+        )
+        if proc.pool is not None:
+            await _work(proc, proc.pool, burst=burst, naive=naive)
+        log.info("worker.stopped")
+    finally:
+        if proc.pool is not None:
+            await proc.pool.close()
+        await proc.probe.aclose()
+        if health is not None:
+            await health.close()
+
+
+async def _work(proc: _Process, pool: asyncpg.Pool, *, burst: bool, naive: bool) -> None:
+    settings = proc.settings
+    backoff = Backoff()
+    starts = 0
+    while not proc.stopping.is_set():
+        kwargs = naive_worker_settings(settings) if naive else worker_settings(settings, pool)
+        kwargs["redis_settings"] = redis_settings(settings)  # one line per failure, our retries
+        inner_startup = kwargs["on_startup"]
+
+        async def on_startup(ctx: dict[str, Any], inner: Any = inner_startup) -> None:
+            nonlocal starts
+            await inner(ctx)
+            starts += 1
+            backoff.reset()
+            event = "worker.started" if starts == 1 else "worker.reconnected"
+            log.info(event, concurrency=settings.sim_worker_concurrency)
+
+        kwargs["on_startup"] = on_startup
+        proc.graceful = bool(kwargs.get("job_completion_wait"))
+        worker = Worker(**kwargs, burst=burst, handle_signals=False)
+        proc.worker = worker
         try:
-            worker.run()
-            return
-        except (RedisError, OSError) as exc:
-            ever_started = ever_started or "pool" in worker.ctx
-            # arq skips on_shutdown when Redis is gone: close our pool and endpoints ourselves.
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(kwargs["on_shutdown"](worker.ctx))
-            if burst or not ever_started:
+            await worker.async_run()
+            return  # burst: the queue is empty
+        except asyncio.CancelledError:
+            if not proc.stopping.is_set():
                 raise
-            log.warning("redis.unavailable", error=first_line(exc), retry_in_s=backoff_s)
+            return
+        except (RedisError, OSError, TimeoutError) as exc:
+            if burst:
+                raise redis_error(settings, exc) from None
+            error = first_line(exc)
         finally:
-            with contextlib.suppress(Exception):
-                loop.close()
-        time.sleep(backoff_s)
-        backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+            proc.worker = None
+            await _retire(worker, settings.sim_shutdown_s, pool)
+        retry_in_s = backoff.next()
+        log.warning("redis.unavailable", error=error, retry_in_s=retry_in_s)
+        if await pause(proc.stopping, retry_in_s):
+            return
+
+
+async def _retire(worker: Worker, grace_s: float, pool: asyncpg.Pool) -> None:
+    """Let the jobs that were running finish (or cancel them after `grace_s`), then close what
+    the arq Worker opened, quietly: Redis may be the reason it stopped."""
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        _, late = await asyncio.wait(running, timeout=grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await worker.close()
+    redis: Any = getattr(worker, "_pool", None)
+    if redis is not None:
+        with contextlib.suppress(Exception):
+            await redis.close(close_connection_pool=True)
+    own = worker.ctx.pop("pool", None)  # the naive baseline makes a pool of its own
+    if own is not None and own is not pool:
+        with contextlib.suppress(Exception):
+            await own.close()

@@ -7,28 +7,39 @@ carries work. A job lost with Redis or a killed worker comes back when its lease
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import TypeVar
 
 import asyncpg
-from arq import create_pool as create_redis
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from engine.market import Market
 from simconfig import Settings
 from store import runs as store
-from store.db import create_pool, retrying
-from store.errors import StoreError, first_line
+from store.db import Conn, is_retryable, retrying, translate
+from store.errors import StoreError, Unavailable, first_line
 from store.ticker import write_ticks
 from workers import metrics
-from workers.jobs import JOB_NAME, job_id, start_health
+from workers.deps import (
+    Backoff,
+    RedisUnavailable,
+    open_pool,
+    open_redis,
+    pause,
+    readiness,
+    serve_health,
+)
+from workers.jobs import JOB_NAME, job_id
 from workers.logs import get_logger
+from workers.queue import drop_lapsed_jobs, pending_jobs
 
+T = TypeVar("T")
 log = get_logger("simengine.scheduler")
 
 
@@ -50,25 +61,62 @@ class PassReport:
 class Scheduler:
     """One scheduler process; any number may run at once."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: ArqRedis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        redis: ArqRedis,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
         self.market = Market(settings.market_params())
-        self._stopping = asyncio.Event()
+        self._stopping = stopping or asyncio.Event()
         self._last_tick: int | None = None
 
+    async def _pg(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on
+        the connection that just broke would fail the same way). Unavailable once the retries
+        give up on a lost server; the project's error for anything else."""
+
+        async def attempt() -> T:
+            async with self.pool.acquire() as conn:
+                return await fn(conn)
+
+        try:
+            return await retrying(attempt, on_retry=_count_retry)
+        except StoreError:
+            raise
+        except asyncpg.InternalClientError as exc:
+            # A connection cut in the middle of a statement can leave asyncpg's protocol in a
+            # state it reports this way; the pool replaces the connection on the next acquire.
+            raise Unavailable(f"postgres: {first_line(exc)}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if is_retryable(exc) or isinstance(exc, TimeoutError):
+                raise Unavailable(f"postgres: {first_line(exc)}") from exc
+            raise translate(exc) from exc
+
+    async def _redis(self, call: Awaitable[T]) -> T:
+        """A Redis call; RedisUnavailable when Redis does not answer (told apart from Postgres:
+        both raise OSError subclasses underneath)."""
+        try:
+            return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"redis: {first_line(exc)}") from exc
+
     async def queue_depth(self) -> int:
-        depth: int = await self.redis.zcard(self.settings.sim_queue_name)
-        return depth
+        """Jobs really waiting: not taken by a (possibly dead) worker, lease not lapsed."""
+        s = self.settings
+        return await self._redis(pending_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
 
     async def run_pass(self) -> PassReport:
         """Lease and enqueue due users until none is left or the queue is deep enough."""
         report = PassReport()
         s = self.settings
-        await retrying(self._tick)
-        async with self.pool.acquire() as conn:
-            await retrying(lambda: store.materialize_null_slots(conn, 10_000))
+        await self._pg(self._tick)
+        await self._pg(lambda conn: store.materialize_null_slots(conn, 10_000))
+        await self._redis(drop_lapsed_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
         # Claims grow 1, 2, 4, ... batches within a pass: the first job of a burst is on the
         # queue a few milliseconds after its slot instead of after one claim of thousands.
         batches = 1
@@ -81,10 +129,7 @@ class Scheduler:
             limit = min(room, batches) * s.sim_batch_size
             batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
             started = time.perf_counter()
-            async with self.pool.acquire() as conn:
-                lease = await retrying(
-                    partial(store.claim_due, conn, limit, s.sim_lease_s), on_retry=_count_retry
-                )
+            lease = await self._pg(partial(store.claim_due, limit=limit, lease_s=s.sim_lease_s))
             elapsed = time.perf_counter() - started
             report.claim_ms += elapsed * 1000
             metrics.CLAIM_SECONDS.observe(elapsed)
@@ -97,12 +142,14 @@ class Scheduler:
             for i in range(0, claimed, s.sim_batch_size):
                 user_ids = lease.user_ids[i : i + s.sim_batch_size]
                 slots_us = lease.slots_us[i : i + s.sim_batch_size]
-                job = await self.redis.enqueue_job(
-                    JOB_NAME,
-                    user_ids,
-                    slots_us,
-                    _job_id=job_id(user_ids, slots_us, lease.until),
-                    _queue_name=s.sim_queue_name,
+                job = await self._redis(
+                    self.redis.enqueue_job(
+                        JOB_NAME,
+                        user_ids,
+                        slots_us,
+                        _job_id=job_id(user_ids, slots_us, lease.until),
+                        _queue_name=s.sim_queue_name,
+                    )
                 )
                 if job is not None:
                     report.enqueued += 1
@@ -110,31 +157,50 @@ class Scheduler:
                 break
         return report
 
-    async def _tick(self) -> None:
+    async def _tick(self, conn: Conn) -> None:
         now = datetime.now(UTC)
         tick = self.market.tick_of(now)
         metrics.TICK_AGE.set((now - self.market.tick_time(tick)).total_seconds())
         if tick == self._last_tick:
             return
-        async with self.pool.acquire() as conn:
-            await write_ticks(conn, self.market)
+        await write_ticks(conn, self.market)
         self._last_tick = tick
 
     async def loop(self, once: bool = False) -> None:
-        """Passes until stopped (SIGTERM/SIGINT), or a single pass with once=True."""
+        """Passes until stopped (SIGTERM/SIGINT), or a single pass with once=True (which raises
+        what stopped it, for a one-line exit)."""
         pause_s = self.settings.sim_scheduler_interval_ms / 1000
+        # After a failed pass, wait longer each time (jittered, capped), then back to pause_s.
+        backoff = Backoff(cap_s=max(pause_s, _MAX_FAILED_PAUSE_S))
         while True:
+            failed = True
             try:
                 report = await self.run_pass()
-            except (RedisError, OSError) as exc:
+                failed = False
+            except RedisUnavailable as exc:
                 # Redis away (restart, network): leases already taken simply expire and are
                 # claimed again; keep passing so the engine resumes as soon as Redis answers.
-                log.warning("redis.unavailable", error=first_line(exc))
+                if once:
+                    raise
+                log.warning("redis.unavailable", error=str(exc), retry_in_s=backoff.peek())
                 report = PassReport()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, StoreError) as exc:
-                # Postgres restarted or our connections were cut after the retries gave up:
-                # nothing was half-done (each claim is one statement); the pool reconnects.
-                log.warning("db.unavailable", error=first_line(exc))
+            except Unavailable as exc:
+                # Postgres restarted, failing over or our connections cut, after the retries
+                # gave up: nothing was half-done (each claim is one statement); the pool
+                # reconnects on the next acquire.
+                if once:
+                    raise
+                log.warning("postgres.unavailable", error=str(exc), retry_in_s=backoff.peek())
+                report = PassReport()
+            except StoreError as exc:
+                if once:
+                    raise
+                log.error("scheduler.pass_failed", error=str(exc), exc_info=exc)
+                report = PassReport()
+            except Exception as exc:  # a bug must not stop claiming: log it whole, pass again
+                if once:
+                    raise
+                log.error("scheduler.pass_failed", error=first_line(exc), exc_info=exc)
                 report = PassReport()
             if report.claimed:
                 log.info(
@@ -146,36 +212,50 @@ class Scheduler:
                 )
             if once or self._stopping.is_set():
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), pause_s)
-            if self._stopping.is_set():
+            if failed:
+                delay_s = backoff.next()
+            else:
+                backoff.reset()
+                delay_s = pause_s
+            if await pause(self._stopping, delay_s):
                 return
 
     def stop(self) -> None:
         self._stopping.set()
 
 
+_MAX_FAILED_PAUSE_S = 2.0
+
+
 async def run_scheduler(settings: Settings, once: bool) -> None:
-    """Build the resources, run the loop, close what was opened."""
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    """Serve health, wait for Postgres and Redis (unless once), run the loop, close all."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    deps = _Deps()
+    health = await serve_health(settings, lambda: readiness(deps.pool, deps.redis))
     try:
-        redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
-        try:
-            scheduler = Scheduler(settings, pool, redis)
-            health = (
-                await start_health(settings, pool, redis) if settings.sim_metrics_port else None
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, scheduler.stop)
-            log.info("scheduler.started", once=once)
-            try:
-                await scheduler.loop(once=once)
-            finally:
-                if health is not None:
-                    await health.close()
-            log.info("scheduler.stopped")
-        finally:
-            await redis.aclose()
+        deps.pool = await open_pool(settings, 2, stopping, wait=not once)
+        if deps.pool is None:
+            return
+        deps.redis = await open_redis(settings, stopping, wait=not once)
+        if deps.redis is None:
+            return
+        scheduler = Scheduler(settings, deps.pool, deps.redis, stopping)
+        log.info("scheduler.started", once=once)
+        await scheduler.loop(once=once)
+        log.info("scheduler.stopped")
     finally:
-        await pool.close()
+        if deps.redis is not None:
+            await deps.redis.aclose()
+        if deps.pool is not None:
+            await deps.pool.close()
+        if health is not None:
+            await health.close()
+
+
+@dataclass
+class _Deps:
+    pool: asyncpg.Pool | None = None
+    redis: ArqRedis | None = None

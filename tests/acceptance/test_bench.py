@@ -51,16 +51,15 @@ def test_quick_bench_reports_every_figure_and_a_clean_ledger(
 
 
 async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str) -> None:
-    from arq import create_pool
-    from arq.connections import RedisSettings
     from arq.constants import job_key_prefix
 
     from simctl.bench import _drop_queues
+    from workers.codec import connect_redis
 
     # Names of this test's own (the Redis is shared by the tests of one process).
     run, other_run = f"simbench_{os.getpid()}1", f"simbench_{os.getpid()}12"
     queues = [f"{run}:engine", f"{run}:naive", f"{other_run}:engine", f"not_{run}"]
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await connect_redis(redis_url)
     try:
         jobs: dict[str, list[str]] = {q: [] for q in queues}
         for queue in queues:

@@ -1,5 +1,5 @@
-"""Metrics move when runs happen, /healthz follows Postgres and Redis, the reader role reads the
-views and nothing else, and the documented listener receives run notifications."""
+"""Metrics move when runs happen, /readyz follows Redis while /livez stays up, the reader role
+reads the views and nothing else, and the documented listener receives run notifications."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def test_worker_metrics_move_when_runs_happen(
 
         await wait_until(ready, 30, "the worker's /readyz")
         before = get(port, "/metrics")[1]
-        assert get(port, "/healthz")[0] == 200
+        assert get(port, "/livez")[0] == 200
         assert simctl(["scheduler", "--once"], env).returncode == 0
 
         async def all_ran() -> bool:
@@ -84,7 +84,7 @@ async def test_worker_metrics_move_when_runs_happen(
     assert metric(after, "simengine_fees_usd_total") > 0
 
 
-async def test_healthz_turns_unhealthy_when_redis_stops(
+async def test_scheduler_stays_alive_and_turns_unready_while_redis_is_away(
     pg: asyncpg.Connection, env: dict[str, str]
 ) -> None:
     own_redis = RedisServer()
@@ -95,22 +95,33 @@ async def test_healthz_turns_unhealthy_when_redis_stops(
     )
     try:
 
-        async def healthy() -> bool:
-            return get(port, "/healthz")[0] == 200
+        async def ready() -> bool:
+            return get(port, "/readyz") == (200, "ready\n")
 
-        await wait_until(healthy, 30, "/healthz to answer 200")
+        await wait_until(ready, 30, "/readyz to answer 200")
+        assert get(port, "/livez") == (200, "alive\n")
         own_redis.stop()
 
-        async def unhealthy() -> bool:
-            status, body = get(port, "/healthz")
-            return status == 503 and "unhealthy" in body
+        async def unready() -> bool:
+            status, body = get(port, "/readyz")
+            return status == 503 and body.startswith("not ready: redis:")
 
-        await wait_until(unhealthy, 30, "/healthz to answer 503 without Redis")
+        await wait_until(unready, 30, "/readyz to answer 503 naming Redis")
+        # Liveness is the process, not its dependencies: a probe must not restart it now.
+        assert get(port, "/livez") == (200, "alive\n")
+        assert get(port, "/healthz") == (200, "alive\n")  # the old name of /livez
+
+        async def reported() -> bool:
+            return scheduler.output().count('"redis.unavailable"') >= 2
+
+        await wait_until(reported, 30, "the scheduler to report Redis away")
         own_redis.start_on_same_port()
-        await wait_until(healthy, 30, "/healthz to recover with Redis back")
+        await wait_until(ready, 30, "/readyz to recover with Redis back")
+        assert scheduler.popen.poll() is None
+        assert "postgres.unavailable" not in scheduler.output()
     finally:
         stop(scheduler)
-        own_redis.stop()
+        own_redis.close()
 
 
 async def test_reader_role_reads_the_views_and_nothing_else(
@@ -120,6 +131,7 @@ async def test_reader_role_reads_the_views_and_nothing_else(
     assert simctl(["scheduler", "--once"], env).returncode == 0
     assert simctl(["worker", "--burst"], env).returncode == 0
     role = f"reader_{db_name[-8:]}"
+    env = {**env, "SIM_READER_PASSWORD": "r3ader-Pass"}
     granted = simctl(["grant-reader", role], env)
     assert granted.returncode == 0, granted.stderr
     assert simctl(["grant-reader", role], env).returncode == 0  # again: updates, no error
@@ -198,7 +210,11 @@ async def test_a_worker_outlives_a_redis_restart(
             return worker.output().count("redis.unavailable") >= 2
 
         await wait_until(outage_outlived, 60, "the worker to retry through a long outage")
-        assert get(port, "/readyz")[0] != 200
+        # Its health server outlives the arq Worker: answered, not refused.
+        status, body = get(port, "/readyz")
+        assert status == 503 and body.startswith("not ready: redis:"), (status, body)
+        assert get(port, "/livez") == (200, "alive\n")
+        assert "worker.stopped" not in worker.output()  # it has not stopped: it retries
         own_redis.start_on_same_port()
         await wait_until(ready, 60, "the worker to come back with Redis")
         await seed_due(pg, 50)
@@ -211,4 +227,4 @@ async def test_a_worker_outlives_a_redis_restart(
         assert worker.popen.poll() is None
     finally:
         stop(worker)
-        own_redis.stop()
+        own_redis.close()

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -137,6 +138,8 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="simengine-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        # The folder goes when the server object does (or at exit), whoever forgot to stop it.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
 
     @property
     def url(self) -> str:
@@ -180,3 +183,8 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def close(self) -> None:
+        """Stop for good and remove its folder."""
+        self.stop()
+        self._cleanup()

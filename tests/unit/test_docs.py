@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 from simconfig import Settings
-from simctl.cli import app
+from simctl.cli import register_all
 from tests.support.services import ROOT
 
 README = (ROOT / "README.md").read_text()
+app = register_all()
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
