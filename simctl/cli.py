@@ -11,6 +11,8 @@ import contextlib
 import json
 import sys
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,6 +20,7 @@ import typer
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simctl.common import Exit, err, exit_for, out, print_json, run_async, settings
+from simctl.fmt import plain
 
 app = typer.Typer(
     name="simctl",
@@ -65,7 +68,8 @@ def migrate(
     plan: Annotated[
         bool,
         typer.Option(
-            "--plan", help="Print the statements it would run and the legacy rows it would report; change nothing."
+            "--plan",
+            help="Print the statements it would run and the legacy rows it would report; change nothing.",
         ),
     ] = False,
 ) -> None:
@@ -148,7 +152,10 @@ def seed_demo(
     Each user's balance is explained by one completed deposit transaction; first slots are spread
     over the next interval so the load is smooth. All users are created in one transaction.
 
-    Example: simctl seed-demo --users 10000 --seed 7
+    Example:
+
+    \b
+      simctl seed-demo --users 10000 --seed 7
     """
     s = settings()
 
@@ -188,7 +195,10 @@ def scheduler(
     exits 2 at start only for configuration (credentials, database, schema, privileges, a busy
     SIM_METRICS_PORT). --once does not wait: exit 2 with one line if either is away.
 
-    Example: simctl scheduler --once
+    Example:
+
+    \b
+      simctl scheduler --once
     """
     s = settings()
 
@@ -214,7 +224,10 @@ def worker(
     Waits out Postgres and Redis outages, at start too, and comes back with them; exits 2 at
     start only for configuration. --burst does not wait: exit 2 with one line if either is away.
 
-    Example: simctl worker --burst
+    Example:
+
+    \b
+      simctl worker --burst
     """
     s = settings()
     from workers.logs import configure_logging
@@ -246,7 +259,10 @@ def run(
     so a job lost earlier still comes back when that lease ends. With --wait, prints the run's
     outcome and trades once a worker has applied it (exit 1 if it does not within the timeout).
 
-    Example: simctl run 42 --wait
+    Example:
+
+    \b
+      simctl run 42 --wait
     """
     s = settings()
 
@@ -317,8 +333,11 @@ def status(
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
     not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).
 
-    Example: simctl status --json
-    Example: simctl status --watch 2
+    Examples:
+
+    \b
+      simctl status --json
+      simctl status --watch 2
     """
     s = settings()
 
@@ -348,6 +367,14 @@ def status(
     if watch is None:
         out.print(_status_table(run_async(read)))
         return
+    if not sys.stdout.isatty():
+        # Into a file or a pipe: a new block per refresh, each stamped, written as it comes.
+        while True:
+            data = run_async(read)
+            out.print(f"-- {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC", markup=False)
+            out.print(_status_table(data))
+            sys.stdout.flush()
+            time.sleep(watch)
     from rich.live import Live
 
     with Live(console=out.get(), auto_refresh=False) as live:
@@ -362,7 +389,8 @@ def _status_table(data: dict[str, Any]) -> Any:
     table = Table(title="simengine status", show_header=False)
     ticks = data.pop("last_tick", {}) or {}
     for key, value in data.items():
-        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+        shown = plain(value) if isinstance(value, Decimal) else str(value)
+        table.add_row(key.replace("_", " "), "-" if value is None else shown)
     for asset, at in sorted(ticks.items()):
         table.add_row(f"last tick {asset}", str(at))
     return table
@@ -371,7 +399,9 @@ def _status_table(data: dict[str, Any]) -> Any:
 @app.command()
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user (id or email); refused if unknown.")
+    ] = None,
     legacy: Annotated[
         bool,
         typer.Option(
@@ -397,12 +427,13 @@ def reconcile(
 
     async def go() -> tuple[list[Any], list[dict[str, Any]]]:
         from store.db import connection
-        from store.ops import legacy_gap
+        from store.ops import legacy_gap, resolve_user
         from store.ops import reconcile as do_reconcile
 
         async with connection(s.database_url) as conn:
-            found = await do_reconcile(conn, user)
-            gaps = await legacy_gap(conn, user) if legacy else []
+            uid = None if user is None else await resolve_user(conn, user)
+            found = await do_reconcile(conn, uid)
+            gaps = await legacy_gap(conn, uid) if legacy else []
             return found, gaps
 
     found, gaps = run_async(go)
@@ -430,8 +461,6 @@ def reconcile(
             out.print("clean: every balance and holding matches the ledger")
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
-
-
 
 
 def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
@@ -491,9 +520,11 @@ def bench(
     population, worker RSS, CPU per run by process, and reconcile. Creates and drops its own
     databases next to DATABASE_URL's; uses REDIS_URL. Exit 1 if the ledger does not reconcile.
 
-    Example: simctl bench --quick --json bench.json
+    Examples (the second: where a run's CPU goes, statement by statement):
 
-    Example (where a run's CPU goes, statement by statement): simctl bench --steps 50000
+    \b
+      simctl bench --quick --json bench.json
+      simctl bench --steps 50000
     """
     s = settings()
     from simctl.bench import CEILING_ENV, ceiling_file, markdown, run_bench, run_steps

@@ -11,6 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from simctl.fmt import plain
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -124,14 +126,14 @@ def exit_for(exc: BaseException) -> Exit | None:
 
 def _json_default(value: object) -> str:
     if isinstance(value, Decimal):
-        return str(value)
+        return plain(value)  # str() would give 0E-8 for a stored zero
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(type(value).__name__)
 
 
 def print_json(data: object) -> None:
-    out.print(json.dumps(data, default=_json_default, indent=2), markup=False)
+    out.print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False), markup=False)
 
 
 def admin_fingerprint(s: Settings, key: str | None) -> str:

@@ -28,7 +28,10 @@ def import_(
     span covering model prices already written. Re-importing identical ticks changes nothing.
     A missing or unreadable file: exit 2.
 
-    Example: simctl prices import btc-2024-03.csv
+    Example:
+
+    \b
+      simctl prices import btc-2024-03.csv
     """
     from store.prices import import_ticks, parse_csv
 
@@ -71,7 +74,10 @@ def show(
 ) -> None:
     """Stored prices of an asset, newest first (model ticks and imports, with their source).
 
-    Example: simctl prices show BTC --since 2026-11-25T00:00:00+00:00 --limit 10
+    Example:
+
+    \b
+      simctl prices show BTC --since 2026-11-25T00:00:00+00:00 --limit 10
     """
     from store.admin import parse_asset
     from store.prices import show_prices

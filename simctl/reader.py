@@ -48,7 +48,10 @@ def grant_reader(
     nothing changed) unless it is a reader made by this command (then its grants are renewed, and
     its password changed if SIM_READER_PASSWORD is set) or --adopt-existing-role is given.
 
-    Example: simctl grant-reader analytics   (prompts; or set SIM_READER_PASSWORD first)
+    Example (it prompts; or set SIM_READER_PASSWORD first):
+
+    \b
+      simctl grant-reader analytics
     """
     if password is not None:
         raise Exit(

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from simctl.fmt import plain, print_table
 from store.db import Conn, connection
 
 app = typer.Typer(
@@ -58,7 +59,10 @@ def create(
 ) -> None:
     """Create a user with a portfolio row and an opening deposit (ledger row included).
 
-    Example: simctl users create ana@example.com --name "Ana Silva" --deposit 2500
+    Example:
+
+    \b
+      simctl users create ana@example.com --name "Ana Silva" --deposit 2500
     """
     from store.admin import create_user, parse_amount
 
@@ -79,7 +83,10 @@ def create(
 def show(user: UserArg) -> None:
     """Balances, holdings, value, P&L since the first deposit and the last runs.
 
-    Example: simctl users show ana@example.com
+    Example:
+
+    \b
+      simctl users show ana@example.com
     """
     s = settings()
 
@@ -96,7 +103,7 @@ def show(user: UserArg) -> None:
 @app.command("list")
 def list_(
     search: Annotated[
-        str | None, typer.Option("--search", help="Part of an email or name.")
+        str | None, typer.Option("--search", help="Part of an email or name (% and _ are literal).")
     ] = None,
     enabled: Annotated[
         bool | None, typer.Option("--enabled/--disabled", help="Filter on sim_enabled.")
@@ -109,11 +116,14 @@ def list_(
     ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List users, filtered and paged.
 
-    Example: simctl users list --search silva --paused --limit 20
+    Example:
+
+    \b
+      simctl users list --search silva --paused --limit 20
     """
     s = settings()
 
@@ -127,6 +137,13 @@ def list_(
     if as_json:
         print_json(rows)
         return
+    if not rows:
+        out.print(
+            "no users match" if search or enabled is not None or paused is not None else "no users",
+            markup=False,
+        )
+        return
+    table = [("ID", "EMAIL", "NAME", "BALANCE_USD", "VALUE_USD", "STRATEGY", "STATE")]
     for r in rows:
         state = (
             "deleted"
@@ -137,7 +154,23 @@ def list_(
             if r["sim_enabled"]
             else "off"
         )
-        out.print(f"{r['id']:>8}  {r['email']:<40} {r['balance_usd']:>20}  {state}", markup=False)
+        table.append(
+            (
+                str(r["id"]),
+                r["email"],
+                r["full_name"] or "-",
+                plain(r["balance_usd"]),
+                plain(r["portfolio_value_usd"]),
+                r["sim_strategy"] or "(default)",
+                state,
+            )
+        )
+    print_table(table, right=(0, 3, 4))
+    if len(rows) == limit:
+        out.print(
+            f"(first {limit} from offset {offset}; --offset {offset + limit} for more)",
+            markup=False,
+        )
 
 
 def _flag_command(name: str, doc: str, **flags: Any) -> None:
@@ -150,21 +183,25 @@ def _flag_command(name: str, doc: str, **flags: Any) -> None:
     app.command(name)(command)
 
 
-_flag_command("enable", "Switch simulation on.\n\nExample: simctl users enable 42", enabled=True)
 _flag_command(
-    "disable", "Switch simulation off.\n\nExample: simctl users disable 42", enabled=False
+    "enable", "Switch simulation on.\n\nExample:\n\n\b\n  simctl users enable 42", enabled=True
 )
 _flag_command(
-    "pause", "Pause simulation (keeps it enabled).\n\nExample: simctl users pause 42", paused=True
+    "disable", "Switch simulation off.\n\nExample:\n\n\b\n  simctl users disable 42", enabled=False
+)
+_flag_command(
+    "pause",
+    "Pause simulation (keeps it enabled).\n\nExample:\n\n\b\n  simctl users pause 42",
+    paused=True,
 )
 _flag_command(
     "resume",
-    "Resume a paused user (also one auto-paused after failures).\n\nExample: simctl users resume 42",
+    "Resume a paused user (also one auto-paused after failures).\n\nExample:\n\n\b\n  simctl users resume 42",
     paused=False,
 )
 
 
-@app.command("set-interval")
+@app.command("set-interval", context_settings={"ignore_unknown_options": True})
 def set_interval(
     user: UserArg,
     seconds: Annotated[int, typer.Argument(min=1, max=2_147_483_647, help="Seconds between runs.")],
@@ -172,7 +209,10 @@ def set_interval(
 ) -> None:
     """Change the seconds between a user's runs (from the next slot on).
 
-    Example: simctl users set-interval 42 600
+    Example:
+
+    \b
+      simctl users set-interval 42 600
     """
     from store.admin import set_flags
 
@@ -190,7 +230,10 @@ def set_strategy(
 ) -> None:
     """Choose what a user's runs trade. A strategy decides orders, never prices or outcomes.
 
-    Example: simctl users set-strategy 42 dca --params '{"usd": "50", "assets": ["BTC"]}'
+    Example:
+
+    \b
+      simctl users set-strategy 42 dca --params '{"usd": "50", "assets": ["BTC"]}'
     """
     from store.admin import set_flags
 
@@ -207,7 +250,8 @@ def set_strategy(
     )
 
 
-@app.command()
+# A negative amount must reach parse_amount (a clear refusal), not click's option parser.
+@app.command(context_settings={"ignore_unknown_options": True})
 def deposit(
     user: UserArg,
     amount: Annotated[str, typer.Argument(help="USD, positive, at most 8 decimals.")],
@@ -215,7 +259,10 @@ def deposit(
 ) -> None:
     """Credit USD with a completed deposit transaction.
 
-    Example: simctl users deposit 42 1000.50
+    Example:
+
+    \b
+      simctl users deposit 42 1000.50
     """
     from store.admin import move_usd, parse_amount
 
@@ -234,8 +281,11 @@ def adjust(
 ) -> None:
     """Audited correction of the USD balance (--usd) or of one holding (--asset and --amount).
 
-    Example: simctl users adjust 42 --usd -12.5 --reason "duplicate deposit"
-    Example: simctl users adjust 42 --asset BTC --amount 0.01 --reason "airdrop"
+    Examples:
+
+    \b
+      simctl users adjust 42 --usd -12.5 --reason "duplicate deposit"
+      simctl users adjust 42 --asset BTC --amount 0.01 --reason "airdrop"
     """
     from store.admin import adjust_holding, move_usd, parse_amount, parse_asset
 
@@ -258,7 +308,10 @@ def adjust(
 def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
     """Soft-delete a user (deleted_at is set; rows are kept; simulation stops).
 
-    Example: simctl users delete ana@example.com
+    Example:
+
+    \b
+      simctl users delete ana@example.com
     """
     from store.admin import soft_delete
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from simctl.fmt import plain, print_table, utc
 from store.db import connection
 
 app = typer.Typer(
@@ -19,7 +20,7 @@ KeyOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})  # a negative amount: refused
 def request(
     user: Annotated[str, typer.Argument(help="User id or email.")],
     asset: Annotated[str, typer.Argument(help="BTC, ETH, USDT, USDC, XRP or ADA.")],
@@ -29,7 +30,10 @@ def request(
 ) -> None:
     """Request a withdrawal and reserve its crypto.
 
-    Example: simctl withdrawals request 42 BTC 0.01 --address bc1qexample
+    Example:
+
+    \b
+      simctl withdrawals request 42 BTC 0.01 --address bc1qexample
     """
     from store.admin import parse_amount, parse_asset, request_withdrawal
     from store.ops import resolve_user
@@ -74,7 +78,10 @@ WidArg = Annotated[int, typer.Argument(min=1, help="Withdrawal id.")]
 def process(withdrawal_id: WidArg, admin_key: KeyOpt = None) -> None:
     """pending → processing.
 
-    Example: simctl withdrawals process 7
+    Example:
+
+    \b
+      simctl withdrawals process 7
     """
     _step("process", withdrawal_id, admin_key)
 
@@ -89,7 +96,10 @@ def complete(
 ) -> None:
     """processing → completed: the crypto leaves the holding (fee from fee_config recorded).
 
-    Example: simctl withdrawals complete 7 --tx-hash 0xabc
+    Example:
+
+    \b
+      simctl withdrawals complete 7 --tx-hash 0xabc
     """
     _step("complete", withdrawal_id, admin_key, tx_hash=tx_hash)
 
@@ -102,24 +112,35 @@ def fail(
 ) -> None:
     """pending|processing → failed: the reservation is released.
 
-    Example: simctl withdrawals fail 7 --error "address rejected"
+    Example:
+
+    \b
+      simctl withdrawals fail 7 --error "address rejected"
     """
     _step("fail", withdrawal_id, admin_key, error=error)
 
 
 @app.command("list")
 def list_(
-    user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user (id or email).")
+    ] = None,
     status: Annotated[
         str | None, typer.Option("--status", help="pending, processing, completed, failed.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List withdrawals, newest first.
 
-    Example: simctl withdrawals list --status pending
+    Examples:
+
+    \b
+      simctl withdrawals list --status pending
+      simctl withdrawals list --user 42 --json
     """
     from store.admin import list_withdrawals
+    from store.ops import resolve_user
 
     if status is not None and status not in ("pending", "processing", "completed", "failed"):
         raise Exit(2, f"--status must be pending, processing, completed or failed, not {status!r}")
@@ -127,9 +148,28 @@ def list_(
 
     async def go() -> list[dict[str, Any]]:
         async with connection(s.database_url) as conn:
-            return await list_withdrawals(conn, user, status, limit)
+            uid = None if user is None else await resolve_user(conn, user)
+            return await list_withdrawals(conn, uid, status, limit)
 
     rows = run_async(go)
-    print_json(rows)
+    if as_json:
+        print_json(rows)
+        return
     if not rows:
-        out.print("no withdrawals", style="dim")
+        out.print("no withdrawals match" if user or status else "no withdrawals", markup=False)
+        return
+    table = [("ID", "USER", "ASSET", "AMOUNT", "STATUS", "ADDRESS", "CREATED (UTC)", "TX_HASH")]
+    table += [
+        (
+            str(r["id"]),
+            str(r["user_id"]),
+            r["asset"],
+            plain(r["amount"]),
+            r["status"],
+            r["address"] or "-",
+            utc(r["created_at"]),
+            r["tx_hash"] or r["error_message"] or "-",
+        )
+        for r in rows
+    ]
+    print_table(table, right=(0, 1, 3))

@@ -371,7 +371,8 @@ SELECT coalesce(sum(amount), 0) FROM withdrawals
 SELECT id, email, full_name, balance_usd, portfolio_value_usd, sim_enabled, sim_paused,
        sim_strategy, sim_interval_s, sim_next_run_at, sim_run_count, deleted_at IS NOT NULL AS deleted
   FROM users
- WHERE ($1::text IS NULL OR email LIKE '%' || lower($1) || '%' OR full_name ILIKE '%' || $1 || '%')
+-- A search is a plain substring (strpos, not LIKE): `%` and `_` match only themselves.
+ WHERE ($1::text IS NULL OR strpos(email, lower($1)) > 0 OR strpos(lower(full_name), lower($1)) > 0)
    AND ($2::bool IS NULL OR sim_enabled = $2)
    AND ($3::bool IS NULL OR sim_paused = $3)
    AND ($4::bool OR deleted_at IS NULL)
@@ -455,17 +456,77 @@ SELECT asset, at, price_usd, source FROM price_history
  WHERE asset = $1 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at <= $3)
  ORDER BY at DESC LIMIT $4
 
--- equity_curve --
--- A user's runs in slot order with the trades of each (for `simctl report`).
-SELECT r.id, r.scheduled_for,
-       coalesce(json_agg(json_build_object(
-           'side', t.trade_type, 'asset', t.asset, 'amount', t.amount::text,
-           'price', t.price_usd::text, 'before', t.balance_before::text,
-           'after', t.balance_after::text) ORDER BY t.id)
-         FILTER (WHERE t.id IS NOT NULL), '[]'::json) AS trades
-  FROM sim_runs r LEFT JOIN trades t ON t.user_id = r.user_id AND t.sim_run_id = r.id
+-- report_runs --
+-- `simctl report`: a user's runs in slot order with the price of every asset at the slot, read
+-- back from price_history (each run stored the model ticks it used; imports are stored too), so
+-- the report values holdings at the prices the runs used. One backward probe of the primary key
+-- (asset, at) per run and asset.
+SELECT r.id, r.scheduled_for, r.finished_at,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'BTC' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS btc,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'ETH' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS eth,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'USDT' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS usdt,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'USDC' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS usdc,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'XRP' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS xrp,
+       (SELECT h.price_usd FROM price_history h
+         WHERE h.asset = 'ADA' AND h.at <= r.scheduled_for ORDER BY h.at DESC LIMIT 1) AS ada
+  FROM sim_runs r
  WHERE r.user_id = $1
- GROUP BY r.id ORDER BY r.scheduled_for
+ ORDER BY r.scheduled_for
+
+-- report_trades --
+-- The engine's trades of a user (idx_trades_user_id), in the order they were written.
+SELECT t.sim_run_id, t.trade_type, t.asset, t.amount, t.price_usd, t.fee_usd,
+       t.balance_after - t.balance_before AS cash_delta, t.balance_after
+  FROM trades t
+ WHERE t.user_id = $1 AND t.sim_run_id IS NOT NULL
+ ORDER BY t.id
+
+-- report_flows --
+-- Every change of a user's cash or holdings that is not an engine trade, with when it happened:
+-- completed ledger rows (the engine's own trade rows, `trade:<id>`, excepted) and the audited
+-- crypto flows (holding adjustments; completed withdrawals, the whole amount leaving). A crypto
+-- flow is valued at the price its audit row recorded, else the latest stored tick at or before
+-- it, else the first after it: the same rows and prices as the read side's sim_contributions.
+WITH f AS (
+    SELECT t.created_at AS at, t.type AS kind, t.amount AS usd, NULL::text AS asset,
+           0::numeric AS quantity, NULL::numeric AS recorded_usd, 0 AS source, t.id AS ord
+      FROM transactions t
+     WHERE t.user_id = $1 AND t.status = 'completed'
+       AND NOT (t.type IN ('buy', 'sell') AND t.reference LIKE 'trade:%')
+    UNION ALL
+    SELECT a.created_at,
+           CASE a.action WHEN 'adjust_holding' THEN 'holding_adjustment' ELSE 'crypto_withdrawal' END,
+           0, a.details->>'asset',
+           CASE a.action WHEN 'adjust_holding' THEN (a.details->>'delta')::numeric
+                         ELSE -(a.details->>'amount')::numeric END,
+           (a.details->>'price_usd')::numeric, 1, a.id
+      FROM admin_audit a
+     WHERE a.target_user_id = $1 AND a.action IN ('adjust_holding', 'withdrawal_complete')
+)
+SELECT f.at, f.kind, f.usd, f.asset, f.quantity,
+       CASE WHEN f.asset IS NOT NULL THEN coalesce(
+           f.recorded_usd,
+           (SELECT h.price_usd FROM price_history h
+             WHERE h.asset = f.asset AND h.at <= f.at ORDER BY h.at DESC LIMIT 1),
+           (SELECT h.price_usd FROM price_history h
+             WHERE h.asset = f.asset AND h.at > f.at ORDER BY h.at LIMIT 1)) END AS price_usd
+  FROM f
+ ORDER BY f.at, f.source, f.ord
+
+-- report_user --
+-- The user's strategy, current state (the replay's end must arrive here) and the read side's
+-- P&L now (sim_pnl: value at the latest prices; no row for a deleted user).
+SELECT u.id, u.sim_strategy, u.sim_params, u.sim_interval_s, u.balance_usd, u.deleted_at,
+       (SELECT s.total_pnl_usd FROM sim_pnl s WHERE s.user_id = u.id) AS pnl_now_usd,
+       coalesce(p.btc, 0) AS btc, coalesce(p.eth, 0) AS eth, coalesce(p.usdt, 0) AS usdt,
+       coalesce(p.usdc, 0) AS usdc, coalesce(p.xrp, 0) AS xrp, coalesce(p.ada, 0) AS ada
+  FROM users u LEFT JOIN portfolio p ON p.user_id = u.id
+ WHERE u.id = $1
 
 -- naive_lock_user --
 -- The naive baseline (bench only): one user per job, row by row.

@@ -77,7 +77,7 @@ class Discrepancy:
     found: Decimal
 
     def __str__(self) -> str:
-        return f"user {self.user_id}: {self.field} expected {self.expected} found {self.found}"
+        return f"user {self.user_id}: {self.field} expected {self.expected:f} found {self.found:f}"
 
 
 async def reconcile(conn: Conn, user_id: int | None = None) -> list[Discrepancy]:

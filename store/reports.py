@@ -1,65 +1,85 @@
-"""Data for `simctl report`: a user's state after each run, priced as the runs priced it."""
+"""Data for `simctl report`: a user's runs (with the prices they used), trades and flows, read in
+one snapshot. The series themselves are computed by engine.equity."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from engine.accounting import mark_to_market
 from engine.assets import ASSETS
-from engine.market import Market
-from engine.pricing import ImportSpan, PriceBook
-from simconfig import Settings
+from engine.equity import Curve, Flow, RunRow, TradeRow, build_curve, unexplained
 from store.db import Conn
-from store.runs import batch_prelude, imported_prices
+from store.errors import NotFound
 from store.sqlfiles import query
 
-ZERO = Decimal(0)
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    user_id: int
+    strategy: str | None
+    params: dict[str, Any]
+    interval_s: int
+    runs: list[RunRow]
+    flows: list[Flow]
+    # What the rows do not explain (normally zero; an adopted user's opening state).
+    opening_cash: Decimal
+    opening_holdings: dict[str, Decimal]
+    # The read side's P&L now (sim_pnl, at the latest stored prices); None for a deleted user.
+    pnl_now_usd: Decimal | None
+
+    def curve(self) -> Curve:
+        """The P&L series (engine.equity) of these rows."""
+        return build_curve(self.runs, self.flows, self.opening_cash, self.opening_holdings)
 
 
-async def equity_points(conn: Conn, user_id: int, settings: Settings) -> list[dict[str, Any]]:
-    """(slot, cash, holdings value, total, buys, sells) after each run, oldest first.
-
-    Holdings before the first run are today's holdings minus what the runs traded, so
-    withdrawals and adjustments made in between shift the early part of the curve."""
-    async with conn.transaction(readonly=True):
-        runs = await conn.fetch(query("equity_curve"), user_id)
-        user = await conn.fetchrow(query("user_row"), user_id)
-        held = await conn.fetchrow(query("holdings_row"), user_id)
-        spans = await batch_prelude(conn)
-        book = PriceBook(
-            Market(settings.market_params()),
-            (ImportSpan(s.asset, s.first_at, s.last_at) for s in spans),
+async def report_data(conn: Conn, user_id: int) -> ReportData:
+    """Everything the report shows about a user, from one repeatable-read snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        user = await conn.fetchrow(query("report_user"), user_id)
+        if user is None:
+            raise NotFound(f"no user with id {user_id}")
+        run_rows = await conn.fetch(query("report_runs"), user_id)
+        trade_rows = await conn.fetch(query("report_trades"), user_id)
+        flow_rows = await conn.fetch(query("report_flows"), user_id)
+    trades: dict[int, list[TradeRow]] = defaultdict(list)
+    for t in trade_rows:
+        trades[t["sim_run_id"]].append(
+            TradeRow(
+                t["trade_type"],
+                t["asset"],
+                t["amount"],
+                t["price_usd"],
+                t["fee_usd"],
+                t["cash_delta"],
+                t["balance_after"],
+            )
         )
-        book.add_imported(
-            await imported_prices(conn, book.import_points(r["scheduled_for"] for r in runs))
+    runs = [
+        RunRow(
+            r["scheduled_for"],
+            r["finished_at"] or r["scheduled_for"],
+            # A run stored every asset's tick at its slot; an asset never priced counts as 0.
+            {a: r[a.lower()] or Decimal(0) for a in ASSETS},
+            tuple(trades.get(r["id"], ())),
         )
-    assert user is not None
-    holdings = {a: (held[a.lower()] if held else ZERO) for a in ASSETS}
-    for run in runs:
-        for t in run["trades"]:
-            holdings[t["asset"]] -= _signed(t)
-    first_trade = next((t for r in runs for t in r["trades"]), None)
-    cash = Decimal(first_trade["before"]) if first_trade else user["balance_usd"]
-    points: list[dict[str, Any]] = []
-    for run in runs:
-        for t in run["trades"]:
-            holdings[t["asset"]] += _signed(t)
-            cash = Decimal(t["after"])
-        value = mark_to_market(holdings, book.prices_at(run["scheduled_for"]))
-        points.append(
-            {
-                "at": run["scheduled_for"],
-                "cash": cash,
-                "holdings_value": value,
-                "total": cash + value,
-                "buys": sum(1 for t in run["trades"] if t["side"] == "buy"),
-                "sells": sum(1 for t in run["trades"] if t["side"] == "sell"),
-            }
-        )
-    return points
-
-
-def _signed(trade: dict[str, str]) -> Decimal:
-    amount = Decimal(trade["amount"])
-    return amount if trade["side"] == "buy" else -amount
+        for r in run_rows
+    ]
+    flows = [
+        Flow(f["at"], f["kind"], f["usd"], f["asset"], f["quantity"], f["price_usd"])
+        for f in flow_rows
+    ]
+    cash, held = unexplained(user["balance_usd"], {a: user[a.lower()] for a in ASSETS}, runs, flows)
+    params = user["sim_params"]
+    return ReportData(
+        user_id=user_id,
+        strategy=user["sim_strategy"],
+        params=params if isinstance(params, dict) else {},
+        interval_s=user["sim_interval_s"],
+        runs=runs,
+        flows=flows,
+        opening_cash=cash,
+        opening_holdings=held,
+        pnl_now_usd=user["pnl_now_usd"],
+    )

@@ -150,6 +150,16 @@ async def apply_batch(
     """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
     if not runs:
         return []
+    rows = await conn.fetch(query("apply_batch"), *batch_args(runs, started_at, model_prices))
+    return [(r["run_id"], r["user_id"]) for r in rows]
+
+
+def batch_args(
+    runs: Sequence[RunWrite],
+    started_at: datetime,
+    model_prices: Iterable[tuple[str, datetime, Decimal]],
+) -> list[Any]:
+    """apply_batch's parameters for these runs."""
     # Column-wise, each column one comma-separated text (see apply_batch in queries.sql), each
     # built by one comprehension: about half the CPU of appending value by value.
     results = [run.result for run in runs]
@@ -174,14 +184,7 @@ async def apply_batch(
         prices[0].append(asset)
         prices[1].append(at.isoformat())
         prices[2].append(str(price))
-    rows = await conn.fetch(
-        query("apply_batch"),
-        *cols,
-        started_at,
-        *trades,
-        *(",".join(c) for c in prices),
-    )
-    return [(r["run_id"], r["user_id"]) for r in rows]
+    return [*cols, started_at, *trades, *(",".join(c) for c in prices)]
 
 
 async def record_failure(

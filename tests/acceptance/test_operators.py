@@ -187,7 +187,7 @@ async def test_withdrawal_reserves_then_completes_or_fails(
     ok(["withdrawals", "fail", str(second), "--error", "address rejected"], admin_env)
     backwards = simctl(["withdrawals", "process", str(second), "--admin-key", KEY], admin_env)
     assert backwards.returncode == 1 and "failed" in backwards.stderr
-    rows = ok(["withdrawals", "list", "--user", str(uid)], admin_env)
+    rows = ok(["withdrawals", "list", "--user", str(uid), "--json"], admin_env)
     assert [(r["status"], r["error_message"]) for r in rows] == [
         ("failed", "address rejected"),
         ("completed", None),
@@ -318,10 +318,11 @@ async def test_report_writes_a_png_and_html(
         await pool.close()
     uid = await pg.fetchval("SELECT min(id) FROM users")
     png = tmp_path / "equity.png"
-    result = simctl(["report", str(uid), "--out", str(png), "--html"], admin_env)
+    page = tmp_path / "equity.html"
+    result = simctl(["report", str(uid), "--out", str(png), "--html", str(page)], admin_env)
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert "<img src='data:image/png;base64," in png.with_suffix(".html").read_text()
+    assert "src='data:image/png;base64," in page.read_text(encoding="utf-8")
     nothing = simctl(["report", "999999", "--out", str(png)], admin_env)
     assert nothing.returncode == 1
 
