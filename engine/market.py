@@ -23,7 +23,7 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 
 from engine.assets import ASSETS
@@ -49,6 +49,8 @@ DEPEG_DEPTH = 0.13  # USDC went to 0.87
 DEPEG_DROP_S = 3_600
 DEPEG_RECOVER_S = 48 * 3_600
 _CACHE_LIMIT = 500_000
+DEFAULT_TICK_S = 60
+DEFAULT_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simctl.common import Exit, err, out, print_json, run_async, settings
+from simctl.market import require_market
 from store.errors import Refused, StoreError, Unavailable, first_line
 
 app = typer.Typer(
@@ -31,8 +32,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from simctl import prices, report, users, withdrawals
+    from simctl import market, prices, report, users, withdrawals
 
+    app.add_typer(market.app, name="market")
     app.add_typer(users.app, name="users")
     app.add_typer(withdrawals.app, name="withdrawals")
     app.add_typer(prices.app, name="prices")
@@ -44,7 +46,9 @@ def _register() -> None:
 def migrate() -> None:
     """Apply pending migrations from sql/migrations; running it again changes nothing.
 
-    Refuses (exit 1) when an applied migration's file has changed since.
+    Refuses (exit 1) when an applied migration's file has changed since. The first migrate stores
+    the market definition (SIM_SEED and the market settings when set, else the defaults and a
+    random seed); later, a market setting that differs from it exits 2.
 
     Example: simctl migrate
     """
@@ -52,10 +56,14 @@ def migrate() -> None:
 
     async def go() -> None:
         from store.db import connection
+        from store.market import ensure_market
         from store.migrate import migrate as do_migrate
 
         async with connection(s.database_url) as conn:
             report = await do_migrate(conn)
+            _, stored = await ensure_market(conn, s)
+        if stored:
+            out.print("stored the market definition (simctl market show)")
         if report.applied:
             out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
         else:
@@ -123,6 +131,7 @@ def scheduler(
     Example: simctl scheduler --once
     """
     s = settings()
+    require_market(s)
 
     async def go() -> None:
         from workers.logs import configure_logging
@@ -146,6 +155,7 @@ def worker(
     Example: simctl worker --burst
     """
     s = settings()
+    require_market(s)
     from workers.logs import configure_logging
     from workers.process import run_worker
 

@@ -44,9 +44,12 @@ def import_(
         raise Exit(1, f"{file}: {exc}; nothing imported") from None
 
     async def go() -> Any:
+        from store.market import load_market
+
         async with connection(s.database_url) as conn:
+            market = await load_market(conn, s)
             try:
-                return await import_ticks(conn, ticks, s.sim_tick_s)
+                return await import_ticks(conn, ticks, market.params.tick_s)
             except Refused as exc:
                 raise Refused(f"{file}: {exc}; nothing imported") from None
 

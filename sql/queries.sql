@@ -43,10 +43,13 @@ SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
   FROM leased
 
 -- batch_prelude --
--- Shared lock against `prices import` (which takes it exclusively), and the imported spans.
+-- Shared lock against `prices import` (which takes it exclusively), the imported spans, and the
+-- newest stored market version (a change is seen by the next batch; it only prices ticks after a
+-- lead time, so a batch that started before it was stored never needs it).
 SELECT pg_advisory_xact_lock_shared($1) AS locked,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(asset, first_at, last_at)), '[]'::jsonb)
-          FROM price_import_spans) AS spans
+          FROM price_import_spans) AS spans,
+       (SELECT max(version) FROM sim_market) AS market_version
 
 -- lock_batch --
 -- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)

@@ -7,10 +7,10 @@ from typing import Any
 
 from engine.accounting import mark_to_market
 from engine.assets import ASSETS
-from engine.market import Market
 from engine.pricing import ImportSpan, PriceBook
 from simconfig import Settings
 from store.db import Conn
+from store.market import load_market
 from store.runs import batch_prelude, imported_prices
 from store.sqlfiles import query
 
@@ -28,7 +28,7 @@ async def equity_points(conn: Conn, user_id: int, settings: Settings) -> list[di
         held = await conn.fetchrow(query("holdings_row"), user_id)
         spans = await batch_prelude(conn)
         book = PriceBook(
-            Market(settings.market_params()),
+            await load_market(conn, settings),
             (ImportSpan(s.asset, s.first_at, s.last_at) for s in spans),
         )
         book.add_imported(

@@ -11,9 +11,9 @@ from typing import Any
 from arq.connections import RedisSettings
 
 from engine.accounting import slot_from_us, slot_to_us
-from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
+from store.market import load_market_retrying
 from store.runs import Claim
 from workers import metrics
 from workers.batch import BatchRunner
@@ -86,10 +86,11 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         size = settings.sim_worker_concurrency + 1
         pool = await create_pool(settings.database_url, min_size=size, max_size=size)
         ctx["pool"] = pool
+        market = await load_market_retrying(pool, settings)
         ctx["runner"] = BatchRunner(
             pool,
             settings,
-            Market(settings.market_params()),
+            market,
             on_retry=lambda _: metrics.RETRIES.inc(),
         )
         if settings.sim_metrics_port:

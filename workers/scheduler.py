@@ -24,6 +24,7 @@ from simconfig import Settings
 from store import runs as store
 from store.db import create_pool, retrying
 from store.errors import StoreError, first_line
+from store.market import load_market_retrying
 from store.ticker import write_ticks
 from workers import metrics
 from workers.jobs import JOB_NAME, job_id, start_health
@@ -50,11 +51,13 @@ class PassReport:
 class Scheduler:
     """One scheduler process; any number may run at once."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: ArqRedis) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, redis: ArqRedis, market: Market
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.market = Market(settings.market_params())
+        self.market = market  # the stored market (store.market.load_market)
         self._stopping = asyncio.Event()
         self._last_tick: int | None = None
 
@@ -161,7 +164,8 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
     try:
         redis = await create_redis(RedisSettings.from_dsn(settings.redis_url))
         try:
-            scheduler = Scheduler(settings, pool, redis)
+            market = await load_market_retrying(pool, settings)
+            scheduler = Scheduler(settings, pool, redis, market)
             health = (
                 await start_health(settings, pool, redis) if settings.sim_metrics_port else None
             )

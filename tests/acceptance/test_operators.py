@@ -307,7 +307,7 @@ async def test_report_writes_a_png_and_html(
     settings = Settings(_env_file=None, database_url=admin_env["DATABASE_URL"])
     pool = await create_pool(admin_env["DATABASE_URL"], max_size=2)
     try:
-        runner = BatchRunner(pool, settings, Market(settings.market_params()))
+        runner = BatchRunner(pool, settings, Market(settings.market_params(seed=42)))
         for minutes in range(12):
             await pg.execute(
                 "UPDATE users SET sim_next_run_at = now() - make_interval(mins => 100 - $1)",
