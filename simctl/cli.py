@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
 from simctl.common import Exit, err, out, print_json, run_async, settings
-from simctl.market import require_market
+from simctl.market import require_market, run_priced
 from store.errors import Refused, StoreError, Unavailable, first_line
 
 app = typer.Typer(
@@ -69,7 +69,7 @@ def migrate() -> None:
         else:
             out.print(f"up to date ({len(report.already)} migration(s) applied)")
 
-    run_async(go)
+    run_priced(go)
 
 
 # -- seed-demo --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -11,6 +12,7 @@ from simconfig import Settings
 from simconfig.settings import parse_asset_map
 from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
 
+T = TypeVar("T")
 app = typer.Typer(
     help="The market definition stored by the first migrate (prices are a pure function of it).",
     no_args_is_help=True,
@@ -51,7 +53,7 @@ def show() -> None:
         async with connection(s.database_url) as conn:
             return await describe(conn)
 
-    print_json(_mapped(go))
+    print_json(run_priced(go))
 
 
 @app.command()
@@ -99,10 +101,11 @@ def change(
                 conn, actor, volatility=vols, reseed=reseed, lead_s=lead_s, reason=reason
             )
 
-    print_json(_mapped(go))
+    print_json(run_priced(go))
 
 
-def _mapped(fn: Any) -> Any:
+def run_priced(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """run_async for commands that load the stored market: a mismatch is configuration (2)."""
     from store.market import MarketMismatch
 
     try:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from simctl.common import Exit, out, run_async, settings
+from simctl.common import Exit, out, settings
+from simctl.market import run_priced
 from store.db import connection
 
 
@@ -37,7 +38,7 @@ def report(
             uid = await resolve_user(conn, user)
             return uid, await equity_points(conn, uid, s)
 
-    uid, points = run_async(go)
+    uid, points = run_priced(go)
     if not points:
         raise Exit(1, f"user {uid} has no runs yet; nothing to plot")
     try:
