@@ -56,9 +56,11 @@ async def test_the_first_migrate_stores_the_market_with_a_random_seed_unless_one
     conn = await asyncpg.connect(empty_db_url)
     try:
         row = await conn.fetchrow("SELECT * FROM sim_market")
+        assert row is not None
         assert row["version"] == 1 and row["model_version"] == 2 and row["tick_s"] == 60
         assert row["seed"] != 42  # drawn with secrets, not a documented default
         audit = await conn.fetchrow("SELECT * FROM admin_audit WHERE action = 'market_define'")
+        assert audit is not None
         assert json.loads(audit["details"])["seed_from"] == "secrets"
         assert str(row["seed"]) not in audit["details"]  # the seed is never written out
         # Running migrate again, with or without settings that agree, changes nothing.
@@ -113,11 +115,13 @@ async def test_a_market_change_is_audited_and_never_reprices_a_tick_already_poss
         admin_env,
     )  # fmt: skip
     row = await pg.fetchrow("SELECT * FROM sim_market WHERE version = 2")
+    assert row is not None
     assert row["seed"] != 42 and row["created_by"] == FINGERPRINT
     now = await pg.fetchval("SELECT now()")
     assert row["epoch"] >= now + timedelta(seconds=3600)  # after the lead time
     assert row["epoch"].isoformat() == changed["effective_from"].replace("Z", "+00:00")
     audit = await pg.fetchrow("SELECT * FROM admin_audit WHERE action = 'market_change'")
+    assert audit is not None
     assert audit["admin_key"] == FINGERPRINT and audit["details"]["reason"] == "seed seen in a log"
     # The stored market's seed is no longer 42: a process still given SIM_SEED=42 refuses.
     assert simctl(["scheduler", "--once"], admin_env).returncode == 2
@@ -160,6 +164,7 @@ async def test_price_import_needs_a_key_is_audited_and_refuses_the_future(
     report = run_ok(["prices", "import", str(bom), "--admin-key", KEY], admin_env)
     assert report["inserted"] == 2
     audit = await pg.fetchrow("SELECT * FROM admin_audit WHERE action = 'prices_import'")
+    assert audit is not None
     details = audit["details"]
     assert audit["admin_key"] == FINGERPRINT
     assert details["sha256"] == hashlib.sha256(b"\xef\xbb\xbf" + good).hexdigest()
