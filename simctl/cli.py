@@ -300,7 +300,9 @@ def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     user: Annotated[int | None, typer.Option("--user", help="Only this user id.")] = None,
 ) -> None:
-    """Rebuild every balance and holding from the ledger rows and compare.
+    """Rebuild every balance and holding from the ledger rows and compare; check every engine
+    trade's price against its tick's stored price moved by SIM_SLIPPAGE_BPS, exactly, and every
+    portfolio value against the stored prices of the user's last run.
 
     Exit 0 when clean, 1 with each discrepancy named (user, field, expected, found).
 
@@ -311,9 +313,11 @@ def reconcile(
     async def go() -> list[Any]:
         from store.db import connection
         from store.ops import reconcile as do_reconcile
+        from store.prices import audit_prices
 
         async with connection(s.database_url) as conn:
-            return await do_reconcile(conn, user)
+            found = await do_reconcile(conn, user)
+            return found + await audit_prices(conn, s.sim_slippage_bps, user)
 
     found = run_async(go)
     if as_json:
@@ -335,7 +339,10 @@ def reconcile(
         for d in found:
             out.print(str(d))
         if not found:
-            out.print("clean: every balance and holding matches the ledger")
+            out.print(
+                "clean: every balance and holding matches the ledger, every trade and value "
+                "its stored prices"
+            )
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
 

@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import Refused
+from store.ops import Discrepancy
 from store.runs import PRICE_IMPORT_LOCK, audit
 from store.sqlfiles import query
 
@@ -171,3 +172,34 @@ async def show_prices(
 ) -> list[dict[str, object]]:
     rows = await conn.fetch(query("show_prices"), asset, since, until, limit)
     return [dict(r.items()) for r in rows]
+
+
+async def audit_prices(
+    conn: Conn, slippage_bps: int, user_id: int | None = None
+) -> list[Discrepancy]:
+    """Every engine trade whose price is not its tick's stored price moved by the slippage,
+    exactly, and every user whose portfolio value is not holdings × the stored prices of their
+    last run (reconcile's price audit: a process with another market cannot pass unnoticed)."""
+    out: list[Discrepancy] = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        trades = await conn.fetch(query("reconcile_trade_prices"), user_id, slippage_bps)
+        values = await conn.fetch(query("reconcile_valuations"), user_id)
+    for r in trades:
+        what = f"trade {r['id']} {r['trade_type']} {r['asset']} at {r['generated_at'].isoformat()}"
+        if r["stored_usd"] is None:
+            what += " (no stored price for its tick)"
+        else:
+            what += f" (stored price {r['stored_usd']}, slippage {slippage_bps} bps)"
+        out.append(
+            Discrepancy(r["user_id"], f"{what}: price_usd", r["expected_usd"], r["price_usd"])
+        )
+    for r in values:
+        out.append(
+            Discrepancy(
+                r["user_id"],
+                "portfolio value at the stored prices of the last run",
+                r["expected_usd"],
+                r["usd_value"],
+            )
+        )
+    return out

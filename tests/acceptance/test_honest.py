@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
-from tests.support.procs import simctl
+from tests.support.procs import seed_due, simctl
 
 KEY = "honest admin key"
 FINGERPRINT = "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()[:12]
@@ -187,3 +187,65 @@ def test_binary_or_undecodable_content_is_refused_naming_its_line(
     result = simctl(["prices", "import", str(path), "--admin-key", KEY], admin_env)
     assert result.returncode == 1
     assert named in one_line_refusal(result.stderr)
+
+
+# -- 4. reconcile audits prices ---------------------------------------------------------------
+async def run_once(db_url: str, *, slippage_bps: int = 5) -> None:
+    """Every due user's slot applied by the engine's own batch runner (the stored market)."""
+    from simconfig import Settings
+    from store.db import create_pool
+    from store.market import load_market_retrying
+    from tests.integration.test_batches import claims_of
+    from workers.batch import BatchRunner
+
+    settings = Settings(_env_file=None, database_url=db_url, sim_slippage_bps=slippage_bps)
+    pool = await create_pool(db_url, max_size=2)
+    try:
+        runner = BatchRunner(pool, settings, await load_market_retrying(pool, settings))
+        async with pool.acquire() as conn:
+            claims = await claims_of(conn)
+        outcome = await runner.run(claims)
+        assert outcome.applied and not outcome.failed
+    finally:
+        await pool.close()
+
+
+async def test_reconcile_names_a_trade_whose_price_is_not_its_ticks_stored_price(
+    env: dict[str, str], pg: asyncpg.Connection, db_url: str
+) -> None:
+    await seed_due(pg, 40)
+    await run_once(db_url)
+    assert await pg.fetchval("SELECT count(*) FROM trades") > 0
+    clean = simctl(["reconcile"], env)
+    assert clean.returncode == 0, clean.stdout
+    # A fill priced off the stored market (as a worker with another seed priced them).
+    tampered = await pg.fetchval(
+        "UPDATE trades SET price_usd = price_usd * 2, total_usd = total_usd * 2 "
+        "WHERE id = (SELECT min(id) FROM trades) RETURNING id"
+    )
+    found = simctl(["reconcile", "--json"], env)
+    assert found.returncode == 1
+    named = [d["field"] for d in json.loads(found.stdout)["discrepancies"]]
+    assert any(f.startswith(f"trade {tampered} ") for f in named), named
+    # The configured slippage is part of the check: the same trades under 6 bps all differ.
+    other = simctl(["reconcile", "--json"], {**env, "SIM_SLIPPAGE_BPS": "6"})
+    count = await pg.fetchval("SELECT count(*) FROM trades")
+    assert len(json.loads(other.stdout)["discrepancies"]) >= count
+
+
+async def test_reconcile_names_a_run_valued_off_the_stored_prices(
+    env: dict[str, str], pg: asyncpg.Connection, db_url: str
+) -> None:
+    await seed_due(pg, 10)
+    await run_once(db_url)
+    uid = await pg.fetchval("SELECT min(user_id) FROM portfolio WHERE btc > 0")
+    await pg.execute("UPDATE portfolio SET usd_value = usd_value + 1000 WHERE user_id = $1", uid)
+    await pg.execute(
+        "UPDATE users SET portfolio_value_usd = portfolio_value_usd + 1000 WHERE id = $1", uid
+    )
+    found = simctl(["reconcile", "--json"], env)
+    assert found.returncode == 1
+    named = json.loads(found.stdout)["discrepancies"]
+    assert [(d["user_id"], d["field"]) for d in named] == [
+        (uid, "portfolio value at the stored prices of the last run")
+    ]
