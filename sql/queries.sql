@@ -597,3 +597,11 @@ WITH m AS (
 SELECT user_id, usd_value, expected_usd FROM rounded
  WHERE expected_usd IS NULL OR usd_value <> expected_usd
  ORDER BY user_id
+
+-- latest_price --
+-- The latest stored price of one asset (primary key, backwards).
+SELECT price_usd FROM price_history WHERE asset = $1 ORDER BY at DESC LIMIT 1
+
+-- user_pnl --
+SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
+  FROM sim_pnl WHERE user_id = $1
