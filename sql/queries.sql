@@ -605,3 +605,8 @@ SELECT price_usd FROM price_history WHERE asset = $1 ORDER BY at DESC LIMIT 1
 -- user_pnl --
 SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
   FROM sim_pnl WHERE user_id = $1
+
+-- user_contributions --
+-- A user's money movements (sim_contributions), oldest first, for `simctl report`.
+SELECT at, asset, quantity, value_usd, kind FROM sim_contributions
+ WHERE user_id = $1 ORDER BY at

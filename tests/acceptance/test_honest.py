@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,116 @@ async def test_reconcile_names_a_run_valued_off_the_stored_prices(
     assert [(d["user_id"], d["field"]) for d in named] == [
         (uid, "portfolio value at the stored prices of the last run")
     ]
+
+
+# -- 5. P&L right everywhere ------------------------------------------------------------------
+def admin(args: list[str], env: dict[str, str]) -> Any:
+    return run_ok([*args, "--admin-key", KEY], env)
+
+
+async def pnl_of(pg: asyncpg.Connection, uid: int) -> Decimal:
+    value: Decimal = await pg.fetchval("SELECT total_pnl_usd FROM sim_pnl WHERE user_id = $1", uid)
+    return value
+
+
+async def test_money_movements_never_show_as_gains_or_losses(
+    admin_env: dict[str, str], pg: asyncpg.Connection, db_url: str
+) -> None:
+    uid = admin(["users", "create", "pnl@example.com", "--deposit", "10000"], admin_env)["id"]
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    await pg.execute(
+        "UPDATE users SET sim_strategy = 'dca', "
+        'sim_params = \'{"usd": "3000", "assets": ["BTC", "ETH"]}\''
+    )
+    await run_once(db_url)
+    assert await pg.fetchval("SELECT btc FROM portfolio WHERE user_id = $1", uid) > 0
+    start = await pnl_of(pg, uid)
+    assert start < 0  # fees and slippage, at the prices the run traded at
+    shown = run_ok(["users", "show", str(uid)], admin_env)
+    assert Decimal(shown["pnl_usd"]) == start
+    # A completed crypto withdrawal, an airdrop, a USD deposit and a USD correction.
+    wid = admin(
+        ["withdrawals", "request", str(uid), "BTC", "0.001", "--address", "bc1qexample"], admin_env
+    )["withdrawal_id"]
+    admin(["withdrawals", "process", str(wid)], admin_env)
+    admin(["withdrawals", "complete", str(wid)], admin_env)
+    assert await pnl_of(pg, uid) == start
+    admin(
+        ["users", "adjust", str(uid), "--asset", "BTC", "--amount", "0.01", "--reason", "airdrop"],
+        admin_env,
+    )
+    assert await pnl_of(pg, uid) == start
+    admin(["users", "deposit", str(uid), "500"], admin_env)
+    admin(["users", "adjust", str(uid), "--usd", "-12.5", "--reason", "duplicate"], admin_env)
+    assert await pnl_of(pg, uid) == start
+    shown = run_ok(["users", "show", str(uid)], admin_env)
+    assert Decimal(shown["pnl_usd"]) == start
+    row = await pg.fetchrow("SELECT * FROM sim_pnl WHERE user_id = $1", uid)
+    assert row is not None
+    assert row["total_pnl_usd"] == row["realised_pnl_usd"] + row["unrealised_pnl_usd"]
+    # Each shown column is rounded once, so they add up to the P&L within one unit of rounding.
+    assert abs(row["equity_usd"] - row["net_contributions_usd"] - start) <= Decimal("0.00000001")
+
+
+async def test_a_run_moves_pnl_by_the_marked_to_market_change_minus_costs(
+    admin_env: dict[str, str], pg: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    # Cash only at first (holdings from runs, not from adjustments recorded before prices were).
+    await seed_due(pg, 30, holdings=False)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '30 minutes'")
+    await run_once(db_url)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '20 minutes'")
+    await run_once(db_url)
+    before = {r["user_id"]: r["total_pnl_usd"] for r in await pg.fetch("SELECT * FROM sim_pnl")}
+    held = {
+        r["user_id"]: r
+        for r in await pg.fetch(
+            "SELECT p.*, u.balance_usd FROM portfolio p JOIN users u ON u.id = p.user_id"
+        )
+    }
+    old_prices = {
+        r["asset"]: r["price_usd"] for r in await pg.fetch("SELECT * FROM sim_latest_prices")
+    }
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    await run_once(db_url)
+    new_prices = {
+        r["asset"]: r["price_usd"] for r in await pg.fetch("SELECT * FROM sim_latest_prices")
+    }
+    assert new_prices != old_prices
+    after = {r["user_id"]: r["total_pnl_usd"] for r in await pg.fetch("SELECT * FROM sim_pnl")}
+    last_run = await pg.fetchval("SELECT max(scheduled_for) FROM sim_runs")
+    trades = await pg.fetch("SELECT * FROM trades WHERE generated_at = $1", last_run)
+    for uid, h in held.items():
+        marked = sum(
+            (h[a.lower()] * (new_prices[a] - old_prices[a]) for a in new_prices), Decimal(0)
+        )
+        costs = Decimal(0)
+        for t in (t for t in trades if t["user_id"] == uid):
+            fair = t["amount"] * new_prices[t["asset"]]
+            slip = t["total_usd"] - fair if t["trade_type"] == "buy" else fair - t["total_usd"]
+            costs += t["fee_usd"] + slip
+        assert abs((after[uid] - before[uid]) - (marked - costs)) <= Decimal("0.00000001"), uid
+    # report prints the same P&L as sim_pnl and users show.
+    uid = next(iter(held))
+    png = tmp_path / "r.png"
+    printed = run_ok(["report", str(uid), "--out", str(png)], admin_env)
+    assert f"P&L now {after[uid]} USD" in printed
+
+
+async def test_money_into_a_deleted_or_deactivated_user_is_refused(
+    admin_env: dict[str, str], pg: asyncpg.Connection
+) -> None:
+    gone = admin(["users", "create", "gone@example.com", "--deposit", "10"], admin_env)["id"]
+    off = admin(["users", "create", "off@example.com", "--deposit", "10"], admin_env)["id"]
+    admin(["users", "delete", str(gone)], admin_env)
+    await pg.execute("UPDATE users SET is_active = false WHERE id = $1", off)
+    for uid, why in ((gone, "deleted"), (off, "deactivated")):
+        for args in (
+            ["users", "deposit", str(uid), "100"],
+            ["users", "adjust", str(uid), "--usd", "5", "--reason", "x"],
+            ["users", "adjust", str(uid), "--asset", "BTC", "--amount", "1", "--reason", "x"],
+        ):
+            result = simctl([*args, "--admin-key", KEY], admin_env)
+            assert result.returncode == 1, (args, result.stderr)
+            assert why in one_line_refusal(result.stderr)
+    assert await pg.fetchval("SELECT sum(balance_usd) FROM users") == Decimal(20)
