@@ -363,3 +363,23 @@ async def test_money_into_a_deleted_or_deactivated_user_is_refused(
             assert result.returncode == 1, (args, result.stderr)
             assert why in one_line_refusal(result.stderr)
     assert await pg.fetchval("SELECT sum(balance_usd) FROM users") == Decimal(20)
+
+
+# -- 6. strategy parameters -------------------------------------------------------------------
+async def test_set_strategy_refuses_knobs_and_oversized_parameters(
+    admin_env: dict[str, str], pg: asyncpg.Connection
+) -> None:
+    uid = admin(["users", "create", "knobs@example.com", "--deposit", "100"], admin_env)["id"]
+    before = await pg.fetchrow("SELECT sim_strategy, sim_params FROM users WHERE id = $1", uid)
+    knobs = '{"win_rate":"0.99","target_profit":"1000","boost":true}'
+    big = json.dumps({"usd": "50", "note": "x" * 10_000})
+    for params, named in ((knobs, "win_rate"), (big, "bytes"), ('{"usd": "0"}', "usd")):
+        result = simctl(
+            ["users", "set-strategy", str(uid), "dca", "--params", params, "--admin-key", KEY],
+            admin_env,
+        )
+        assert result.returncode == 1, result.stderr
+        assert named in one_line_refusal(result.stderr)
+    after = await pg.fetchrow("SELECT sim_strategy, sim_params FROM users WHERE id = $1", uid)
+    assert after == before
+    admin(["users", "set-strategy", str(uid), "dca", "--params", '{"usd": "50"}'], admin_env)
