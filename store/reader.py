@@ -7,7 +7,7 @@ import re
 from store.db import Conn
 from store.errors import Refused
 
-READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity")
+READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity", "sim_run_log")
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

@@ -143,3 +143,8 @@ BEGIN
         EXECUTE format('GRANT SELECT ON sim_pnl TO %I', role_name);
     END LOOP;
 END $$;
+
+-- The runs, for a reader checking a notification: Postgres lets any role NOTIFY on any channel,
+-- so a `sim_run` payload is trusted only once its run is found here (by id, the primary key).
+CREATE VIEW sim_run_log AS
+SELECT id AS run_id, user_id, scheduled_for, finished_at, outcome, trades_count FROM sim_runs;
