@@ -383,3 +383,25 @@ async def test_set_strategy_refuses_knobs_and_oversized_parameters(
     after = await pg.fetchrow("SELECT sim_strategy, sim_params FROM users WHERE id = $1", uid)
     assert after == before
     admin(["users", "set-strategy", str(uid), "dca", "--params", '{"usd": "50"}'], admin_env)
+
+
+async def test_a_database_that_already_ran_keeps_the_model_it_was_priced_with(
+    env: dict[str, str], pg: asyncpg.Connection
+) -> None:
+    # As before 0006: no stored market, but model prices already written under SIM_SEED's old
+    # default 42 and model 1.
+    from engine.market import Market
+    from simconfig import Settings
+
+    await pg.execute("DELETE FROM sim_market")
+    old = Market(Settings(_env_file=None).market_params(seed=42, model_version=1))
+    at = old.tick_time(1_000_000)
+    await pg.execute(
+        "INSERT INTO price_history (asset, at, price_usd) VALUES ('BTC', $1, $2)",
+        at,
+        old.price("BTC", 1_000_000),
+    )
+    unset = {k: v for k, v in env.items() if k != "SIM_SEED"}
+    assert simctl(["migrate"], unset).returncode == 0
+    row = await pg.fetchrow("SELECT seed, model_version FROM sim_market")
+    assert row is not None and (row["seed"], row["model_version"]) == (42, 1)
