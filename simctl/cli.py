@@ -360,7 +360,7 @@ def grant_reader(
     ] = None,
 ) -> None:
     """Create or update a login role that can read the read views (sim_positions, sim_pnl,
-    sim_activity, sim_latest_prices) and nothing else: no table, so no password_hash or tax_id.
+    sim_activity, sim_latest_prices, sim_run_log) and nothing else: no table, so no password_hash or tax_id.
 
     Example: simctl grant-reader analytics --password 's3cret'
     """
