@@ -180,6 +180,8 @@ class Market:
 
     def seed_at(self, at: datetime) -> int:
         """The seed in force at time `at` (runs draw their random streams from it)."""
+        if not self._starts:  # no change stored: every run's seed (the per-run hot path)
+            return self.params.seed
         return self.model_at(self.tick_of(at))[0].params.seed
 
     def price(self, asset: str, tick: int) -> Decimal:
