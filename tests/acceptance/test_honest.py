@@ -405,3 +405,25 @@ async def test_a_database_that_already_ran_keeps_the_model_it_was_priced_with(
     assert simctl(["migrate"], unset).returncode == 0
     row = await pg.fetchrow("SELECT seed, model_version FROM sim_market")
     assert row is not None and (row["seed"], row["model_version"]) == (42, 1)
+
+
+async def test_running_processes_pick_up_a_change_without_repricing_the_past(
+    pg: asyncpg.Connection, db_url: str
+) -> None:
+    from simconfig import Settings
+    from store.market import change_market, current_market, load_market
+    from store.runs import prelude
+
+    settings = Settings(_env_file=None, database_url=db_url)
+    before = await load_market(pg, settings)
+    await change_market(pg, FINGERPRINT, volatility={}, reseed=True, lead_s=600, reason="rotation")
+    async with pg.transaction():
+        _, version = await prelude(pg)  # what every batch and the ticker read
+    after = await current_market(pg, before, version)
+    assert (before.version, after.version) == (1, 2)
+    now = await pg.fetchval("SELECT now()")
+    tick = before.tick_of(now)
+    # Every tick up to the lead time is priced as before; later ones by the new seed.
+    for t in range(tick - 50, tick + 10):
+        assert after.prices_at(t) == before.prices_at(t)
+    assert after.price("BTC", tick + 30) != before.price("BTC", tick + 30)
