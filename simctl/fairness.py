@@ -3,9 +3,9 @@ confidence interval next to −(fees + slippage).
 
     scripts/bench-core --fairness [--users N] [--slots S] [--seed S | --stored]
 
-Each user starts with 10,000 USD and no crypto at its own start tick, drawn uniformly over ten
-years of the market (disjoint stretches of one path: their price moves are independent, so the
-users are independent samples), then runs S slots SIM_INTERVAL 300 s apart through the engine's
+Each user starts with 10,000 USD and no crypto on its own stretch of the market (consecutive,
+disjoint stretches of one path from a year after the epoch on: their price moves are independent,
+so the users are independent samples), then runs S slots 300 s apart through the engine's
 own core (apply_run with fees of 10 bps and 5 bps of slippage), and is valued at the last slot.
 P&L = final value − 10,000. Costs = fees + slippage (what the fills paid over the market price).
 With no house edge and no hidden tailwind, E[P&L] = −E[costs]: the market part, P&L + costs,
@@ -25,7 +25,6 @@ from decimal import Decimal
 from engine.accounting import FeeRule, UserState, apply_run, mark_to_market, run_stream
 from engine.assets import ASSETS
 from engine.market import Market, MarketParams
-from engine.rng import Stream, key_bytes
 from engine.strategies import MarketView, make_strategy
 
 START_USD = Decimal(10_000)
@@ -34,6 +33,8 @@ FEES = {a: FeeRule(10, Decimal(1)) for a in ASSETS}
 SLIPPAGE_BPS = 5
 STRATEGIES = ("random", "dca", "rebalance", "momentum")
 _T95 = 1.96
+FIRST_TICK = 525_600  # a year after the epoch
+MAX_LOOKBACK = 1_440  # momentum's lookback bound: its history never reaches another user's stretch
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +58,16 @@ class Row:
 def simulate(market: Market, strategy: str, users: int, slots: int) -> Row:
     """Run `users` independent users for `slots` slots each; see the module's docstring."""
     strat = make_strategy(strategy, {})
-    span = 10 * 365 * 86_400 // market.params.tick_s
     step = max(1, SLOT_S // market.params.tick_s)
+    window = slots * step + MAX_LOOKBACK  # the ticks one user's runs read
     pnls: list[float] = []
     market_parts: list[float] = []
     costs_all: list[float] = []
     trades = 0
     for uid in range(1, users + 1):
-        start = Stream(key_bytes("fairness", uid)).below(span) + 1_000
+        # Disjoint stretches of one path, one after the other: the price moves of different
+        # users are independent (a Brownian motion's increments are).
+        start = FIRST_TICK + (uid - 1) * window + MAX_LOOKBACK
         state = UserState(uid, START_USD, {}, {})
         costs = Decimal(0)
         tick = start
