@@ -1,25 +1,36 @@
-"""The shared, seeded market model: price(asset, tick) is a pure function of (seed, asset, tick).
+"""The shared, seeded market model: price(asset, tick) is a pure function of (definition, asset,
+tick), where the definition is what the database stores (seed, tick length, epoch, start prices,
+volatilities, model version), in force from a given tick.
 
-Volatile assets follow a driftless log-Brownian path built as a Brownian bridge on a dyadic tree:
-the value at any tick is reached from the root in O(log n) steps, each driven by a counter-based
-draw keyed by (seed, asset, side, point), so no history is replayed and every worker on every
-machine agrees. Innovations are Student-t (ν = 4, scaled to unit variance) for fat tails.
-Stablecoins mean-revert around 1.00 with bounded noise and rare depegs shaped like USDC's
-March 2023 drop to 0.87. Only IEEE-exact float operations (+ − × ÷ √) feed the path; the final
-exponential is taken in Decimal, whose results are correctly rounded, so prices agree bit for bit.
+Volatile assets follow a log-Brownian path built as a Brownian bridge on a dyadic tree: the value
+at any tick is reached from the root in O(log n) steps, each driven by a counter-based draw keyed
+by (seed, asset, side, point), so no history is replayed and every worker on every machine agrees.
+
+Model 2 (the current one) is a martingale: standard normal innovations and a log drift of −σ²/2
+per unit time, so the expected price at any later tick equals today's (geometric Brownian motion,
+exactly); stablecoins are centred on 1.00 (their depeg dips are offset by their expected depth).
+Model 1 (databases created before the market was stored keep it) is driftless in log price with
+Student-t (ν = 4) innovations: its expected price grows by exp(σ²t/2).
+
+Only IEEE-exact float operations (+ − × ÷ √) feed the path; the one logarithm (model 2's normal
+draw) and the final exponential are taken in Decimal, whose results are correctly rounded, so
+prices agree bit for bit.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 
 from engine.assets import ASSETS
 from engine.rng import key_bytes, open_unit, words
 
+MODEL_VERSIONS = (1, 2)
+CURRENT_MODEL = 2
 LEVELS = 40  # each side of the epoch spans 2**40 ticks (2 million years of minutes)
 SPAN = 2**LEVELS
 SECONDS_PER_YEAR = 365 * 86_400
@@ -27,6 +38,7 @@ MIN_PRICE = Decimal("0.00000001")
 _EIGHT_DP = Decimal("0.00000001")
 _EXP_CTX = Context(prec=34)
 _T4_SCALE = 1.0 / math.sqrt(2.0)  # a Student-t with ν = 4 has variance 2
+_LN_CTX = Context(prec=20)
 
 # Stablecoin model: AR(1)-like weights over the last OU_TERMS ticks of bounded noise.
 OU_PHI = 0.85
@@ -37,6 +49,8 @@ DEPEG_DEPTH = 0.13  # USDC went to 0.87
 DEPEG_DROP_S = 3_600
 DEPEG_RECOVER_S = 48 * 3_600
 _CACHE_LIMIT = 500_000
+DEFAULT_TICK_S = 60
+DEFAULT_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +74,17 @@ DEFAULT_ASSET_PARAMS: Mapping[str, AssetParams] = {
 
 @dataclass(frozen=True, slots=True)
 class MarketParams:
-    """Everything the price of a tick depends on."""
+    """Everything the price of a tick depends on (one stored market definition)."""
 
     seed: int
     tick_s: int
     epoch: datetime
     assets: Mapping[str, AssetParams] = field(default_factory=lambda: dict(DEFAULT_ASSET_PARAMS))
+    model_version: int = CURRENT_MODEL
+
+    def __post_init__(self) -> None:
+        if self.model_version not in MODEL_VERSIONS:
+            raise ValueError(f"unknown market model version {self.model_version}")
 
 
 def _t4(key: bytes, counter: int) -> float:
@@ -82,11 +101,112 @@ def _t4(key: bytes, counter: int) -> float:
         attempt += 1  # all four pairs rejected: about one draw in 470
 
 
+def _normal(key: bytes, counter: int) -> float:
+    """A standard normal draw by Marsaglia's polar method; its logarithm is taken in Decimal
+    (correctly rounded), every other step is an exact float operation."""
+    attempt = 0
+    while True:
+        w = words(key, (counter << 6) | attempt)
+        for i in range(0, 8, 2):
+            u = 2.0 * open_unit(w[i]) - 1.0
+            v = 2.0 * open_unit(w[i + 1]) - 1.0
+            s = u * u + v * v
+            if 0.0 < s < 1.0:
+                ln_s = float(_LN_CTX.ln(Decimal(s)))
+                return u * math.sqrt(-2.0 * ln_s / s)
+        attempt += 1  # all four pairs rejected: about one draw in 470
+
+
+def expected_depeg_drop(tick_s: int) -> float:
+    """The mean of `depeg_drop` at a tick: each tick starts a depeg with probability
+    p / ticks-per-day, of mean depth DEPEG_DEPTH, and a depeg's shape is the same wherever it
+    starts, so the mean is that probability × depth × the shape summed over elapsed ticks."""
+    day_ticks = max(1, 86_400 // tick_s)
+    total, elapsed = 0.0, 0
+    while elapsed < DEPEG_DROP_S + DEPEG_RECOVER_S:
+        if elapsed < DEPEG_DROP_S:
+            total += elapsed / DEPEG_DROP_S
+        else:
+            total += 1.0 - (elapsed - DEPEG_DROP_S) / DEPEG_RECOVER_S
+        elapsed += tick_s
+    return DEPEG_PROB_PER_DAY / day_ticks * DEPEG_DEPTH * total
+
+
 class Market:
-    """Prices from the model. Results are memoised per instance; the cache never changes them."""
+    """Prices under a stored market definition and its later changes.
+
+    `params` is the first definition; each change (effective tick, definition) prices the ticks
+    from its effective tick on. Every definition shares the tick length and tick boundaries."""
+
+    def __init__(
+        self,
+        params: MarketParams,
+        changes: Sequence[tuple[int, MarketParams]] = (),
+        version: int = 0,
+    ) -> None:
+        self.params = params
+        self.version = version  # the stored definition's version this was built from
+        self._first = MarketModel(params)
+        self._tick_us = params.tick_s * 1_000_000
+        # (effective tick, model, the tick of that model's epoch on this market's clock)
+        self._changes: list[tuple[int, MarketModel, int]] = []
+        last = None
+        for tick, later in changes:
+            if later.tick_s != params.tick_s:
+                raise ValueError("a market change cannot change the tick length")
+            if last is not None and tick <= last:
+                raise ValueError("market changes must be in effective-tick order")
+            offset, rest = divmod(later.epoch - params.epoch, timedelta(seconds=params.tick_s))
+            if rest:
+                raise ValueError("a market change's epoch must be a tick boundary")
+            self._changes.append((tick, MarketModel(later), offset))
+            last = tick
+        self._starts = [t for t, _, _ in self._changes]
+
+    def tick_of(self, at: datetime) -> int:
+        """The tick containing time `at` (ticks are tick_s long, tick 0 starts at the epoch)."""
+        return ((at - self.params.epoch) // timedelta(microseconds=1)) // self._tick_us
+
+    def tick_time(self, tick: int) -> datetime:
+        """The start of a tick."""
+        return self.params.epoch + timedelta(seconds=tick * self.params.tick_s)
+
+    def model_at(self, tick: int) -> tuple[MarketModel, int]:
+        """The definition in force at `tick`, and the tick of its epoch on this clock."""
+        if not self._starts or tick < self._starts[0]:
+            return self._first, 0
+        _, model, offset = self._changes[bisect.bisect_right(self._starts, tick) - 1]
+        return model, offset
+
+    def seed_at(self, at: datetime) -> int:
+        """The seed in force at time `at` (runs draw their random streams from it)."""
+        if not self._starts:  # no change stored: every run's seed (the per-run hot path)
+            return self.params.seed
+        return self.model_at(self.tick_of(at))[0].params.seed
+
+    def price(self, asset: str, tick: int) -> Decimal:
+        """The price of `asset` at `tick` under the definition in force then."""
+        model, offset = self.model_at(tick)
+        return model.price(asset, tick - offset)
+
+    def depeg_drop(self, asset: str, tick: int) -> float:
+        """How far below its peg a stablecoin is pushed by depeg events at `tick`."""
+        model, offset = self.model_at(tick)
+        return model.depeg_drop(asset, tick - offset)
+
+    def prices_at(self, tick: int) -> dict[str, Decimal]:
+        """Every asset's price at one tick."""
+        return {asset: self.price(asset, tick) for asset in ASSETS}
+
+
+class MarketModel:
+    """Prices from one definition. Results are memoised per instance; the cache never changes them."""
 
     def __init__(self, params: MarketParams) -> None:
         self.params = params
+        self._v2 = params.model_version >= 2
+        self._draw = _normal if self._v2 else _t4
+        self._peg_offset = expected_depeg_drop(params.tick_s) if self._v2 else 0.0
         self._tick_us = params.tick_s * 1_000_000
         self._sigma: dict[str, float] = {}
         for asset, p in params.assets.items():
@@ -116,10 +236,14 @@ class Market:
             return cached
         params = self.params.assets[asset]
         if params.stable:
-            level = 1.0 + self._ou(asset, tick) - self.depeg_drop(asset, tick)
+            level = 1.0 + self._ou(asset, tick) - self.depeg_drop(asset, tick) + self._peg_offset
             raw = _EXP_CTX.multiply(Decimal(level), params.start_price_usd)
         else:
-            log_move = Decimal(self._sigma[asset] * self._brownian(asset, tick))
+            sigma = self._sigma[asset]
+            move = sigma * self._brownian(asset, tick)
+            if self._v2:
+                move -= 0.5 * sigma * sigma * tick  # the martingale's drift: E[price] = start
+            log_move = Decimal(move)
             raw = _EXP_CTX.multiply(params.start_price_usd, _EXP_CTX.exp(log_move))
         result = max(MIN_PRICE, raw.quantize(_EIGHT_DP, context=_EXP_CTX))
         if len(self._prices) > _CACHE_LIMIT:
@@ -147,7 +271,7 @@ class Market:
         top = (asset + side, SPAN)
         w_hi = points.get(top)
         if w_hi is None:
-            w_hi = math.sqrt(float(SPAN)) * _t4(key, 0)
+            w_hi = math.sqrt(float(SPAN)) * self._draw(key, 0)
             points[top] = w_hi
         if target == SPAN:
             return w_hi
@@ -158,7 +282,7 @@ class Market:
             w_mid = points.get((tag, mid))
             if w_mid is None:
                 half_std = math.sqrt(float(hi - lo)) * 0.5
-                w_mid = (w_lo + w_hi) * 0.5 + half_std * _t4(key, mid)
+                w_mid = (w_lo + w_hi) * 0.5 + half_std * self._draw(key, mid)
                 points[(tag, mid)] = w_mid
             if mid == target:
                 return w_mid

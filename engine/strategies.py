@@ -6,9 +6,12 @@ rules. Nothing here can target a profit, a win rate or a balance.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from engine.assets import ASSETS
 from engine.errors import UnknownStrategy
@@ -52,38 +55,110 @@ class Strategy:
         raise NotImplementedError
 
 
-def _assets(params: Mapping[str, Any], default: Sequence[str]) -> tuple[str, ...]:
-    raw = params.get("assets", default)
-    if not isinstance(raw, list | tuple) or not raw:
-        raise UnknownStrategy("assets must be a non-empty list")
+MAX_PARAMS_BYTES = 2048  # a strategy's parameters as JSON: a few names and numbers, never more
+
+
+def _decimal_text(value: object) -> Decimal:
+    if isinstance(value, bool | float) or not isinstance(value, int | str | Decimal):
+        raise ValueError("must be a number written as an integer or a string")
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        raise ValueError(f"is not a number: {value!r}") from None
+    if not number.is_finite():
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _asset_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("must be a non-empty list of assets")
     out = []
-    for item in raw:
+    for item in value:
         if not isinstance(item, str) or item.upper() not in ASSETS:
-            raise UnknownStrategy(f"unknown asset {item!r} in assets")
+            raise ValueError(f"unknown asset {item!r}")
         out.append(item.upper())
     return tuple(out)
 
 
-def _decimal(
-    params: Mapping[str, Any], name: str, default: str, lo: Decimal, hi: Decimal
-) -> Decimal:
-    raw = params.get(name, default)
-    if isinstance(raw, bool | float) or not isinstance(raw, int | str):
-        raise UnknownStrategy(f"{name} must be a number written as an integer or a string")
+def _weights(value: object) -> dict[str, Decimal]:
+    if not isinstance(value, dict) or not value:
+        raise ValueError("must be an object of ASSET: weight")
+    out = {}
+    for asset, weight in value.items():
+        name = _asset_list([asset])[0]
+        number = _decimal_text(weight)
+        if not ZERO <= number <= 1:
+            raise ValueError(f"weight of {name} must be between 0 and 1")
+        out[name] = number
+    if sum(out.values()) > 1:
+        raise ValueError("weights must add up to at most 1")
+    return out
+
+
+Number = Annotated[Decimal, BeforeValidator(_decimal_text)]
+Assets = Annotated[tuple[str, ...], BeforeValidator(_asset_list)]
+
+
+class StrategyParams(BaseModel):
+    """A strategy's parameters: every key known and bounded; anything else is refused (no
+    parameter can be a knob for win rate, target profit or a boost)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomParams(StrategyParams):
+    max_trades: Annotated[int | None, Field(strict=True, ge=0, le=50)] = None
+    assets: Assets = ASSETS
+    max_fraction: Annotated[Number, Field(ge=Decimal("0.000001"), le=1)] = Decimal("0.25")
+
+
+class DcaParams(StrategyParams):
+    usd: Annotated[Number, Field(ge=Decimal("0.01"), le=Decimal("1000000000"))] = Decimal(100)
+    assets: Assets = ("BTC", "ETH")
+
+
+class RebalanceParams(StrategyParams):
+    weights: Annotated[dict[str, Decimal], BeforeValidator(_weights)] = {
+        "BTC": Decimal("0.5"),
+        "ETH": Decimal("0.3"),
+        "USDC": Decimal("0.1"),
+    }
+    band: Annotated[Number, Field(ge=0, le=1)] = Decimal("0.05")
+
+
+class MomentumParams(StrategyParams):
+    lookback: Annotated[int, Field(strict=True, ge=1, le=1440)] = 10
+    threshold: Annotated[Number, Field(ge=0, le=1)] = Decimal("0.002")
+    fraction: Annotated[Number, Field(ge=Decimal("0.000001"), le=1)] = Decimal("0.1")
+    assets: Assets = ("BTC", "ETH", "XRP", "ADA")
+
+
+_P = TypeVar("_P", bound=StrategyParams)
+
+
+def parse_params(model: type[_P], strategy: str, params: Mapping[str, Any]) -> _P:
+    """Validate parameters; UnknownStrategy naming the first key at fault."""
     try:
-        value = Decimal(str(raw))
-    except ArithmeticError:
-        raise UnknownStrategy(f"{name} is not a number: {raw!r}") from None
-    if not value.is_finite() or not lo <= value <= hi:
-        raise UnknownStrategy(f"{name} must be between {lo} and {hi}")
-    return value
-
-
-def _int(params: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    raw = params.get(name, default)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
-        raise UnknownStrategy(f"{name} must be an integer between {lo} and {hi}")
-    return raw
+        size = len(json.dumps(params, default=str))
+    except (TypeError, ValueError):
+        raise UnknownStrategy(f"{strategy} parameters are not JSON") from None
+    if size > MAX_PARAMS_BYTES:
+        raise UnknownStrategy(
+            f"{strategy} parameters are {size} bytes of JSON; at most {MAX_PARAMS_BYTES}"
+        )
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "parameters"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields)
+            raise UnknownStrategy(
+                f"{strategy} parameter {key}: unknown parameter (allowed: {allowed})"
+            ) from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise UnknownStrategy(f"{strategy} parameter {key}: {message}") from None
 
 
 class RandomStrategy(Strategy):
@@ -92,11 +167,10 @@ class RandomStrategy(Strategy):
     name = "random"
 
     def __init__(self, params: Mapping[str, Any], max_trades: int) -> None:
-        self.max_trades = _int(params, "max_trades", max_trades, 0, 50)
-        self.assets = _assets(params, ASSETS)
-        self.max_fraction = _decimal(
-            params, "max_fraction", "0.25", Decimal("0.000001"), Decimal(1)
-        )
+        p = parse_params(RandomParams, self.name, params)
+        self.max_trades = max_trades if p.max_trades is None else p.max_trades
+        self.assets = p.assets
+        self.max_fraction = p.max_fraction
 
     def orders(self, wallet: Wallet, market: MarketView, rng: Stream) -> Sequence[Order]:
         count = rng.below(self.max_trades + 1)
@@ -122,8 +196,9 @@ class DcaStrategy(Strategy):
     name = "dca"
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        self.usd = _decimal(params, "usd", "100", Decimal("0.01"), Decimal("1000000000"))
-        self.assets = _assets(params, ("BTC", "ETH"))
+        p = parse_params(DcaParams, self.name, params)
+        self.usd = p.usd
+        self.assets = p.assets
 
     def orders(self, wallet: Wallet, market: MarketView, rng: Stream) -> Sequence[Order]:
         each = CTX.divide(self.usd, Decimal(len(self.assets)))
@@ -131,20 +206,15 @@ class DcaStrategy(Strategy):
 
 
 class RebalanceStrategy(Strategy):
-    """Trades back to target weights of equity when an asset drifts outside the band."""
+    """Trades back to target weights of equity when an asset drifts outside the band; assets
+    the weights do not name are sold."""
 
     name = "rebalance"
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        raw = params.get("weights", {"BTC": "0.5", "ETH": "0.3", "USDC": "0.1"})
-        if not isinstance(raw, dict) or not raw:
-            raise UnknownStrategy("weights must be an object of ASSET: weight")
-        self.weights = {
-            a: _decimal(raw, a, "0", ZERO, Decimal(1)) for a in _assets({"assets": list(raw)}, ())
-        }
-        if sum(self.weights.values()) > 1:
-            raise UnknownStrategy("weights must add up to at most 1")
-        self.band = _decimal(params, "band", "0.05", ZERO, Decimal(1))
+        p = parse_params(RebalanceParams, self.name, params)
+        self.weights = p.weights
+        self.band = p.band
 
     def orders(self, wallet: Wallet, market: MarketView, rng: Stream) -> Sequence[Order]:
         prices = market.prices
@@ -153,7 +223,10 @@ class RebalanceStrategy(Strategy):
         if equity <= 0:
             return []
         sells, buys = [], []
-        for asset, weight in self.weights.items():
+        # Every asset, those outside the weights at a target of 0: a holding the weights do not
+        # name is sold (else a portfolio without cash in such an asset would never rebalance).
+        for asset in ASSETS:
+            weight = self.weights.get(asset, ZERO)
             gap = CTX.subtract(CTX.multiply(weight, equity), values[asset])
             if abs(gap) <= CTX.multiply(self.band, equity):
                 continue
@@ -170,10 +243,11 @@ class MomentumStrategy(Strategy):
     name = "momentum"
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        self.lookback = _int(params, "lookback", 10, 1, 1440)
-        self.threshold = _decimal(params, "threshold", "0.002", ZERO, Decimal(1))
-        self.fraction = _decimal(params, "fraction", "0.1", Decimal("0.000001"), Decimal(1))
-        self.assets = _assets(params, ("BTC", "ETH", "XRP", "ADA"))
+        p = parse_params(MomentumParams, self.name, params)
+        self.lookback = p.lookback
+        self.threshold = p.threshold
+        self.fraction = p.fraction
+        self.assets = p.assets
 
     def orders(self, wallet: Wallet, market: MarketView, rng: Stream) -> Sequence[Order]:
         out = []

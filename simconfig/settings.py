@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
@@ -11,7 +11,14 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.market import DEFAULT_ASSET_PARAMS, AssetParams, MarketParams
+from engine.market import (
+    CURRENT_MODEL,
+    DEFAULT_ASSET_PARAMS,
+    DEFAULT_EPOCH,
+    DEFAULT_TICK_S,
+    AssetParams,
+    MarketParams,
+)
 from engine.strategies import STRATEGIES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -31,8 +38,14 @@ class Settings(BaseSettings):
         description="Postgres DSN (postgresql://user:pass@host:port/db).",
     )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
-    sim_seed: int = Field(
-        default=42, ge=0, lt=2**63, description="Seed of the market model and of every run."
+    # The market settings (SIM_SEED, SIM_TICK_S, SIM_EPOCH, SIM_START_PRICES, SIM_VOLATILITY) only
+    # choose what the first `simctl migrate` stores; unset they are None, never a default, so a
+    # process can tell "not given" from "given and different from the stored market".
+    sim_seed: int | None = Field(
+        default=None,
+        ge=0,
+        lt=2**63,
+        description="Seed the first migrate stores for the market and the runs (unset: drawn at random).",
     )
     sim_lease_s: int = Field(
         default=60, ge=1, le=86_400, description="How long a claimed slot stays claimed."
@@ -43,18 +56,20 @@ class Settings(BaseSettings):
     sim_admin_key: str | None = Field(
         default=None, description="The admin key simctl users presents."
     )
-    sim_tick_s: int = Field(default=60, ge=1, le=86_400, description="Length of one market tick.")
-    sim_epoch: datetime = Field(
-        default=datetime(2024, 1, 1, tzinfo=UTC),
-        description="Time at which the model starts at the start prices.",
+    sim_tick_s: int | None = Field(
+        default=None, ge=1, le=86_400, description="Tick length the first migrate stores (60)."
     )
-    sim_start_prices: Annotated[dict[str, Decimal], NoDecode] = Field(
-        default_factory=lambda: {a: p.start_price_usd for a, p in DEFAULT_ASSET_PARAMS.items()},
-        description="Start prices as ASSET=PRICE,... (e.g. BTC=65000,ETH=3200).",
+    sim_epoch: datetime | None = Field(
+        default=None,
+        description="Epoch the first migrate stores (2024-01-01T00:00:00Z): the model starts at the start prices then.",
     )
-    sim_volatility: Annotated[dict[str, Decimal], NoDecode] = Field(
-        default_factory=lambda: {a: p.annual_vol for a, p in DEFAULT_ASSET_PARAMS.items()},
-        description="Annualised volatility per asset as ASSET=VOL,...",
+    sim_start_prices: Annotated[dict[str, Decimal] | None, NoDecode] = Field(
+        default=None,
+        description="Start prices the first migrate stores, as ASSET=PRICE,... (defaults: BTC=65000,ETH=3200,USDT=1,USDC=1,XRP=0.55,ADA=0.45).",
+    )
+    sim_volatility: Annotated[dict[str, Decimal] | None, NoDecode] = Field(
+        default=None,
+        description="Annualised volatilities the first migrate stores, as ASSET=VOL,... (defaults: BTC=0.65,ETH=0.85,XRP=0.80,ADA=0.95).",
     )
     sim_slippage_bps: int = Field(
         default=5, ge=0, le=1000, description="Fill price offset from the market price."
@@ -142,23 +157,7 @@ class Settings(BaseSettings):
     @field_validator("sim_start_prices", "sim_volatility", mode="before")
     @classmethod
     def _parse_asset_map(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        parsed: dict[str, Decimal] = {}
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            asset, sep, number = part.partition("=")
-            asset = asset.strip().upper()
-            if not sep or asset not in DEFAULT_ASSET_PARAMS:
-                raise ValueError(
-                    f"expected ASSET=NUMBER pairs with ASSET in {sorted(DEFAULT_ASSET_PARAMS)}"
-                )
-            try:
-                parsed[asset] = Decimal(number.strip())
-            except ArithmeticError:
-                raise ValueError(f"{number.strip()!r} is not a number") from None
-            if not parsed[asset].is_finite() or parsed[asset] <= 0:
-                raise ValueError(f"{asset} must be a positive number")
-        return parsed
+        return parse_asset_map(value) if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod
@@ -190,24 +189,56 @@ class Settings(BaseSettings):
 
     @field_validator("sim_epoch")
     @classmethod
-    def _check_epoch(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
+    def _check_epoch(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone, e.g. 2024-01-01T00:00:00Z")
         return value
 
-    def market_params(self) -> MarketParams:
-        """The market model's parameters as the engine core takes them."""
+    def market_params(
+        self, seed: int | None = None, model_version: int = CURRENT_MODEL
+    ) -> MarketParams:
+        """The market definition these settings choose for a new database: what is unset takes
+        the defaults, and an unset SIM_SEED takes `seed` (the first migrate draws one with
+        `secrets`). Running processes never use this: they read the stored definition."""
+        chosen_seed = self.sim_seed if self.sim_seed is not None else seed
+        if chosen_seed is None:
+            raise ValueError("SIM_SEED is unset and no seed was given")
+        prices = self.sim_start_prices or {}
+        vols = self.sim_volatility or {}
         assets = {
             asset: AssetParams(
-                start_price_usd=self.sim_start_prices.get(asset, base.start_price_usd),
-                annual_vol=self.sim_volatility.get(asset, base.annual_vol),
+                start_price_usd=prices.get(asset, base.start_price_usd),
+                annual_vol=vols.get(asset, base.annual_vol),
                 stable=base.stable,
             )
             for asset, base in DEFAULT_ASSET_PARAMS.items()
         }
         return MarketParams(
-            seed=self.sim_seed, tick_s=self.sim_tick_s, epoch=self.sim_epoch, assets=assets
+            seed=chosen_seed,
+            tick_s=self.sim_tick_s if self.sim_tick_s is not None else DEFAULT_TICK_S,
+            epoch=self.sim_epoch if self.sim_epoch is not None else DEFAULT_EPOCH,
+            assets=assets,
+            model_version=model_version,
         )
+
+
+def parse_asset_map(value: str) -> dict[str, Decimal]:
+    """ASSET=NUMBER,... into a map of positive Decimals; ValueError naming the problem."""
+    parsed: dict[str, Decimal] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        asset, sep, number = part.partition("=")
+        asset = asset.strip().upper()
+        if not sep or asset not in DEFAULT_ASSET_PARAMS:
+            raise ValueError(
+                f"expected ASSET=NUMBER pairs with ASSET in {sorted(DEFAULT_ASSET_PARAMS)}"
+            )
+        try:
+            parsed[asset] = Decimal(number.strip())
+        except ArithmeticError:
+            raise ValueError(f"{number.strip()!r} is not a number") from None
+        if not parsed[asset].is_finite() or parsed[asset] <= 0:
+            raise ValueError(f"{asset} must be a positive number")
+    return parsed
 
 
 def redact_url(url: str) -> str:

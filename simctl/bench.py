@@ -32,6 +32,7 @@ import asyncpg
 
 from simconfig import Settings
 from store.db import connect
+from store.market import ensure_market
 from store.migrate import migrate
 from store.ops import reconcile
 from store.seed import seed_demo
@@ -94,10 +95,14 @@ async def _drop_db(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-async def _population(url: str, users: int, *, due: bool = True) -> None:
+async def _population(
+    url: str, users: int, *, due: bool = True, settings: Settings | None = None
+) -> None:
     conn = await connect(url)
     try:
         await migrate(conn)
+        if settings is not None:  # the stored market: SIM_SEED's, else seed 42 (reproducible)
+            await ensure_market(conn, settings, seed_if_unset=42)
         await seed_demo(conn, users, seed=11)
         if due:
             await conn.execute("UPDATE users SET sim_next_run_at = now() - interval '1 hour'")
@@ -219,7 +224,7 @@ def _simctl_env(url: str, settings: Settings, queue: str, **extra: str) -> dict[
         DATABASE_URL=url,
         REDIS_URL=settings.redis_url,
         SIM_QUEUE_NAME=queue,
-        SIM_SEED=str(settings.sim_seed),
+        **({} if settings.sim_seed is None else {"SIM_SEED": str(settings.sim_seed)}),
         SIM_LOG_LEVEL="warning",
         SIM_LOG_JSON="true",
         **extra,
@@ -279,7 +284,7 @@ async def naive(
     from workers.naive import NAIVE_JOB
 
     url = await _fresh_db(admin_url, f"{prefix}_naive")
-    await _population(url, plan.naive_users)
+    await _population(url, plan.naive_users, settings=settings)
     queue = f"{prefix}:naive"
     redis = await connect_redis(settings.redis_url)
     try:
@@ -376,7 +381,7 @@ async def engine(
     """Peak: every user due at once, until all ran, `plan.peaks` times (the best is reported,
     as the ceiling reports its best client count). Sustained: half the peak for a fixed time."""
     url = await _fresh_db(admin_url, f"{prefix}_engine")
-    await _population(url, plan.engine_users, due=False)
+    await _population(url, plan.engine_users, due=False, settings=settings)
     queue = f"{prefix}:engine"
     env = _simctl_env(url, settings, queue, SIM_SCHEDULER_INTERVAL_MS="100")
     conn = await connect(url)
@@ -510,7 +515,7 @@ async def worker_rss(
     """One worker's RSS after its first 10,000 runs and after `rss_runs` runs."""
     url = await _fresh_db(admin_url, f"{prefix}_rss")
     users = min(plan.rss_runs, 200_000)
-    await _population(url, users)
+    await _population(url, users, settings=settings)
     queue = f"{prefix}:rss"
     env = _simctl_env(url, settings, queue, SIM_SCHEDULER_INTERVAL_MS="100", SIM_LEASE_S="600")
     worker = _spawn(["worker"], env)
@@ -655,7 +660,7 @@ async def run_steps(settings: Settings, users: int, say: Callable[[str], None]) 
     try:
         url = await _fresh_db(admin_url, name)
         say(f"steps: {users} due users")
-        await _population(url, users)
+        await _population(url, users, settings=settings)
         conn = await connect(url)
         try:
             await _checkpoint(conn)

@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import asyncpg
 
-from engine.market import Market
 from simconfig import Settings
 from store.db import connect
+from store.market import load_market
 from store.ops import reconcile
 from store.runs import claim_due
 from store.sqlfiles import queries
@@ -101,9 +101,8 @@ async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]
     conn = await connect(url)
     try:
         timed = _Timed(conn, totals)
-        runner = BatchRunner(
-            cast(asyncpg.Pool, _OnePool(timed)), settings, Market(settings.market_params())
-        )
+        market = await load_market(conn, settings)
+        runner = BatchRunner(cast(asyncpg.Pool, _OnePool(timed)), settings, market)
         runs = 0
         worker_client_s = 0.0
         started = time.monotonic()

@@ -21,6 +21,7 @@ from typer._click import exceptions as click_exc  # typer vendors click; pinned 
 
 from simctl.common import Exit, err, exit_for, out, print_json, run_async, settings
 from simctl.fmt import plain
+from simctl.market import run_priced
 
 app = typer.Typer(
     name="simctl",
@@ -33,7 +34,7 @@ app = typer.Typer(
 )
 
 
-_GROUPS = ("users", "withdrawals", "prices", "report")
+_GROUPS = ("market", "users", "withdrawals", "prices", "report")
 _registered: set[str] = set()
 
 
@@ -44,7 +45,11 @@ def _register(only: str | None = None) -> None:
         if name in _registered:
             continue
         _registered.add(name)
-        if name == "users":
+        if name == "market":
+            from simctl import market
+
+            app.add_typer(market.app, name="market")
+        elif name == "users":
             from simctl import users
 
             app.add_typer(users.app, name="users")
@@ -81,7 +86,9 @@ def migrate(
     balance and holdings as the ledger's baseline, builds indexes CONCURRENTLY and reports legacy
     rows that break a rule it adds. Every statement waits at most SIM_MIGRATE_LOCK_TIMEOUT_MS for
     a lock and is tried SIM_MIGRATE_ATTEMPTS times. Refuses (exit 1) when an applied migration's
-    file has changed since.
+    file has changed since. The first migrate stores
+    the market definition (SIM_SEED and the market settings when set, else the defaults and a
+    random seed); later, a market setting that differs from it exits 2.
 
     Examples:
 
@@ -93,14 +100,19 @@ def migrate(
 
     async def go() -> Any:
         from store.db import connection
+        from store.market import ensure_market
         from store.migrate import LockPolicy
         from store.migrate import migrate as do_migrate
 
         policy = LockPolicy(s.sim_migrate_lock_timeout_ms, s.sim_migrate_attempts)
         async with connection(s.database_url) as conn:
-            return await do_migrate(conn, policy=policy, plan_only=plan)
+            report = await do_migrate(conn, policy=policy, plan_only=plan)
+            stored = False
+            if not plan:
+                _, stored = await ensure_market(conn, s)
+            return report, stored
 
-    report = run_async(go)
+    report, stored = run_priced(go)
     if plan:
         for note in report.notes:
             out.print(f"-- {note}", markup=False)
@@ -122,6 +134,8 @@ def migrate(
         out.print(str(rows), markup=False)
     for note in report.notes:
         out.print(note, markup=False)
+    if stored:
+        out.print("stored the market definition (simctl market show)")
     if report.applied:
         out.print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}")
     else:
@@ -411,7 +425,9 @@ def reconcile(
         ),
     ] = False,
 ) -> None:
-    """Rebuild every balance and holding from the ledger rows and compare.
+    """Rebuild every balance and holding from the ledger rows and compare; check every engine
+    trade's price against its tick's stored price moved by SIM_SLIPPAGE_BPS, exactly, and every
+    portfolio value against the stored prices of the user's last run.
 
     On an adopted database the ledger is judged from the adoption's baseline on (each user's
     opening balance and holdings). Exit 0 when clean, 1 with each discrepancy named (user,
@@ -429,10 +445,12 @@ def reconcile(
         from store.db import connection
         from store.ops import legacy_gap, resolve_user
         from store.ops import reconcile as do_reconcile
+        from store.prices import audit_prices
 
         async with connection(s.database_url) as conn:
             uid = None if user is None else await resolve_user(conn, user)
             found = await do_reconcile(conn, uid)
+            found += await audit_prices(conn, s.sim_slippage_bps, uid)
             gaps = await legacy_gap(conn, uid) if legacy else []
             return found, gaps
 
@@ -458,7 +476,10 @@ def reconcile(
         for d in found:
             out.print(str(d))
         if not found:
-            out.print("clean: every balance and holding matches the ledger")
+            out.print(
+                "clean: every balance and holding matches the ledger, every trade and value "
+                "its stored prices"
+            )
     if found:
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
 

@@ -93,10 +93,13 @@ def exit_for(exc: BaseException) -> Exit | None:
     from redis.exceptions import RedisError
 
     from store.errors import Misconfigured, StoreError, Unavailable, first_line
+    from store.market import MarketMismatch
     from workers.deps import RedisUnavailable
     from workers.metrics import MetricsPortError
 
-    if isinstance(exc, Unavailable | Misconfigured | RedisUnavailable | MetricsPortError):
+    if isinstance(
+        exc, Unavailable | Misconfigured | RedisUnavailable | MetricsPortError | MarketMismatch
+    ):
         return Exit(2, str(exc))
     if isinstance(exc, StoreError):  # NotFound, Refused, MigrationError, ...
         return Exit(1, str(exc))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from simctl.common import Exit, print_json, run_async, settings
+from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
+from simctl.market import run_priced
 from store.db import connection
 from store.errors import Refused
 
@@ -20,42 +22,54 @@ def import_(
     file: Annotated[
         Path, typer.Argument(help="CSV with header asset,at,price_usd (ISO 8601 times).")
     ],
+    admin_key: Annotated[
+        str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
+    ] = None,
 ) -> None:
-    """Import real ticks, all or nothing. A slot inside an asset's imported span (first to last
-    imported tick) is priced at the latest imported tick at or before it instead of the model.
+    """Import real ticks (history: none later than now), all or nothing. A slot inside an
+    asset's imported span (first to last imported tick) is priced at the latest imported tick at
+    or before it instead of the model. An admin act: needs an admin key, and writes admin_audit
+    with the file's SHA-256, assets, span and rows. UTF-8, with or without a BOM.
 
-    Refused (exit 1, naming the line): a bad row, a tick that differs from a stored one, or a
-    span covering model prices already written. Re-importing identical ticks changes nothing.
-    A missing or unreadable file: exit 2.
+    Refused (exit 1, naming the line): a bad row, a tick later than now, a tick that differs
+    from a stored one, a span covering model prices already written, or content that is not
+    UTF-8 text. Re-importing identical ticks changes nothing. A missing or unreadable file: exit 2.
 
     Example:
 
     \b
-      simctl prices import btc-2024-03.csv
+      simctl prices import btc-2024-03.csv --admin-key "$KEY"
     """
-    from store.prices import import_ticks, parse_csv
+    from store.prices import decode_lines, import_ticks, parse_csv
 
     s = settings()
+    actor = admin_fingerprint(s, admin_key)
     try:
-        with file.open(encoding="utf-8", newline="") as fh:
-            text = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Exit(2, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+        data = file.read_bytes()
+    except OSError as exc:
+        raise Exit(2, f"cannot read {file}: {exc.strerror or exc}") from None
     try:
-        ticks = parse_csv(text)
+        ticks = parse_csv(decode_lines(data))
     except Refused as exc:
         raise Exit(1, f"{file}: {exc}; nothing imported") from None
+    digest = hashlib.sha256(data).hexdigest()
 
     async def go() -> Any:
+        from store.market import load_market
+
         async with connection(s.database_url) as conn:
+            market = await load_market(conn, s)
             try:
-                return await import_ticks(conn, ticks, s.sim_tick_s)
+                return await import_ticks(
+                    conn, ticks, market.params.tick_s, actor=actor, sha256=digest, name=file.name
+                )
             except Refused as exc:
                 raise Refused(f"{file}: {exc}; nothing imported") from None
 
-    report = run_async(go)
+    report = run_priced(go)
     print_json(
         {
+            "sha256": digest,
             "inserted": report.inserted,
             "unchanged": report.unchanged,
             "spans": {a: {"first": f, "last": t} for a, (f, t) in report.spans.items()},

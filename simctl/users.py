@@ -81,7 +81,9 @@ def create(
 
 @app.command()
 def show(user: UserArg) -> None:
-    """Balances, holdings, value, P&L since the first deposit and the last runs.
+    """Balances, holdings, value, P&L and the last runs. P&L (pnl_usd) is sim_pnl's: cash and
+    holdings at the latest prices minus net contributions (deposits, withdrawals, adjustments,
+    crypto moved in or out valued when it moved), so moving money is never a gain or a loss.
 
     Example:
 

@@ -43,10 +43,13 @@ SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
   FROM leased
 
 -- batch_prelude --
--- Shared lock against `prices import` (which takes it exclusively), and the imported spans.
+-- Shared lock against `prices import` (which takes it exclusively), the imported spans, and the
+-- newest stored market version (a change is seen by the next batch; it only prices ticks after a
+-- lead time, so a batch that started before it was stored never needs it).
 SELECT pg_advisory_xact_lock_shared($1) AS locked,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(asset, first_at, last_at)), '[]'::jsonb)
-          FROM price_import_spans) AS spans
+          FROM price_import_spans) AS spans,
+       (SELECT max(version) FROM sim_market) AS market_version
 
 -- lock_batch --
 -- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)
@@ -581,3 +584,99 @@ WITH p AS (
     UPDATE portfolio SET usd_value = $2, updated_at = now() WHERE user_id = $1
 )
 UPDATE users SET portfolio_value_usd = $2, updated_at = now() WHERE id = $1
+
+-- reconcile_trade_prices --
+-- Every engine trade against its tick's stored price: the imported tick at or before its slot
+-- when the asset's imported span covers the slot, else the model price stored for the slot's
+-- tick (ticks are tick_s long from the first market version's epoch). The fill price must be
+-- that price moved by the slippage ($2 bps) exactly: up to 8 decimals for a buy, down for a
+-- sell. Returns only the trades that differ (or whose tick has no stored price). The model
+-- prices are joined by hash on (asset, tick start); imports, rare, are looked up per trade.
+WITH m AS (
+    SELECT make_interval(secs => tick_s) AS tick, epoch FROM sim_market WHERE version = 1
+), t AS (
+    SELECT t.id, t.user_id, t.trade_type, t.asset, t.price_usd, t.generated_at,
+           s.asset IS NOT NULL AND t.generated_at BETWEEN s.first_at AND s.last_at AS imported,
+           date_bin(m.tick, t.generated_at, m.epoch) AS tick_at
+      FROM trades t
+      CROSS JOIN m
+      LEFT JOIN price_import_spans s ON s.asset = t.asset
+     WHERE t.is_simulated AND t.sim_run_id IS NOT NULL AND ($1::bigint IS NULL OR t.user_id = $1)
+), priced AS (
+    SELECT t.*,
+           CASE WHEN t.imported THEN
+                    (SELECT h.price_usd FROM price_history h
+                      WHERE h.asset = t.asset AND h.source = 'import' AND h.at <= t.generated_at
+                      ORDER BY h.at DESC LIMIT 1)
+                ELSE hm.price_usd END AS stored_usd
+      FROM t
+      LEFT JOIN price_history hm
+             ON NOT t.imported AND hm.asset = t.asset AND hm.at = t.tick_at AND hm.source = 'model'
+), expected AS (
+    SELECT p.*,
+           CASE p.trade_type
+                WHEN 'buy' THEN ceil(p.stored_usd * (1 + $2::numeric / 10000) * 100000000) / 100000000
+                ELSE floor(p.stored_usd * (1 - $2::numeric / 10000) * 100000000) / 100000000
+           END AS expected_usd
+      FROM priced p
+)
+SELECT id, user_id, trade_type, asset, generated_at, price_usd, stored_usd, expected_usd
+  FROM expected
+ WHERE expected_usd IS NULL OR price_usd <> expected_usd
+ ORDER BY id
+
+-- reconcile_valuations --
+-- Every user's stored portfolio value against holdings × the stored prices of their last run's
+-- slot (the prices that run and any later holding change valued it at), rounded half-even to
+-- 8 decimals as the engine rounds a valuation. Users without runs are not checked here.
+WITH m AS (
+    SELECT make_interval(secs => tick_s) AS tick, epoch FROM sim_market WHERE version = 1
+), last_run AS (
+    SELECT user_id, max(scheduled_for) AS slot FROM sim_runs
+     WHERE $1::bigint IS NULL OR user_id = $1 GROUP BY user_id
+), held AS (
+    SELECT l.user_id, l.slot, h.asset, h.quantity, p.usd_value,
+           s.asset IS NOT NULL AND l.slot BETWEEN s.first_at AND s.last_at AS imported,
+           date_bin(m.tick, l.slot, m.epoch) AS tick_at
+      FROM last_run l
+      JOIN portfolio p ON p.user_id = l.user_id
+      CROSS JOIN m
+      CROSS JOIN LATERAL (VALUES ('BTC', p.btc), ('ETH', p.eth), ('USDT', p.usdt),
+                                 ('USDC', p.usdc), ('XRP', p.xrp), ('ADA', p.ada)) AS h(asset, quantity)
+      LEFT JOIN price_import_spans s ON s.asset = h.asset
+     WHERE h.quantity > 0
+), valued AS (
+    SELECT h.user_id, h.usd_value,
+           sum(h.quantity * CASE WHEN h.imported THEN
+                    (SELECT x.price_usd FROM price_history x
+                      WHERE x.asset = h.asset AND x.source = 'import' AND x.at <= h.slot
+                      ORDER BY x.at DESC LIMIT 1)
+                ELSE hm.price_usd END) * 100000000 AS scaled
+      FROM held h
+      LEFT JOIN price_history hm
+             ON NOT h.imported AND hm.asset = h.asset AND hm.at = h.tick_at AND hm.source = 'model'
+     GROUP BY h.user_id, h.usd_value
+), rounded AS (
+    -- Half-even, as Python's Decimal quantize (Postgres's round() rounds half away from zero).
+    SELECT user_id, usd_value,
+           (CASE WHEN scaled - floor(scaled) > 0.5
+                   OR (scaled - floor(scaled) = 0.5 AND mod(floor(scaled), 2) = 1)
+                 THEN floor(scaled) + 1 ELSE floor(scaled) END) / 100000000 AS expected_usd
+      FROM valued
+)
+SELECT user_id, usd_value, expected_usd FROM rounded
+ WHERE expected_usd IS NULL OR usd_value <> expected_usd
+ ORDER BY user_id
+
+-- latest_price --
+-- The latest stored price of one asset (primary key, backwards).
+SELECT price_usd FROM price_history WHERE asset = $1 ORDER BY at DESC LIMIT 1
+
+-- user_pnl --
+SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
+  FROM sim_pnl WHERE user_id = $1
+
+-- user_contributions --
+-- A user's money movements (sim_contributions), oldest first, for `simctl report`.
+SELECT at, asset, quantity, value_usd, kind FROM sim_contributions
+ WHERE user_id = $1 ORDER BY at

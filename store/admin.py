@@ -166,6 +166,7 @@ async def move_usd(
     """A deposit (positive) or an adjustment (signed, with a reason), ledger row and balance."""
     async with conn.transaction():
         before = await _locked_user(conn, user_id)
+        _refuse_closed(before, kind)
         if before["balance_usd"] + amount < 0:
             raise Refused(
                 f"user {user_id}: balance {before['balance_usd']} cannot go below 0 by {amount}"
@@ -191,7 +192,7 @@ async def adjust_holding(
 ) -> dict[str, Any]:
     """An audited change of one holding; reconcile explains holdings by these rows."""
     async with conn.transaction():
-        await _locked_user(conn, user_id)
+        _refuse_closed(await _locked_user(conn, user_id), "adjustment")
         held = await conn.fetchrow(query("holdings_for_update"), user_id)
         if held is None:
             await conn.execute(query("ensure_portfolios"), [user_id])
@@ -212,9 +213,28 @@ async def adjust_holding(
             "reason": reason,
             "before": str(current),
             "after": str(after[asset.lower()]),
+            **await _flow_value(conn, asset, delta),
         }
         await audit(conn, actor, "adjust_holding", user_id, details)
         return details
+
+
+def _refuse_closed(user: asyncpg.Record, what: str) -> None:
+    """Money never moves into (or out of) a deleted or deactivated account."""
+    if user["deleted_at"] is not None:
+        raise Refused(f"user {user['id']} is deleted: no {what}")
+    if not user["is_active"]:
+        raise Refused(f"user {user['id']} is deactivated: no {what}")
+
+
+async def _flow_value(conn: Conn, asset: str, quantity: Decimal) -> dict[str, str | None]:
+    """A crypto flow's price and value when it happens (the latest stored price), recorded in
+    its audit row: P&L counts the flow as a contribution at this value, never as a gain."""
+    price: Decimal | None = await conn.fetchval(query("latest_price"), asset)
+    return {
+        "price_usd": None if price is None else str(price),
+        "value_usd": None if price is None else str(quantity * price),
+    }
 
 
 async def _revalue(conn: Conn, user_id: int, held: asyncpg.Record) -> None:
@@ -245,14 +265,16 @@ async def show_user(conn: Conn, user_id: int) -> dict[str, Any]:
             raise NotFound(f"no user with id {user_id}")
         held = await conn.fetchrow(query("holdings_row"), user_id)
         extra = await conn.fetchrow(query("user_overview"), user_id)
+        pnl = await conn.fetchrow(query("user_pnl"), user_id)
     assert extra is not None
     data = dict(user.items())
     data["holdings"] = {a: (held[a.lower()] if held else Decimal(0)) for a in ASSETS}
     data["deposits_usd"] = extra["deposits_usd"]
-    equity = user["balance_usd"] + user["portfolio_value_usd"]
-    data["equity_usd"] = equity
-    # P&L since the first deposit: equity (marked at the last run) minus money put in.
-    data["pnl_usd"] = equity - extra["deposits_usd"]
+    # P&L as sim_pnl defines it (one definition everywhere): value at the latest prices minus
+    # net contributions. A deleted user has no row in sim_pnl.
+    for column in ("holdings_value_usd", "equity_usd", "net_contributions_usd"):
+        data[column] = None if pnl is None else pnl[column]
+    data["pnl_usd"] = None if pnl is None else pnl["total_pnl_usd"]
     data["fees_usd"] = extra["fees_usd"]
     data["last_runs"] = extra["last_runs"]
     return data
@@ -360,6 +382,7 @@ async def move_withdrawal(
             assert held is not None
             await _revalue(conn, w["user_id"], held)
             details.update(fee=str(fee), net_sent=str(w["amount"] - fee), tx_hash=tx_hash)
+            details.update(await _flow_value(conn, w["asset"], -w["amount"]))
         if step == "fail":
             details["error_message"] = error
         await conn.execute(query("set_withdrawal_status"), withdrawal_id, _TO[step], tx_hash, error)

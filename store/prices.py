@@ -11,7 +11,8 @@ from decimal import Decimal, InvalidOperation
 from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import Refused
-from store.runs import PRICE_IMPORT_LOCK
+from store.ops import Discrepancy
+from store.runs import PRICE_IMPORT_LOCK, audit
 from store.sqlfiles import query
 
 
@@ -21,6 +22,23 @@ class Tick:
     asset: str
     at: datetime
     price_usd: Decimal
+
+
+def decode_lines(data: bytes) -> list[str]:
+    """A file's lines as UTF-8 text (a leading BOM, as Excel writes, is dropped); Refused naming
+    the first line that is not text (undecodable bytes, or a NUL as binary files have)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(f"line {number}: not UTF-8 text") from None
+        if "\x00" in line:
+            raise Refused(f"line {number}: binary content (a NUL byte), not CSV text")
+        lines.append(line)
+    return lines
 
 
 def parse_csv(lines: Iterable[str]) -> list[Tick]:
@@ -72,10 +90,21 @@ class ImportReport:
     spans: dict[str, tuple[datetime, datetime]]
 
 
-async def import_ticks(conn: Conn, ticks: list[Tick], tick_s: int) -> ImportReport:
-    """Import in one transaction under the exclusive price-import lock (runs take it shared)."""
+async def import_ticks(
+    conn: Conn, ticks: list[Tick], tick_s: int, *, actor: str, sha256: str, name: str
+) -> ImportReport:
+    """Import in one transaction under the exclusive price-import lock (runs take it shared),
+    with its admin_audit row. Imports are history: a tick later than now is refused, so nobody
+    can set the price of a slot that has not happened yet."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PRICE_IMPORT_LOCK)
+        now: datetime = await conn.fetchval("SELECT now()")
+        for t in ticks:
+            if t.at > now:
+                raise Refused(
+                    f"line {t.line}: {t.asset} at {t.at.isoformat()} is later than now "
+                    f"({now.isoformat(timespec='seconds')}); imports are history"
+                )
         stored = await conn.fetch(
             query("stored_ticks"), [t.asset for t in ticks], [t.at for t in ticks]
         )
@@ -120,6 +149,21 @@ async def import_ticks(conn: Conn, ticks: list[Tick], tick_s: int) -> ImportRepo
             )
         for asset, (first, last) in spans.items():
             await conn.execute(query("upsert_import_span"), asset, first, last)
+        await audit(
+            conn,
+            actor,
+            "prices_import",
+            None,
+            {
+                "file": name,
+                "sha256": sha256,
+                "rows": len(ticks),
+                "inserted": len(fresh),
+                "assets": sorted({t.asset for t in ticks}),
+                "first_at": min(t.at for t in ticks).isoformat(),
+                "last_at": max(t.at for t in ticks).isoformat(),
+            },
+        )
     return ImportReport(len(fresh), len(ticks) - len(fresh), spans)
 
 
@@ -128,3 +172,34 @@ async def show_prices(
 ) -> list[dict[str, object]]:
     rows = await conn.fetch(query("show_prices"), asset, since, until, limit)
     return [dict(r.items()) for r in rows]
+
+
+async def audit_prices(
+    conn: Conn, slippage_bps: int, user_id: int | None = None
+) -> list[Discrepancy]:
+    """Every engine trade whose price is not its tick's stored price moved by the slippage,
+    exactly, and every user whose portfolio value is not holdings × the stored prices of their
+    last run (reconcile's price audit: a process with another market cannot pass unnoticed)."""
+    out: list[Discrepancy] = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        trades = await conn.fetch(query("reconcile_trade_prices"), user_id, slippage_bps)
+        values = await conn.fetch(query("reconcile_valuations"), user_id)
+    for r in trades:
+        what = f"trade {r['id']} {r['trade_type']} {r['asset']} at {r['generated_at'].isoformat()}"
+        if r["stored_usd"] is None:
+            what += " (no stored price for its tick)"
+        else:
+            what += f" (stored price {r['stored_usd']}, slippage {slippage_bps} bps)"
+        out.append(
+            Discrepancy(r["user_id"], f"{what}: price_usd", r["expected_usd"], r["price_usd"])
+        )
+    for r in values:
+        out.append(
+            Discrepancy(
+                r["user_id"],
+                "portfolio value at the stored prices of the last run",
+                r["expected_usd"],
+                r["usd_value"],
+            )
+        )
+    return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from store.db import Conn
 from store.errors import Refused
 
-READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity")
+READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity", "sim_run_log")
 # Marks a role made by simctl grant-reader (a comment on the role, shared by the cluster).
 READER_COMMENT = "simengine reader: SELECT on the read views only (simctl grant-reader)"
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

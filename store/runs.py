@@ -84,10 +84,18 @@ async def claim_due(conn: Conn, limit: int, lease_s: int) -> Lease:
 
 async def batch_prelude(conn: Conn) -> list[Span]:
     """Take the shared price-import lock for this transaction; return the imported spans."""
+    return (await prelude(conn))[0]
+
+
+async def prelude(conn: Conn) -> tuple[list[Span], int | None]:
+    """batch_prelude, and the newest stored market version (a process reloads its market when
+    it changed)."""
     row = await conn.fetchrow(query("batch_prelude"), PRICE_IMPORT_LOCK)
     assert row is not None
-    spans = row["spans"]
-    return [Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in spans]
+    spans = [
+        Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in row["spans"]
+    ]
+    return spans, row["market_version"]
 
 
 async def lock_batch(conn: Conn, user_ids: Sequence[int]) -> list[LoadedUser]:

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from engine.assets import ASSETS
 from engine.market import Market
 from store.db import Conn
-from store.runs import batch_prelude
+from store.market import current_market
+from store.runs import prelude
 from store.sqlfiles import query
 
 
@@ -18,7 +19,9 @@ async def write_ticks(conn: Conn, market: Market, at: datetime | None = None) ->
     tick = market.tick_of(now)
     tick_at = market.tick_time(tick)
     async with conn.transaction():
-        spans = {s.asset: s for s in await batch_prelude(conn)}
+        found, version = await prelude(conn)
+        spans = {s.asset: s for s in found}
+        market = await current_market(conn, market, version)
         rows = [
             (a, tick_at, market.price(a, tick))
             for a in ASSETS

@@ -26,6 +26,7 @@ from store import runs as store
 from store.db import Conn, is_retryable, retrying, translate
 from store.errors import first_line
 from store.fees import load_fees
+from store.market import current_market
 from store.runs import Claim, LoadedUser, RunWrite
 from workers.logs import get_logger
 
@@ -119,7 +120,8 @@ class BatchRunner:
         outcome = BatchOutcome()
         started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
-            spans = await store.batch_prelude(conn)
+            spans, market_version = await store.prelude(conn)
+            self.market = await current_market(conn, self.market, market_version)
             rows = await store.lock_batch(conn, [c.user_id for c in claims])
             slot_of = {c.user_id: c.slot for c in claims}
             # The fence: a stale, duplicate or no-longer-eligible job writes nothing.
@@ -188,7 +190,7 @@ class BatchRunner:
             book.prices_at(slot),
             fees,
             strategy,
-            run_stream(self.settings.sim_seed, user.user_id, slot),
+            run_stream(self.market.seed_at(slot), user.user_id, slot),
             slippage_bps=self.settings.sim_slippage_bps,
             market=self._view(book, slot) if strategy.lookback else None,
         )

@@ -68,7 +68,7 @@ async def run_batch(
     }
 
 
-def worker_settings(settings: Settings, pool: asyncpg.Pool) -> dict[str, Any]:
+def worker_settings(settings: Settings, pool: asyncpg.Pool, market: Market) -> dict[str, Any]:
     """Keyword arguments for arq's Worker, built from our Settings. The Postgres pool is the
     process's (workers/process.py): it outlives the arq Worker, which is made again after Redis
     comes back."""
@@ -77,7 +77,7 @@ def worker_settings(settings: Settings, pool: asyncpg.Pool) -> dict[str, Any]:
         ctx["runner"] = BatchRunner(
             pool,
             settings,
-            Market(settings.market_params()),
+            market,
             on_retry=lambda _: metrics.RETRIES.inc(),
         )
 

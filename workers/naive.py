@@ -10,12 +10,12 @@ from arq.connections import RedisSettings
 
 from engine.accounting import UserState, apply_run, run_stream
 from engine.assets import ASSETS
-from engine.market import Market
 from engine.pricing import PriceBook
 from engine.strategies import make_strategy
 from simconfig import Settings
 from store.db import create_pool
 from store.fees import load_fees
+from store.market import load_market_retrying
 from store.sqlfiles import query
 from workers.codec import CODEC
 from workers.jobs import decode_claims
@@ -46,7 +46,7 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
             make_strategy(
                 user["sim_strategy"] or settings.sim_default_strategy, user["sim_params"] or {}
             ),
-            run_stream(settings.sim_seed, user_id, claim.slot),
+            run_stream(ctx["market"].seed_at(claim.slot), user_id, claim.slot),
             slippage_bps=settings.sim_slippage_bps,
         )
         run_id = await conn.fetchval(
@@ -101,7 +101,7 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
             max_size=settings.sim_worker_concurrency + 1,
             statement_cache_size=settings.sim_pg_statement_cache_size,
         )
-        ctx["market"] = Market(settings.market_params())
+        ctx["market"] = await load_market_retrying(ctx["pool"], settings)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         pool = ctx.pop("pool", None)

@@ -19,8 +19,10 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from engine.market import Market
 from simconfig import Settings
 from store.errors import first_line
+from store.market import load_market_retrying
 from workers.deps import (
     Backoff,
     open_pool,
@@ -80,7 +82,9 @@ async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
             settings, settings.sim_worker_concurrency + 1, proc.stopping, wait=not burst
         )
         if proc.pool is not None:
-            await _work(proc, proc.pool, burst=burst, naive=naive)
+            # The stored market (MarketMismatch, exit 2, if a market setting here differs).
+            market = await load_market_retrying(proc.pool, settings)
+            await _work(proc, proc.pool, market, burst=burst, naive=naive)
         log.info("worker.stopped")
     finally:
         if proc.pool is not None:
@@ -90,12 +94,14 @@ async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
             await health.close()
 
 
-async def _work(proc: _Process, pool: asyncpg.Pool, *, burst: bool, naive: bool) -> None:
+async def _work(
+    proc: _Process, pool: asyncpg.Pool, market: Market, *, burst: bool, naive: bool
+) -> None:
     settings = proc.settings
     backoff = Backoff()
     starts = 0
     while not proc.stopping.is_set():
-        kwargs = naive_worker_settings(settings) if naive else worker_settings(settings, pool)
+        kwargs = naive_worker_settings(settings) if naive else worker_settings(settings, pool, market)
         kwargs["redis_settings"] = redis_settings(settings)  # one line per failure, our retries
         inner_startup = kwargs["on_startup"]
 

@@ -24,6 +24,7 @@ from simconfig import Settings
 from store import runs as store
 from store.db import Conn, is_retryable, retrying, translate
 from store.errors import StoreError, Unavailable, first_line
+from store.market import load_market_retrying
 from store.ticker import write_ticks
 from workers import metrics
 from workers.deps import (
@@ -66,12 +67,13 @@ class Scheduler:
         settings: Settings,
         pool: asyncpg.Pool,
         redis: ArqRedis,
+        market: Market,
         stopping: asyncio.Event | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.market = Market(settings.market_params())
+        self.market = market  # the stored market (store.market.load_market)
         self._stopping = stopping or asyncio.Event()
         self._last_tick: int | None = None
 
@@ -242,7 +244,8 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
         deps.redis = await open_redis(settings, stopping, wait=not once)
         if deps.redis is None:
             return
-        scheduler = Scheduler(settings, deps.pool, deps.redis, stopping)
+        market = await load_market_retrying(deps.pool, settings)
+        scheduler = Scheduler(settings, deps.pool, deps.redis, market, stopping)
         log.info("scheduler.started", once=once)
         await scheduler.loop(once=once)
         log.info("scheduler.stopped")

@@ -1,34 +1,66 @@
-"""Listen to simengine's `sim_run` notifications: one JSON payload per committed run.
+"""Listen to simengine's `sim_run` notifications: one JSON payload per committed run, checked.
 
     DATABASE_URL=postgresql://reader@127.0.0.1/db python docs/examples/listen_sim_run.py --count 5
 
-Any role may LISTEN; the reader role made by `simctl grant-reader` is enough. Notifications are
-sent at commit, so a payload always names a run that exists. A listener that was disconnected
-misses what was sent meanwhile: catch up from the sim_activity view or sim_runs by id.
+Any role may LISTEN; the reader role made by `simctl grant-reader` is enough. Any role may also
+NOTIFY on any channel (Postgres cannot restrict it), so a payload is only a hint: this listener
+trusts a run once the sim_run_log view shows it with the same user, slot and trade count, and
+reports any other payload as ignored on stderr. A listener that was disconnected misses what was
+sent meanwhile: catch up from sim_run_log by run_id on reconnect.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import sys
+from datetime import datetime
 
 import asyncpg
 
 
+async def verified(conn: asyncpg.Connection, payload: str) -> dict[str, object] | None:
+    """The payload as a dict if it names a committed run exactly, else None."""
+    try:
+        run = json.loads(payload)
+        run_id, user_id = int(run["run_id"]), int(run["user_id"])
+        slot = datetime.fromisoformat(str(run["scheduled_for"]).replace("Z", "+00:00"))
+        trades = int(run["trades_count"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    found = await conn.fetchval(
+        "SELECT true FROM sim_run_log WHERE run_id = $1 AND user_id = $2"
+        " AND scheduled_for = $3 AND trades_count = $4",
+        run_id,
+        user_id,
+        slot,
+        trades,
+    )
+    return run if found else None
+
+
 async def main(count: int) -> None:
     conn = await asyncpg.connect(os.environ["DATABASE_URL"])
-    received: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    check = await asyncpg.connect(os.environ["DATABASE_URL"])
+    received: asyncio.Queue[str] = asyncio.Queue()
     await conn.add_listener(
-        "sim_run", lambda _c, _pid, _chan, payload: received.put_nowait(json.loads(payload))
+        "sim_run", lambda _c, _pid, _chan, payload: received.put_nowait(payload)
     )
     print("listening", flush=True)
     try:
-        for _ in range(count):
-            run = await received.get()
+        trusted = 0
+        while trusted < count:
+            payload = await received.get()
+            run = await verified(check, payload)
+            if run is None:
+                print(f"ignored: {payload[:200]} (no such run in sim_run_log)", file=sys.stderr)
+                continue
             # Keys: user_id, run_id, scheduled_for (ISO 8601, UTC), trades_count.
             print(json.dumps(run), flush=True)
+            trusted += 1
     finally:
         await conn.close()
+        await check.close()
 
 
 if __name__ == "__main__":

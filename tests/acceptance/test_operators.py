@@ -29,7 +29,8 @@ def admin_env(env: dict[str, str]) -> dict[str, str]:
 def ok(args: list[str], env: dict[str, str]) -> Any:
     result = simctl(
         [*args, "--admin-key", KEY]
-        if args[0] in ("users", "withdrawals") and args[1] not in ("show", "list")
+        if args[0] in ("users", "withdrawals", "prices", "market")
+        and args[1] not in ("show", "list")
         else args,
         env,
     )
@@ -228,10 +229,12 @@ async def test_price_import_is_all_or_nothing_and_never_rewrites(
         (write_csv(tmp_path, "naive.csv", ["ETH,2020-03-12T02:00:00,1"]), "time zone"),
     ]
     for path, message in cases:
-        result = simctl(["prices", "import", str(path)], admin_env)
+        result = simctl(["prices", "import", str(path), "--admin-key", KEY], admin_env)
         assert result.returncode == 1, (path, result.stderr)
         assert message in one_line_refusal(result.stderr)
-    missing = simctl(["prices", "import", str(tmp_path / "nope.csv")], admin_env)
+    missing = simctl(
+        ["prices", "import", str(tmp_path / "nope.csv"), "--admin-key", KEY], admin_env
+    )
     assert missing.returncode == 2 and "cannot read" in one_line_refusal(missing.stderr)
     assert await snapshot(pg) == before
     shown = ok(["prices", "show", "btc", "--since", "2020-03-12T00:30:00+00:00"], admin_env)
@@ -246,18 +249,24 @@ async def test_import_refuses_a_span_over_model_prices_and_runs_use_imports(
         simctl(["scheduler", "--once"], admin_env).returncode == 0
     )  # the ticker writes model ticks
     now = await pg.fetchval("SELECT max(at) FROM price_history WHERE asset = 'BTC'")
+    # A model price a run recorded an hour ago; imports are history, so they can only cover it
+    # from the past.
+    await pg.execute(
+        "INSERT INTO price_history (asset, at, price_usd) VALUES ('BTC', $1, 1)",
+        now - timedelta(hours=1),
+    )
     covering = write_csv(
         tmp_path,
         "over.csv",
         [
             f"BTC,{(now.replace(year=now.year - 1)).isoformat()},100",
-            f"BTC,{(now.replace(year=now.year + 1)).isoformat()},100",
+            f"BTC,{(now - timedelta(minutes=30)).isoformat()},100",
         ],
     )
-    refused = simctl(["prices", "import", str(covering)], admin_env)
+    refused = simctl(["prices", "import", str(covering), "--admin-key", KEY], admin_env)
     assert refused.returncode == 1 and "covers a model price" in one_line_refusal(refused.stderr)
-    # Future history for ADA (no model price there yet): slots inside it are priced from it.
-    slot = await pg.fetchval("SELECT date_trunc('hour', now()) + interval '2 hours'")
+    # Earlier ADA history (no model price written there): slots inside it are priced from it.
+    slot = await pg.fetchval("SELECT date_trunc('hour', now()) - interval '3 hours'")
     await pg.execute("UPDATE users SET sim_next_run_at = $1, sim_claimed_until = NULL", slot)
     future = write_csv(
         tmp_path,
@@ -280,7 +289,7 @@ async def test_import_refuses_a_span_over_model_prices_and_runs_use_imports(
     )
     pool = await create_pool(admin_env["DATABASE_URL"], max_size=2)
     try:
-        outcome = await BatchRunner(pool, settings, Market(settings.market_params())).run(
+        outcome = await BatchRunner(pool, settings, Market(settings.market_params(seed=42))).run(
             await claims_of(pg)
         )
     finally:
@@ -307,7 +316,7 @@ async def test_report_writes_a_png_and_html(
     settings = Settings(_env_file=None, database_url=admin_env["DATABASE_URL"])
     pool = await create_pool(admin_env["DATABASE_URL"], max_size=2)
     try:
-        runner = BatchRunner(pool, settings, Market(settings.market_params()))
+        runner = BatchRunner(pool, settings, Market(settings.market_params(seed=42)))
         for minutes in range(12):
             await pg.execute(
                 "UPDATE users SET sim_next_run_at = now() - make_interval(mins => 100 - $1)",

@@ -13,6 +13,7 @@ import pytest
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
+from engine.market import Market
 from simconfig import Settings
 from store.ops import reconcile
 from tests.support.procs import no_partial_runs, run_counts, seed_due, simctl, wait_until
@@ -44,7 +45,7 @@ def test_every_worker_refuses_a_pickled_job(settings: Settings, tmp_path: Path) 
     assert control.exists()
     marker = tmp_path / "marker"
     no_pool = cast(asyncpg.Pool, None)  # the settings only close over the pool
-    for kwargs in (worker_settings(settings, no_pool), naive_worker_settings(settings)):
+    for kwargs in (worker_settings(settings, no_pool, Market(settings.market_params())), naive_worker_settings(settings)):
         with pytest.raises(ValueError):
             kwargs["job_deserializer"](pickled_job(marker))
     assert not marker.exists()

@@ -148,6 +148,7 @@ async def test_reader_role_reads_the_views_and_nothing_else(
         assert await reader.fetchval("SELECT count(*) FROM sim_positions") > 0
         assert await reader.fetchval("SELECT count(*) FROM sim_latest_prices") == 6
         assert await reader.fetchval("SELECT sum(runs) FROM sim_activity") == 20
+        assert await reader.fetchval("SELECT count(*) FROM sim_run_log") == 20
         for forbidden in (
             "SELECT password_hash FROM users",
             "SELECT tax_id FROM users",
@@ -176,6 +177,11 @@ async def test_the_documented_listener_receives_a_payload(
     try:
         assert listener.stdout is not None
         assert listener.stdout.readline().strip() == "listening"
+        # Any role can notify on any channel: a forged run must not be trusted.
+        await pg.execute(
+            'SELECT pg_notify(\'sim_run\', \'{"user_id": 1, "run_id": 999999, '
+            '"scheduled_for": "2026-01-01T00:00:00Z", "trades_count": 50}\')'
+        )
         assert simctl(["scheduler", "--once"], env).returncode == 0
         assert simctl(["worker", "--burst"], env).returncode == 0
         out, _ = await asyncio.to_thread(listener.communicate, timeout=30)

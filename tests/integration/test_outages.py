@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from simconfig import Settings
 from store.db import create_pool
+from store.market import load_market_retrying
 from store.ops import reconcile
 from tests.integration.test_observability import get
 from tests.support.pgcluster import PgCluster
@@ -186,7 +187,7 @@ async def test_the_scheduler_retries_on_a_fresh_connection(
     redis = await connect_redis(settings)
     holder = await asyncpg.connect(db_url)
     try:
-        scheduler = Scheduler(settings, pool, redis)
+        scheduler = Scheduler(settings, pool, redis, await load_market_retrying(pool, settings))
         scheduler._last_tick = scheduler.market.tick_of(datetime.now(UTC))  # no tick to write
         tx = holder.transaction()
         await tx.start()

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from store.ops import reconcile
+from store.prices import audit_prices
 from tests.support.procs import (
     no_partial_runs,
     run_counts,
@@ -33,6 +34,8 @@ async def assert_exactly_once_and_clean(conn: asyncpg.Connection, users: int) ->
     assert total == distinct == users  # one run per user: each first slot ran exactly once
     await no_partial_runs(conn)
     assert await reconcile(conn) == []
+    # Every trade at its tick's stored price (and SIM_SLIPPAGE_BPS' default 5), whatever failed.
+    assert await audit_prices(conn, 5) == []
 
 
 async def test_three_schedulers_two_workers_run_every_slot_exactly_once(

@@ -21,6 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from simconfig import Settings
+from store.db import connect
+from store.market import ensure_market
 from store.migrate import migrate
 
 T = TypeVar("T")
@@ -79,9 +82,12 @@ def build_template() -> str:
                     await admin.execute(f'ALTER DATABASE "{row["datname"]}" WITH IS_TEMPLATE false')
                     await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}"')
-            conn = await asyncpg.connect(url_for(name))
+            conn = await connect(url_for(name))
             try:
                 await migrate(conn)
+                # What the first `simctl migrate` does next: store the market (seed 42, as the
+                # tests' SIM_SEED says).
+                await ensure_market(conn, Settings(_env_file=None, sim_seed=42))
             finally:
                 await conn.close()
             await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')

@@ -16,8 +16,8 @@ from engine.market import DEFAULT_ASSET_PARAMS, SECONDS_PER_YEAR, Market, Market
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def market(seed: int = 11, tick_s: int = 3600) -> Market:
-    return Market(MarketParams(seed=seed, tick_s=tick_s, epoch=EPOCH))
+def market(seed: int = 11, tick_s: int = 3600, model: int = 2) -> Market:
+    return Market(MarketParams(seed=seed, tick_s=tick_s, epoch=EPOCH, model_version=model))
 
 
 def test_prices_do_not_depend_on_evaluation_order() -> None:
@@ -47,8 +47,8 @@ def test_tick_of_and_tick_time() -> None:
 
 
 @pytest.mark.parametrize("asset", ["BTC", "ETH", "XRP", "ADA"])
-def test_volatile_assets_have_the_stated_volatility_zero_drift_and_fat_tails(asset: str) -> None:
-    m = market()
+def test_model_1_has_the_stated_volatility_zero_log_drift_and_fat_tails(asset: str) -> None:
+    m = market(model=1)
     n = 20_000  # hourly ticks: 2.3 years
     logs = [math.log(m.price(asset, t)) for t in range(n + 1)]
     returns = [b - a for a, b in itertools.pairwise(logs)]
@@ -76,3 +76,43 @@ def test_stablecoins_stay_near_the_peg_outside_depegs(asset: str) -> None:
         else:
             assert abs(price - 1) < Decimal("0.01"), (t, price)
     assert seen_depeg  # rare, but a few years of minutes contain some
+
+
+@pytest.mark.parametrize("asset", ["BTC", "ETH", "XRP", "ADA"])
+def test_model_2_has_the_stated_volatility_and_a_log_drift_of_minus_half_sigma_squared(
+    asset: str,
+) -> None:
+    m = market()
+    n = 20_000  # hourly ticks: 2.3 years
+    logs = [math.log(m.price(asset, t)) for t in range(n + 1)]
+    returns = [b - a for a, b in itertools.pairwise(logs)]
+    per_year = SECONDS_PER_YEAR / 3600
+    sigma = float(DEFAULT_ASSET_PARAMS[asset].annual_vol) / math.sqrt(per_year)
+    vol = statistics.pstdev(returns) / sigma
+    assert abs(vol - 1) < 0.05, vol
+    # The mean log return per tick is -σ²/2, within 4 standard errors.
+    se = statistics.pstdev(returns) / math.sqrt(len(returns))
+    assert abs(statistics.fmean(returns) + sigma * sigma / 2) < 4 * se
+
+
+def test_a_market_change_prices_its_ticks_from_its_effective_tick_on() -> None:
+    first = MarketParams(seed=11, tick_s=60, epoch=EPOCH)
+    base = Market(first)
+    anchor = {a: base.price(a, 5_000) for a in ("BTC", "ETH", "XRP", "ADA")}
+    later = MarketParams(
+        seed=99,
+        tick_s=60,
+        epoch=base.tick_time(5_000),
+        assets={
+            a: (p if a not in anchor else type(p)(anchor[a], p.annual_vol * 2))
+            for a, p in DEFAULT_ASSET_PARAMS.items()
+        },
+    )
+    changed = Market(first, [(5_000, later)])
+    # Every tick before the change is priced exactly as before; the change starts where the old
+    # definition left off, then follows its own seed.
+    assert all(changed.prices_at(t) == base.prices_at(t) for t in range(4_900, 5_000))
+    assert changed.price("BTC", 5_000) == base.price("BTC", 5_000)
+    assert changed.price("BTC", 5_100) != base.price("BTC", 5_100)
+    assert changed.seed_at(changed.tick_time(4_999)) == 11
+    assert changed.seed_at(changed.tick_time(5_000)) == 99

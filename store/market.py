@@ -1,0 +1,288 @@
+"""The stored market definition: written by the first migrate, read by every process at start.
+
+Prices are a pure function of (stored definition, asset, tick). SIM_SEED and the market settings
+only choose what the first migrate stores; afterwards a process given a market setting that
+differs from the stored definition refuses to start (MarketMismatch, exit 2), so two processes
+can never price one tick differently. Changes are versions effective from a tick after a lead time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from engine.assets import ASSETS
+from engine.errors import SimError
+from engine.market import AssetParams, Market, MarketParams
+from simconfig import Settings
+from store.db import Conn, retrying
+from store.errors import Refused
+from store.runs import audit
+
+# Serialises the first store and every change (any constant; distinct from the migrate lock).
+_MARKET_LOCK = 0x4D61_726B_6574  # "Market"
+_GENESIS_TICK = -(2**62)  # version 1 is in force from the beginning of time
+LEGACY_SEED = 42  # what SIM_SEED defaulted to before the market was stored
+MIN_LEAD_S = 300
+
+
+class MarketMismatch(SimError):
+    """A setting contradicts the stored market, or none is stored: configuration (exit 2).
+    Not a StoreError, so nothing that retries an unavailable database retries this."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarketVersion:
+    version: int
+    effective_tick: int
+    params: MarketParams
+    created_at: datetime
+
+
+def _assets_json(params: MarketParams) -> dict[str, dict[str, Any]]:
+    return {
+        a: {
+            "start_price_usd": str(p.start_price_usd),
+            "annual_vol": str(p.annual_vol),
+            "stable": p.stable,
+        }
+        for a, p in params.assets.items()
+    }
+
+
+def _params(row: asyncpg.Record) -> MarketParams:
+    assets = {
+        a: AssetParams(Decimal(v["start_price_usd"]), Decimal(v["annual_vol"]), bool(v["stable"]))
+        for a, v in row["assets"].items()
+    }
+    return MarketParams(
+        seed=row["seed"],
+        tick_s=row["tick_s"],
+        epoch=row["epoch"],
+        assets=assets,
+        model_version=row["model_version"],
+    )
+
+
+async def _versions(conn: Conn) -> list[MarketVersion]:
+    try:
+        rows = await conn.fetch("SELECT * FROM sim_market ORDER BY version")
+    except asyncpg.UndefinedTableError:
+        raise MarketMismatch(
+            "configuration error: the database has no stored market: run `simctl migrate` first"
+        ) from None
+    return [
+        MarketVersion(r["version"], r["effective_tick"], _params(r), r["created_at"]) for r in rows
+    ]
+
+
+def _build(versions: list[MarketVersion]) -> Market:
+    first = versions[0]
+    return Market(
+        first.params,
+        [(v.effective_tick, v.params) for v in versions[1:]],
+        version=versions[-1].version,
+    )
+
+
+def mismatch(settings: Settings, versions: list[MarketVersion]) -> str | None:
+    """The first market setting that differs from the stored definition, as one line."""
+    first, last = versions[0].params, versions[-1].params
+    why = "differs from the stored market definition (set by the first migrate"
+    why += "; change it with `simctl market change`)" if len(versions) == 1 else " and its changes)"
+    if settings.sim_seed is not None and settings.sim_seed != last.seed:
+        return f"SIM_SEED {why}; unset it"
+    if settings.sim_tick_s is not None and settings.sim_tick_s != first.tick_s:
+        return f"SIM_TICK_S={settings.sim_tick_s} {why}: stored {first.tick_s}"
+    if settings.sim_epoch is not None and settings.sim_epoch != first.epoch:
+        return f"SIM_EPOCH={settings.sim_epoch.isoformat()} {why}: stored {first.epoch.isoformat()}"
+    for asset, price in (settings.sim_start_prices or {}).items():
+        stored = first.assets[asset].start_price_usd
+        if price != stored:
+            return f"SIM_START_PRICES: {asset}={price} {why}: stored {asset}={stored}"
+    for asset, vol in (settings.sim_volatility or {}).items():
+        stored = last.assets[asset].annual_vol
+        if vol != stored:
+            return f"SIM_VOLATILITY: {asset}={vol} {why}: stored {asset}={stored}"
+    return None
+
+
+async def load_market(conn: Conn, settings: Settings) -> Market:
+    """The stored market, for a process starting; MarketMismatch if none is stored or a market
+    setting of this process differs from it."""
+    versions = await _versions(conn)
+    if not versions:
+        raise MarketMismatch(
+            "configuration error: the database has no stored market: run `simctl migrate` first"
+        )
+    problem = mismatch(settings, versions)
+    if problem is not None:
+        raise MarketMismatch(f"configuration error: {problem}")
+    return _build(versions)
+
+
+async def load_market_retrying(pool: asyncpg.Pool, settings: Settings) -> Market:
+    """load_market on a pool connection, again if the connection is lost (a process starting
+    while Postgres restarts)."""
+
+    async def once() -> Market:
+        async with pool.acquire() as conn:
+            return await load_market(conn, settings)
+
+    return await retrying(once)
+
+
+async def current_market(conn: Conn, market: Market, stored_version: int | None) -> Market:
+    """`market`, or the stored one if a change was stored since (`stored_version` is the newest
+    version number the caller read in its transaction)."""
+    if stored_version is None or stored_version == market.version:
+        return market
+    return _build(await _versions(conn))
+
+
+async def ensure_market(
+    conn: Conn, settings: Settings, *, seed_if_unset: int | None = None
+) -> tuple[Market, bool]:
+    """After the migrations: store the definition if none is (the first migrate), then check this
+    process's settings against it. Returns (market, whether it was stored now).
+
+    A database that already ran before the market was stored (it has runs or model prices) keeps
+    the model it was priced with: version 1 of the model, and SIM_SEED or its old default 42."""
+    created = False
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MARKET_LOCK)
+        if not await conn.fetchval("SELECT exists (SELECT 1 FROM sim_market)"):
+            legacy = await conn.fetchval(
+                "SELECT exists (SELECT 1 FROM sim_runs) "
+                "OR exists (SELECT 1 FROM price_history WHERE source = 'model')"
+            )
+            if legacy:
+                seed_from = "SIM_SEED" if settings.sim_seed is not None else "legacy default"
+                params = settings.market_params(seed=LEGACY_SEED, model_version=1)
+            else:
+                drawn = seed_if_unset is None and settings.sim_seed is None
+                seed = secrets.randbelow(2**63) if seed_if_unset is None else seed_if_unset
+                params = settings.market_params(seed=seed)
+                seed_from = (
+                    "secrets" if drawn else "SIM_SEED" if settings.sim_seed is not None else "fixed"
+                )
+            await _insert(conn, 1, _GENESIS_TICK, params, "migrate")
+            await audit(
+                conn,
+                "migrate",
+                "market_define",
+                None,
+                {**_public(params), "version": 1, "seed_from": seed_from},
+            )
+            created = True
+    return await load_market(conn, settings), created
+
+
+def _public(params: MarketParams) -> dict[str, Any]:
+    """A definition as audit rows and output show it: everything but the secret seed."""
+    return {
+        "model_version": params.model_version,
+        "tick_s": params.tick_s,
+        "epoch": params.epoch.isoformat(),
+        "assets": _assets_json(params),
+    }
+
+
+async def _insert(
+    conn: Conn, version: int, effective_tick: int, params: MarketParams, by: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO sim_market (version, effective_tick, seed, tick_s, epoch, model_version, "
+        "assets, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        version,
+        effective_tick,
+        params.seed,
+        params.tick_s,
+        params.epoch,
+        params.model_version,
+        _assets_json(params),
+        by,
+    )
+
+
+async def describe(conn: Conn) -> list[dict[str, Any]]:
+    """Every stored version without its seed (for `simctl market show`)."""
+    versions = await _versions(conn)
+    if not versions:
+        raise MarketMismatch("configuration error: the database has no stored market")
+    out = []
+    market = _build(versions)
+    for v in versions:
+        entry: dict[str, Any] = {"version": v.version, **_public(v.params)}
+        entry["effective_from"] = (
+            None if v.version == 1 else market.tick_time(v.effective_tick).isoformat()
+        )
+        entry["created_at"] = v.created_at.isoformat()
+        out.append(entry)
+    return out
+
+
+async def change_market(
+    conn: Conn,
+    actor: str,
+    *,
+    volatility: Mapping[str, Decimal],
+    reseed: bool,
+    lead_s: int,
+    reason: str,
+) -> dict[str, Any]:
+    """Store a new version effective from the first tick at least `lead_s` after now (database
+    time): new volatilities and/or a fresh secret seed. Prices before it never change; at it
+    each volatile asset starts from the price the old definition gives there."""
+    if lead_s < MIN_LEAD_S:
+        raise Refused(f"the lead time must be at least {MIN_LEAD_S} s, got {lead_s}")
+    if not volatility and not reseed:
+        raise Refused("nothing to change: give --volatility and/or --reseed")
+    for asset, vol in volatility.items():
+        if asset not in ASSETS:
+            raise Refused(f"unknown asset {asset}")
+        if not vol.is_finite() or not Decimal(0) < vol <= Decimal(5):
+            raise Refused(f"volatility of {asset} must be above 0 and at most 5, got {vol}")
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MARKET_LOCK)
+        versions = await _versions(conn)
+        if not versions:
+            raise MarketMismatch("configuration error: the database has no stored market")
+        market = _build(versions)
+        now: datetime = await conn.fetchval("SELECT now()")
+        tick = market.tick_of(now + timedelta(seconds=lead_s)) + 1
+        if tick <= versions[-1].effective_tick:
+            raise Refused("a change is already stored for a later tick")
+        last = versions[-1].params
+        assets = {}
+        for asset, p in last.assets.items():
+            if p.stable:
+                assets[asset] = p
+                continue
+            vol = volatility.get(asset, p.annual_vol)
+            assets[asset] = AssetParams(market.price(asset, tick), vol, False)
+        params = MarketParams(
+            seed=secrets.randbelow(2**63) if reseed else last.seed,
+            tick_s=last.tick_s,
+            epoch=market.tick_time(tick),
+            assets=assets,
+            model_version=last.model_version,  # a database keeps its model
+        )
+        version = versions[-1].version + 1
+        await _insert(conn, version, tick, params, actor)
+        details = {
+            **_public(params),
+            "version": version,
+            "effective_from": market.tick_time(tick).isoformat(),
+            "reseeded": reseed,
+            "volatility": {a: str(v) for a, v in volatility.items()},
+            "reason": reason,
+        }
+        await audit(conn, actor, "market_change", None, details)
+    return details
