@@ -143,13 +143,18 @@ async def test_restore_migrate_run_reconcile(pg: asyncpg.Connection, env: dict[s
     assert "trades: amount > 0 (sim_trades_amount_pos): 1 row(s)" in first.stdout
 
     assert await legacy_digest(pg, cols) == before, "a legacy row was rewritten"
-    # Sequences are left alone (no setval, no identity conversion): only the adoption's own
-    # admin_audit row took the next id, as any insert would.
+    # Sequences are left alone (no setval, no identity conversion): only the audit rows of the
+    # adoption and of the stored market took the next ids, as any insert would.
     now_seqs = await sequences(pg)
-    assert {k: now_seqs[k] for k in seqs} == {
-        **seqs,
-        "admin_audit_id_seq": seqs["admin_audit_id_seq"] + 1,
+    audit_seq = "admin_audit_id_seq"
+    assert {k: now_seqs[k] for k in seqs if k != audit_seq} == {
+        k: v for k, v in seqs.items() if k != audit_seq
     }
+    new_audit = await pg.fetch(
+        "SELECT id, action FROM admin_audit WHERE id > $1 ORDER BY id", seqs[audit_seq]
+    )
+    assert now_seqs[audit_seq] == new_audit[-1]["id"] == seqs[audit_seq] + len(new_audit)
+    assert [r["action"] for r in new_audit].count("adopt") == 1
     assert await pg.fetchval("SELECT count(*) FROM sim_baseline") == users_before
     assert await pg.fetchval("SELECT count(*) FROM admin_audit WHERE action = 'adopt'") == 1
     # Every index the engine relies on exists and is valid; every rule is validated (legacy rows
