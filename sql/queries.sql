@@ -13,7 +13,7 @@ UPDATE users SET sim_next_run_at = now()
            FOR UPDATE SKIP LOCKED))
 
 -- claim_due --
--- The lease: due, unleased users in slot order, up to $1, leased for $2 seconds.
+-- The lease: due, unleased users in slot order, up to $1, leased until $2 seconds after their slot.
 -- `id = ANY(...)` keeps the walk on idx_users_sim_due and the update on the primary key
 -- (IN (subquery) seq-scans). SKIP LOCKED: rows a worker or another scheduler holds are left to
 -- them, so schedulers never wait. sim_claimed_until is in no index, so taking the lease is a HOT
@@ -30,7 +30,13 @@ WITH c AS (
              LIMIT $1
                FOR UPDATE SKIP LOCKED) due
 ), leased AS (
-    UPDATE users u SET sim_claimed_until = now() + make_interval(secs => $2)
+    -- A lease ends SIM_LEASE_S after the slot itself, not after the claim: a slot already late
+    -- (a lost job, an outage, a backlog) whose job is lost again comes back by slot + lease, so
+    -- losses in a row do not add a lease each. Never shorter than a sixth of the lease (at least
+    -- 5 s, at most the lease) from now, so a pass never claims its own fresh jobs again.
+    UPDATE users u SET sim_claimed_until = now() + make_interval(secs => greatest(
+               least($2, greatest($2 / 6, 5)),
+               $2 - extract(epoch FROM now() - u.sim_next_run_at)::float8))
       FROM c
      WHERE u.id = ANY(c.ids)
     RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until

@@ -167,3 +167,41 @@ async def test_scheduler_and_worker_survive_their_database_connections_being_cut
         codes = [stop(p) for p in procs]
     assert codes == [0, 0]
     await assert_exactly_once_and_clean(pg, 300)
+
+
+async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_from_now(
+    pg: asyncpg.Connection,
+) -> None:
+    """Losses in a row must not add a full lease each: a slot claimed late (its job lost once,
+    an outage, a backlog) is leased until slot + SIM_LEASE_S, or a sixth of the lease from now
+    (at least 5 s) if that has passed, so it comes back by then if this job is lost too."""
+    from datetime import timedelta
+
+    from store.runs import claim_due
+
+    await seed_due(pg, 3)
+    lease = timedelta(seconds=60)
+    await pg.execute(
+        "UPDATE users SET sim_next_run_at = now() - make_interval(secs => "
+        "CASE id WHEN 1 THEN 0.5 WHEN 2 THEN 30 ELSE 600 END)"
+    )
+    slots = {
+        r["id"]: r["sim_next_run_at"]
+        for r in await pg.fetch("SELECT id, sim_next_run_at FROM users")
+    }
+    claimed = await claim_due(pg, 10, 60)
+    assert sorted(claimed.user_ids) == [1, 2, 3]
+    rows = {
+        r["id"]: (r["sim_claimed_until"], r["now"])
+        for r in await pg.fetch("SELECT id, sim_claimed_until, now() FROM users")
+    }
+    tick = timedelta(milliseconds=1)
+    # Fresh and 30 s late: the lease ends one lease after the slot.
+    assert abs(rows[1][0] - (slots[1] + lease)) < tick
+    assert abs(rows[2][0] - (slots[2] + lease)) < tick
+    # 600 s late: a sixth of the lease (10 s) from the claim, not a full one.
+    assert (
+        timedelta(seconds=9)
+        < rows[3][0] - slots[3] - timedelta(seconds=600)
+        < timedelta(seconds=12)
+    )
