@@ -172,19 +172,7 @@ class RedisProc:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
+            redis_argv(self.binary, self.port, str(self.dir)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -393,3 +381,9 @@ class Monitor:
             with contextlib.suppress(Exception):
                 self.conn.terminate()
             self.conn = None
+
+
+def redis_argv(binary: str, port: int, folder: str) -> list[str]:
+    """A private, memory-only redis-server on loopback (the drill's and the tests')."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", folder]  # fmt: skip

@@ -43,17 +43,15 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# What connecting can raise: the server away or refusing, a bad DSN, a refusal by the server.
+_CONNECT_ERRORS = (TimeoutError, OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 async def connect(dsn: str) -> asyncpg.Connection:
     """One connection, or Unavailable naming the (redacted) DSN."""
     try:
         conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
-    except (
-        TimeoutError,
-        OSError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
+    except _CONNECT_ERRORS as exc:
         raise connect_error(dsn, exc) from None
     await _init(conn)
     return conn
@@ -74,13 +72,7 @@ async def create_pool(
             timeout=10,
             statement_cache_size=statement_cache_size,
         )
-    except (
-        TimeoutError,
-        OSError,
-        ValueError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
+    except _CONNECT_ERRORS as exc:
         raise connect_error(dsn, exc) from None
     assert pool is not None
     return pool
