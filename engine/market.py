@@ -87,8 +87,9 @@ class MarketParams:
             raise ValueError(f"unknown market model version {self.model_version}")
 
 
-def _t4(key: bytes, counter: int) -> float:
-    """A unit-variance Student-t (ν = 4) draw by Bailey's polar method (only exact float ops)."""
+def _polar_point(key: bytes, counter: int) -> tuple[float, float]:
+    """The first point (u, s = u² + v²) strictly inside the unit disc drawn from the keyed
+    stream: what both polar methods transform (exact float operations only)."""
     attempt = 0
     while True:
         w = words(key, (counter << 6) | attempt)
@@ -97,24 +98,22 @@ def _t4(key: bytes, counter: int) -> float:
             v = 2.0 * open_unit(w[i + 1]) - 1.0
             s = u * u + v * v
             if 0.0 < s < 1.0:
-                return u * math.sqrt(4.0 * (1.0 / math.sqrt(s) - 1.0) / s) * _T4_SCALE
+                return u, s
         attempt += 1  # all four pairs rejected: about one draw in 470
+
+
+def _t4(key: bytes, counter: int) -> float:
+    """A unit-variance Student-t (ν = 4) draw by Bailey's polar method (only exact float ops)."""
+    u, s = _polar_point(key, counter)
+    return u * math.sqrt(4.0 * (1.0 / math.sqrt(s) - 1.0) / s) * _T4_SCALE
 
 
 def _normal(key: bytes, counter: int) -> float:
     """A standard normal draw by Marsaglia's polar method; its logarithm is taken in Decimal
     (correctly rounded), every other step is an exact float operation."""
-    attempt = 0
-    while True:
-        w = words(key, (counter << 6) | attempt)
-        for i in range(0, 8, 2):
-            u = 2.0 * open_unit(w[i]) - 1.0
-            v = 2.0 * open_unit(w[i + 1]) - 1.0
-            s = u * u + v * v
-            if 0.0 < s < 1.0:
-                ln_s = float(_LN_CTX.ln(Decimal(s)))
-                return u * math.sqrt(-2.0 * ln_s / s)
-        attempt += 1  # all four pairs rejected: about one draw in 470
+    u, s = _polar_point(key, counter)
+    ln_s = float(_LN_CTX.ln(Decimal(s)))
+    return u * math.sqrt(-2.0 * ln_s / s)
 
 
 def expected_depeg_drop(tick_s: int) -> float:

@@ -177,16 +177,8 @@ class RedisProc:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise DrillError("the private redis-server did not answer PING")
+        if not redis_answers(self.port, within_s=10):
+            raise DrillError("the private redis-server did not answer PING")
 
     async def flushall(self) -> None:
         client = Redis.from_url(self.url, socket_timeout=5)
@@ -387,3 +379,17 @@ def redis_argv(binary: str, port: int, folder: str) -> list[str]:
     """A private, memory-only redis-server on loopback (the drill's and the tests')."""
     return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", folder]  # fmt: skip
+
+
+def redis_answers(port: int, *, within_s: float) -> bool:
+    """Whether a redis-server on loopback answers PING within the time (polled every 20 ms)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            time.sleep(0.02)
+    return False

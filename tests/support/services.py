@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from simconfig import Settings
-from simctl.drillprocs import redis_argv
+from simctl.drillprocs import redis_answers, redis_argv
 from store.db import connect
 from store.market import ensure_market
 from store.migrate import migrate
@@ -158,16 +158,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("private redis-server did not answer PING")
+        if not redis_answers(self.port, within_s=10):
+            raise RuntimeError("private redis-server did not answer PING")
 
     def start_on_same_port(self) -> None:
         """Start again after stop(): a restart, as an operator would see it."""
