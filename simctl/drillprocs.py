@@ -24,6 +24,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bench.services import redis_answers, redis_argv
 from store.db import connect
 from store.errors import StoreError
 
@@ -373,23 +374,3 @@ class Monitor:
             with contextlib.suppress(Exception):
                 self.conn.terminate()
             self.conn = None
-
-
-def redis_argv(binary: str, port: int, folder: str) -> list[str]:
-    """A private, memory-only redis-server on loopback (the drill's and the tests')."""
-    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", folder]  # fmt: skip
-
-
-def redis_answers(port: int, *, within_s: float) -> bool:
-    """Whether a redis-server on loopback answers PING within the time (polled every 20 ms)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-        except OSError:
-            time.sleep(0.02)
-    return False

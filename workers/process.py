@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -34,15 +35,20 @@ from workers.deps import (
 )
 from workers.jobs import worker_settings
 from workers.logs import get_logger
-from workers.naive import naive_worker_settings
 
 log = get_logger("simengine.worker")
 
+# arq Worker arguments from the settings, the process's pool and its market: the engine's
+# (workers.jobs.worker_settings) unless a caller brings others (the bench's naive baseline).
+JobsFactory = Callable[[Settings, asyncpg.Pool, Market], dict[str, Any]]
 
-def run_worker(settings: Settings, *, burst: bool = False, naive: bool = False) -> None:
+
+def run_worker(
+    settings: Settings, *, burst: bool = False, jobs: JobsFactory = worker_settings
+) -> None:
     """Run until SIGTERM/SIGINT (or an empty queue with burst). Raises Misconfigured or
     MetricsPortError for configuration; with burst, also Unavailable / RedisUnavailable."""
-    asyncio.run(_serve(settings, burst=burst, naive=naive))
+    asyncio.run(_serve(settings, burst=burst, jobs=jobs))
 
 
 class _Process:
@@ -69,7 +75,7 @@ class _Process:
         return await readiness(self.pool, self.probe)
 
 
-async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
+async def _serve(settings: Settings, *, burst: bool, jobs: JobsFactory) -> None:
     proc = _Process(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,7 +90,7 @@ async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
         if proc.pool is not None:
             # The stored market (MarketMismatch, exit 2, if a market setting here differs).
             market = await load_market_retrying(proc.pool, settings)
-            await _work(proc, proc.pool, market, burst=burst, naive=naive)
+            await _work(proc, proc.pool, market, burst=burst, jobs=jobs)
         log.info("worker.stopped")
     finally:
         if proc.pool is not None:
@@ -95,13 +101,13 @@ async def _serve(settings: Settings, *, burst: bool, naive: bool) -> None:
 
 
 async def _work(
-    proc: _Process, pool: asyncpg.Pool, market: Market, *, burst: bool, naive: bool
+    proc: _Process, pool: asyncpg.Pool, market: Market, *, burst: bool, jobs: JobsFactory
 ) -> None:
     settings = proc.settings
     backoff = Backoff()
     starts = 0
     while not proc.stopping.is_set():
-        kwargs = naive_worker_settings(settings) if naive else worker_settings(settings, pool, market)
+        kwargs = jobs(settings, pool, market)
         kwargs["redis_settings"] = redis_settings(settings)  # one line per failure, our retries
         inner_startup = kwargs["on_startup"]
 
@@ -130,14 +136,14 @@ async def _work(
             error = first_line(exc)
         finally:
             proc.worker = None
-            await _retire(worker, settings.sim_shutdown_s, pool)
+            await _retire(worker, settings.sim_shutdown_s)
         retry_in_s = backoff.next()
         log.warning("redis.unavailable", error=error, retry_in_s=retry_in_s)
         if await pause(proc.stopping, retry_in_s):
             return
 
 
-async def _retire(worker: Worker, grace_s: float, pool: asyncpg.Pool) -> None:
+async def _retire(worker: Worker, grace_s: float) -> None:
     """Let the jobs that were running finish (or cancel them after `grace_s`), then close what
     the arq Worker opened, quietly: Redis may be the reason it stopped."""
     running = [t for t in worker.tasks.values() if not t.done()]
@@ -152,7 +158,3 @@ async def _retire(worker: Worker, grace_s: float, pool: asyncpg.Pool) -> None:
     if redis is not None:
         with contextlib.suppress(Exception):
             await redis.close(close_connection_pool=True)
-    own = worker.ctx.pop("pool", None)  # the naive baseline makes a pool of its own
-    if own is not None and own is not pool:
-        with contextlib.suppress(Exception):
-            await own.close()

@@ -1,59 +1,109 @@
-"""`simctl bench --quick` runs end to end and reports every figure the benchmark promises.
-No speed threshold: only the shape of the result and a ledger that still reconciles."""
+"""`simctl bench --quick --pinned` runs end to end in both shapes and reports every figure and
+floor the benchmark promises. No speed threshold: only the shape of the result, the floors
+judged, and ledgers that still reconcile."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support.procs import simctl
-from tests.support.services import server_url
+from tests.support.procs import SIMCTL, simctl
+from tests.support.services import ROOT, server_url
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_quick_bench_reports_every_figure_and_a_clean_ledger(
+def test_quick_bench_reports_both_shapes_every_floor_and_a_clean_ledger(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
+    docs = ROOT / "docs" / "benchmarks.md"
+    docs_before = docs.read_bytes()
+    pinned = len(os.sched_getaffinity(0)) >= 2
     result = simctl(
-        ["bench", "--quick", "--no-docs", "--json", str(out)],
+        ["bench", "--quick", "--json", str(out), *(["--pinned"] if pinned else [])],
         {**env, "DATABASE_URL": server_url()},
         timeout=540,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert data["engine"]["reconcile"] == {"clean": True, "discrepancies": 0}
-    assert all(r["valid"] for r in data["ceiling"]["by_clients"].values())
-    assert data["ceiling"]["best_runs_per_s"] > 0 and data["tpcb"]["best_tps"] > 0
-    assert data["naive"]["runs_per_s"] > 0 and data["engine"]["runs_per_s"] > 0
-    assert data["engine"]["trades_per_s"] > 0
-    # The reported peak is the best of the peaks run (one in --quick).
-    assert len(data["engine"]["peaks_runs_per_s"]) == 1
-    assert data["engine"]["runs_per_s"] == max(data["engine"]["peaks_runs_per_s"])
-    sustained = data["engine"]["sustained"]
-    assert (
-        sustained["runs"] > 0
-        and 0 <= sustained["lag_p50_s"] <= sustained["lag_p99_s"] <= sustained["lag_max_s"]
+    shapes = [data["shared"], *([data["pinned"]] if pinned else [])]
+    if not pinned:
+        assert data["pinned"] is None
+    for shape in shapes:
+        assert shape["engine"]["reconcile"] == {"clean": True, "discrepancies": 0}
+        assert all(r["valid"] for r in shape["ceiling"]["by_clients"].values())
+        assert shape["ceiling"]["best_runs_per_s"] > 0 and shape["tpcb"]["best_tps"] > 0
+        assert shape["naive"]["runs_per_s"] > 0 and shape["engine"]["runs_per_s"] > 0
+        assert shape["engine"]["trades_per_s"] > 0
+        # The reported peak is the best of the peaks run (one in --quick).
+        assert len(shape["engine"]["peaks_runs_per_s"]) == 1
+        assert shape["engine"]["runs_per_s"] == max(shape["engine"]["peaks_runs_per_s"])
+        sustained = shape["engine"]["sustained"]
+        assert (
+            sustained["runs"] > 0
+            and 0 <= sustained["lag_p50_s"] <= sustained["lag_p99_s"] <= sustained["lag_max_s"]
+        )
+        cpu = shape["engine"]["cpu_us_per_run"]
+        assert set(cpu) == {"workers", "scheduler", "redis", "postgres"}
+        # Postgres and Redis run on this machine in the tests: every side is measured.
+        assert all(v > 0 for v in cpu.values()), cpu
+        assert shape["cpu"]["ceiling_postgres_us_per_run"] > 0
+        assert shape["cpu"]["python_vs_ceiling_postgres"] > 0
+        assert shape["cpu"]["engine_postgres_vs_ceiling"] > 0
+        for key in ("engine_vs_ceiling", "engine_vs_tpcb", "engine_vs_naive"):
+            assert shape["ratios"][key] > 0
+    shared = data["shared"]
+    assert set(shared["claim"]["ms_per_claim_by_users"]) == {"10000", "50000"}
+    assert shared["rss"]["ratio"] > 0 and shared["ratios"]["claim_largest_vs_10k"] > 0
+    if pinned:
+        cluster = data["pinned"]["cluster"]
+        assert cluster["postgres_cpus"] == [min(os.sched_getaffinity(0))]
+        assert cluster["settings_differing"] == {}
+        assert data["pinned"]["claim"] is None and data["pinned"]["rss"] is None
+    # Every floor of the issue is listed, judged where measured; the ledgers reconcile.
+    floors = {(f["shape"], f["name"]): f for f in data["floors"]}
+    assert len(floors) == (10 if pinned else 9)
+    assert all(
+        (f["met"] is None) == (not pinned and f["shape"] == "pinned") for f in floors.values()
     )
-    assert set(data["engine"]["cpu_us_per_run"]) == {"workers", "scheduler", "redis", "postgres"}
-    assert set(data["claim"]["ms_per_claim_by_users"]) == {"10000", "50000"}
-    assert data["rss"]["ratio"] > 0
-    for key in ("engine_vs_ceiling", "engine_vs_tpcb", "engine_vs_naive", "claim_largest_vs_10k"):
-        assert data["ratios"][key] > 0
-    assert "| ratio to ceiling |" in result.stdout
+    assert floors[("shared", "reconcile after the run")]["met"] is True
+    assert "| ratio to ceiling |" in result.stdout and "| floor | shape |" in result.stdout
+    # Without --docs a run edits nothing in the checkout.
+    assert docs.read_bytes() == docs_before
     # Nothing of the run is left in Redis (its queues, the jobs still in them).
     assert redis.Redis.from_url(env["REDIS_URL"]).keys("simbench_*") == []
+
+
+def test_pinned_refuses_a_single_core_and_steps_refuses_the_bench_flags(
+    env: dict[str, str],
+) -> None:
+    one_core = subprocess.run(
+        ["taskset", "-c", str(min(os.sched_getaffinity(0))), *SIMCTL, "bench", "--pinned"],
+        env={**env, "DATABASE_URL": server_url()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert one_core.returncode == 2
+    assert one_core.stderr.strip().splitlines() == [
+        "simctl: bench: --pinned needs at least 2 cores (Postgres on one, everything else on "
+        "the others); this process may use 1"
+    ]
+    steps = simctl(["bench", "--steps", "10", "--pinned"], env)
+    assert steps.returncode == 2 and len(steps.stderr.strip().splitlines()) == 1
 
 
 async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str) -> None:
     from arq.constants import job_key_prefix
 
-    from simctl.bench import _drop_queues
+    from bench.run import drop_queues
     from workers.codec import connect_redis
 
     # Names of this test's own (the Redis is shared by the tests of one process).
@@ -67,7 +117,7 @@ async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str
                 job = await pool.enqueue_job("run_batch", [n], [n], _queue_name=queue)
                 assert job is not None
                 jobs[queue].append(job_key_prefix + job.job_id)
-        await _drop_queues(redis_url, run)
+        await drop_queues(redis_url, run)
         present = {q: await pool.exists(q) for q in queues}
         jobs_left = {q: sum([await pool.exists(k) for k in keys]) for q, keys in jobs.items()}
     finally:
@@ -88,7 +138,7 @@ def test_steps_profile_names_every_statement_of_a_batch(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert data["runs"] == 1000 and data["reconcile"] == {"clean": True}
+    assert data["runs"] == 1000 and data["reconcile"] == {"clean": True, "discrepancies": 0}
     steps = data["steps"]
     # One claim per batch plus the last, empty one; one transaction per batch.
     assert steps["claim_due"]["calls"] == 11

@@ -104,7 +104,9 @@ def empty_db() -> Iterator[str]:
 
 def test_the_wheel_carries_the_sql_and_the_code_imports_from_the_venv(installed: Installed) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
-    assert "sql/queries.sql" in names
+    assert "sql/queries.sql" in names and "sql/bench.sql" in names
+    # The bench runs from an installed wheel too: its package and its ceiling script are there.
+    assert "bench/ceiling.pgb" in names and "bench/run.py" in names
     assert len([n for n in names if n.startswith("sql/migrations/")]) == installed.migrations
     where = subprocess.run(
         [

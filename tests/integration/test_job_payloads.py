@@ -13,12 +13,12 @@ import pytest
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
+from bench.naive import naive_worker_settings
 from engine.market import Market
 from simconfig import Settings
 from store.ops import reconcile
 from tests.support.procs import no_partial_runs, run_counts, seed_due, simctl, wait_until
 from workers.jobs import worker_settings
-from workers.naive import naive_worker_settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,7 +45,9 @@ def test_every_worker_refuses_a_pickled_job(settings: Settings, tmp_path: Path) 
     assert control.exists()
     marker = tmp_path / "marker"
     no_pool = cast(asyncpg.Pool, None)  # the settings only close over the pool
-    for kwargs in (worker_settings(settings, no_pool, Market(settings.market_params())), naive_worker_settings(settings)):
+    market = Market(settings.market_params())
+    for make in (worker_settings, naive_worker_settings):
+        kwargs = make(settings, no_pool, market)
         with pytest.raises(ValueError):
             kwargs["job_deserializer"](pickled_job(marker))
     assert not marker.exists()

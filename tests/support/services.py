@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.services import redis_answers, redis_argv
 from simconfig import Settings
-from simctl.drillprocs import redis_answers, redis_argv
 from store.db import connect
 from store.market import ensure_market
 from store.migrate import migrate

@@ -1,26 +1,31 @@
 """The naive design, kept only as the benchmark's baseline: one arq job and one transaction per
-user-run, every row written by its own statement. Same core, same rules, none of the batching."""
+user-run, every row written by its own statement. Same core, same rules, none of the batching.
+`simctl worker --naive` (hidden) runs it in the worker process of workers/process.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from arq.connections import RedisSettings
 
 from engine.accounting import UserState, apply_run, run_stream
 from engine.assets import ASSETS
+from engine.market import Market
 from engine.pricing import PriceBook
 from engine.strategies import make_strategy
 from simconfig import Settings
-from store.db import create_pool
 from store.fees import load_fees
-from store.market import load_market_retrying
 from store.sqlfiles import query
 from workers.codec import CODEC
 from workers.jobs import decode_claims
 
 NAIVE_JOB = "naive_run"
+
+
+def _q(name: str) -> str:
+    return query(name, "bench.sql")
 
 
 async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
@@ -29,11 +34,11 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
     claim = decode_claims([user_id], [slot_us])[0]
     started = datetime.now(UTC)
     async with ctx["pool"].acquire() as conn, conn.transaction():
-        user = await conn.fetchrow(query("naive_lock_user"), user_id)
+        user = await conn.fetchrow(_q("naive_lock_user"), user_id)
         if user is None or not user["eligible"] or user["sim_next_run_at"] != claim.slot:
             return 0
         held = await conn.fetchrow(query("holdings_row"), user_id)
-        rows = await conn.fetch(query("naive_reserved"), user_id)
+        rows = await conn.fetch(_q("naive_reserved"), user_id)
         reserved = {r["asset"]: r["amount"] for r in rows}
         fees = ctx.get("fees") or await load_fees(conn)
         ctx["fees"] = fees
@@ -50,11 +55,11 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
             slippage_bps=settings.sim_slippage_bps,
         )
         run_id = await conn.fetchval(
-            query("naive_insert_run"), user_id, claim.slot, started, len(result.fills)
+            _q("naive_insert_run"), user_id, claim.slot, started, len(result.fills)
         )
         for f in result.fills:
             trade_id = await conn.fetchval(
-                query("naive_insert_trade"),
+                _q("naive_insert_trade"),
                 user_id,
                 f.side,
                 f.asset,
@@ -68,11 +73,11 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
                 claim.slot,
             )
             await conn.execute(
-                query("naive_insert_transaction"), user_id, f.side, f.delta, f"trade:{trade_id}"
+                _q("naive_insert_transaction"), user_id, f.side, f.delta, f"trade:{trade_id}"
             )
         h = result.holdings
         await conn.execute(
-            query("naive_update_portfolio"),
+            _q("naive_update_portfolio"),
             user_id,
             h["BTC"],
             h["ETH"],
@@ -83,37 +88,30 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
             result.value_usd,
         )
         await conn.execute(
-            query("naive_update_user"), user_id, result.balance_usd, result.value_usd, claim.slot
+            _q("naive_update_user"), user_id, result.balance_usd, result.value_usd, claim.slot
         )
         await conn.execute(
-            "SELECT pg_notify('sim_run', $1)",
+            _q("naive_notify"),
             f'{{"user_id": {user_id}, "run_id": {run_id}, "scheduled_for": "{claim.slot.isoformat()}", '
             f'"trades_count": {len(result.fills)}}}',
         )
         return len(result.fills)
 
 
-def naive_worker_settings(settings: Settings) -> dict[str, Any]:
+def naive_worker_settings(settings: Settings, pool: asyncpg.Pool, market: Market) -> dict[str, Any]:
+    """arq Worker arguments for the naive job, on the worker process's pool and market (the
+    same shape as workers.jobs.worker_settings, which the process takes either of)."""
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
-        ctx["pool"] = await create_pool(
-            settings.database_url,
-            max_size=settings.sim_worker_concurrency + 1,
-            statement_cache_size=settings.sim_pg_statement_cache_size,
-        )
-        ctx["market"] = await load_market_retrying(ctx["pool"], settings)
-
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        pool = ctx.pop("pool", None)
-        if pool is not None:
-            await pool.close()
+        ctx["pool"] = pool
+        ctx["market"] = market
 
     return {
         "functions": [naive_run],
         "queue_name": settings.sim_queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
         "max_jobs": settings.sim_worker_concurrency,
         "keep_result": 0,
         "poll_delay": settings.sim_worker_poll_ms / 1000,

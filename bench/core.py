@@ -1,7 +1,7 @@
 """The pure core's speed on one core: user-runs per second for a batch of users at one slot.
 
-    scripts/bench-core [--users N] [--strategy random]
-    scripts/bench-core --fairness [--users N] [--slots S] (simctl/fairness.py)
+    scripts/bench-core [--users N] [--strategy random]      (python -m bench.core)
+    scripts/bench-core --fairness [--users N] [--slots S]   (python -m simctl.fairness)
 
 Prices are computed once per asset for the slot (as a worker does), not per user; every run goes
 through apply_run, including its proof of the money rules. No database, no Redis."""
@@ -20,13 +20,6 @@ from engine.strategies import MarketView, make_strategy
 
 
 def main() -> None:
-    import sys
-
-    if "--fairness" in sys.argv[1:]:
-        from simctl.fairness import main as fairness
-
-        fairness([a for a in sys.argv[1:] if a != "--fairness"])
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=50_000, help="runs to time (default 50,000)")
     parser.add_argument("--strategy", default="random", help="random, dca, rebalance or momentum")

@@ -9,16 +9,22 @@ statement is the core and the batch's bookkeeping.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
 
+from bench.databases import scratch_database
+from bench.procs import BenchError
+from bench.results import Reconcile
 from simconfig import Settings
+from store import bench as sql
 from store.db import connect
 from store.market import load_market
 from store.ops import reconcile
@@ -95,7 +101,30 @@ class _OnePool:
         yield self._conn
 
 
-async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Step:
+    server_us_per_run: float
+    client_us_per_run: float
+    calls: int
+
+
+@dataclass(frozen=True)
+class Steps:
+    """CPU per run by statement (the costliest on the server first), and the rest."""
+
+    runs: int
+    seconds: float
+    batch_size: int
+    steps: dict[str, Step]
+    server_us_per_run: float
+    worker_outside_statements_us_per_run: float
+    reconcile: Reconcile
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]) -> Steps:
     """Run every due user of the database at `url` once; CPU per run by statement."""
     totals: _Totals = defaultdict(lambda: [0.0, 0.0, 0])
     conn = await connect(url)
@@ -120,51 +149,63 @@ async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]
             if runs // 10_000 != (runs - len(outcome.applied)) // 10_000:
                 say(f"steps: {runs} runs")
         seconds = time.monotonic() - started
-        clean = not await reconcile(conn)
+        found = await reconcile(conn)
     finally:
         await conn.close()
     if runs == 0:
-        raise RuntimeError("no due user to run")
+        raise BenchError("steps: no due user to run")
     # The claim is the scheduler's; everything else ran inside the worker's BatchRunner.
     in_statements = sum(v[1] for k, v in totals.items() if k != "claim_due")
     steps = {
-        name: {
-            "server_us_per_run": round(server / runs * 1e6, 1),
-            "client_us_per_run": round(client / runs * 1e6, 1),
-            "calls": int(calls),
-        }
+        name: Step(
+            server_us_per_run=round(server / runs * 1e6, 1),
+            client_us_per_run=round(client / runs * 1e6, 1),
+            calls=int(calls),
+        )
         for name, (server, client, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])
     }
-    return {
-        "runs": runs,
-        "seconds": round(seconds, 2),
-        "batch_size": settings.sim_batch_size,
-        "steps": steps,
-        "server_us_per_run": round(sum(v[0] for v in totals.values()) / runs * 1e6, 1),
-        "worker_outside_statements_us_per_run": round(
+    return Steps(
+        runs=runs,
+        seconds=round(seconds, 2),
+        batch_size=settings.sim_batch_size,
+        steps=steps,
+        server_us_per_run=round(sum(v[0] for v in totals.values()) / runs * 1e6, 1),
+        worker_outside_statements_us_per_run=round(
             (worker_client_s - in_statements) / runs * 1e6, 1
         ),
-        "reconcile": {"clean": clean},
-    }
+        reconcile=Reconcile(clean=not found, discrepancies=len(found)),
+    )
 
 
-def steps_table(result: dict[str, Any]) -> str:
+async def run_steps(settings: Settings, users: int, say: Callable[[str], None]) -> Steps:
+    """A scratch database of `users` due users next to DATABASE_URL's, profiled by
+    profile_steps from a checkpoint, then dropped."""
+    name = f"simbench_{os.getpid()}_steps"
+    say(f"steps: {users} due users")
+    async with scratch_database(settings.database_url, name, users=users, settings=settings) as url:
+        conn = await connect(url)
+        try:
+            await sql.checkpoint(conn)
+        finally:
+            await conn.close()
+        return await profile_steps(url, settings, say)
+
+
+def steps_table(result: Steps) -> str:
     lines = [
-        f"{result['runs']} runs in batches of {result['batch_size']}, one at a time "
-        f"({result['seconds']} s); CPU per run:",
+        f"{result.runs} runs in batches of {result.batch_size}, one at a time "
+        f"({result.seconds} s); CPU per run:",
         "",
         "| step | server µs | client µs | calls |",
         "|---|---|---|---|",
     ]
-    for name, s in result["steps"].items():
-        lines.append(
-            f"| {name} | {s['server_us_per_run']} | {s['client_us_per_run']} | {s['calls']} |"
-        )
+    for name, s in result.steps.items():
+        lines.append(f"| {name} | {s.server_us_per_run} | {s.client_us_per_run} | {s.calls} |")
     lines += [
         f"| worker outside statements (core, bookkeeping) | | "
-        f"{result['worker_outside_statements_us_per_run']} | |",
-        f"| **server, all statements** | **{result['server_us_per_run']}** | | |",
+        f"{result.worker_outside_statements_us_per_run} | |",
+        f"| **server, all statements** | **{result.server_us_per_run}** | | |",
         "",
-        f"reconcile: {'clean' if result['reconcile']['clean'] else 'DISCREPANCIES'}",
+        f"reconcile: {'clean' if result.reconcile.clean else 'DISCREPANCIES'}",
     ]
     return "\n".join(lines) + "\n"
