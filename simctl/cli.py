@@ -556,15 +556,16 @@ def bench(
     """The end-to-end benchmark: simengine's user-runs/s (best of three peaks) against the
     database's own ceiling (bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive
     design, all measured in this run on this machine; then lag at half of peak, claim time by
-    population, worker RSS, CPU per run by process, and reconcile. Creates and drops its own
-    databases next to DATABASE_URL's; uses REDIS_URL.
+    population, worker RSS, CPU per run by process (Postgres's and the Python side's against
+    the ceiling's Postgres CPU per run), and reconcile. Creates and drops its own databases next
+    to DATABASE_URL's; uses REDIS_URL.
 
     --pinned then measures the ceiling, TPC-B, the naive design and the engine again in the
     deployment's shape: a private cluster with the server's settings, its postmaster under
     `taskset` on the first core, and pgbench, the scheduler, the workers and a private
-    redis-server on the others; it adds Postgres's and the Python side's CPU per run against
-    the ceiling's. The table gives both shapes side by side and every floor, met or not.
-    SIMENGINE_BENCH_CEILING runs another ceiling script. Exit 1 if a ledger does not reconcile.
+    redis-server on the others. The table gives both shapes side by side and every floor, met
+    or not. SIMENGINE_BENCH_CEILING runs another ceiling script. Exit 1 if a ledger does not
+    reconcile; 2 if a tool is missing, or for --pinned on fewer than 2 cores.
 
     Examples (the last: where a run's CPU goes, statement by statement):
 
