@@ -499,7 +499,7 @@ async def claim_times(
                 tr = conn.transaction()
                 await tr.start()
                 t0 = time.perf_counter()
-                await conn.fetch(query("claim_due"), 200, 60.0)
+                await conn.fetch(query("claim_due"), 200, 60.0, 200)
                 times.append((time.perf_counter() - t0) * 1000)
                 await tr.rollback()
             out[str(size)] = round(statistics.median(times), 3)

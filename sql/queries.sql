@@ -13,40 +13,58 @@ UPDATE users SET sim_next_run_at = now()
            FOR UPDATE SKIP LOCKED))
 
 -- claim_due --
--- The lease: due, unleased users in slot order, up to $1, leased until $2 seconds after their slot.
--- `id = ANY(...)` keeps the walk on idx_users_sim_due and the update on the primary key
--- (IN (subquery) seq-scans). SKIP LOCKED: rows a worker or another scheduler holds are left to
--- them, so schedulers never wait. sim_claimed_until is in no index, so taking the lease is a HOT
--- update. `recovered` counts slots whose earlier lease had run out (a lost job, a backoff).
--- One row back: the user ids in id order and their slots as Unix microseconds (exact: epoch is
--- numeric), ready to go into jobs without a per-user object on the scheduler's side.
-WITH c AS (
-    SELECT array_agg(id) AS ids, count(sim_claimed_until) AS recovered
-      FROM (SELECT id, sim_claimed_until FROM users
+-- The lease: due, unleased users in slot order, up to $1, in batches of $3 users, each batch
+-- leased by one sim_leases row (migration 0007) that its job's transaction deletes. Users are not
+-- written: a lease costs one row per batch, not a row version per user. Run inside the claim
+-- lock (store.runs.claim_due), so two schedulers never lease the same user; `sim_claimed_until`
+-- is only a failed user's backoff here. `id = ANY(...)`-free: the walk stays on
+-- idx_users_sim_due, and the live leases are one hashed NOT IN.
+-- A lease ends SIM_LEASE_S ($2) after the batch's oldest slot, not after the claim: a slot
+-- already late (a lost job, an outage, a backlog) whose job is lost again comes back by slot +
+-- lease, so losses in a row do not add a lease each. Never shorter than a sixth of the lease (at
+-- least 5 s, at most the lease) from now, so a pass never claims its own fresh jobs again.
+-- Leases that ended are deleted here; `recovered` counts their users (jobs lost or too slow).
+-- One row per batch (ids and slots as Unix microseconds, in id order), or a single row with a
+-- NULL lease id when nothing was due.
+WITH ended AS (
+    DELETE FROM sim_leases WHERE until <= now() RETURNING cardinality(user_ids) AS users
+), held AS (
+    SELECT unnest(user_ids) AS id FROM sim_leases WHERE until > now()
+), due AS (
+    SELECT id, slot, (row_number() OVER (ORDER BY id) - 1) / $3 AS batch
+      FROM (SELECT id, sim_next_run_at AS slot FROM users
              WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
                AND sim_next_run_at <= now()
                AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
+               AND id NOT IN (SELECT id FROM held)
              ORDER BY sim_next_run_at
-             LIMIT $1
-               FOR UPDATE SKIP LOCKED) due
+             LIMIT $1) d
 ), leased AS (
-    -- A lease ends SIM_LEASE_S after the slot itself, not after the claim: a slot already late
-    -- (a lost job, an outage, a backlog) whose job is lost again comes back by slot + lease, so
-    -- losses in a row do not add a lease each. Never shorter than a sixth of the lease (at least
-    -- 5 s, at most the lease) from now, so a pass never claims its own fresh jobs again.
-    UPDATE users u SET sim_claimed_until = now() + make_interval(secs => greatest(
+    INSERT INTO sim_leases (user_ids, slots_us, until)
+    SELECT array_agg(id ORDER BY id),
+           array_agg((extract(epoch FROM slot) * 1000000)::bigint ORDER BY id),
+           now() + make_interval(secs => greatest(
                least($2, greatest($2 / 6, 5)),
-               $2 - extract(epoch FROM now() - u.sim_next_run_at)::float8))
-      FROM c
-     WHERE u.id = ANY(c.ids)
-    RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until
+               $2 - extract(epoch FROM now() - min(slot))::float8))
+      FROM due GROUP BY batch
+    RETURNING id, user_ids, slots_us, until
 )
-SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
-       coalesce(array_agg((extract(epoch FROM sim_next_run_at) * 1000000)::bigint ORDER BY id),
-                '{}') AS slots_us,
-       max(sim_claimed_until) AS until,
-       (SELECT recovered FROM c) AS recovered
-  FROM leased
+SELECT l.id AS lease_id, l.user_ids, l.slots_us, l.until, e.recovered
+  FROM (SELECT coalesce(sum(users), 0)::int AS recovered FROM ended) e
+  LEFT JOIN leased l ON true
+ ORDER BY l.id
+
+-- try_claim_lock --
+SELECT pg_try_advisory_xact_lock($1)
+
+-- release_lease --
+-- A batch that ran nothing (every user skipped) gives its lease back; apply_batch does it for
+-- the others in the same statement as their writes.
+DELETE FROM sim_leases WHERE id = $1
+
+-- live_leases --
+SELECT count(*) AS leases, coalesce(sum(cardinality(user_ids)), 0) AS users
+  FROM sim_leases WHERE until > now()
 
 -- batch_prelude --
 -- Shared lock against `prices import` (which takes it exclusively), the imported spans, and the
@@ -161,6 +179,8 @@ WITH run_in AS (
       FROM run_in x
      WHERE u.id = x.user_id
     RETURNING u.id
+), released AS (
+    DELETE FROM sim_leases WHERE id = $25::bigint
 )
 -- The payload is built by concatenation: its values are numbers and a timestamp, so nothing
 -- needs escaping, and it is cheaper than json_build_object (about 1 ms less per 200 runs).
@@ -214,7 +234,8 @@ ON CONFLICT (asset, at) DO NOTHING
 
 -- make_due_now --
 -- `simctl run`: the user's slot becomes due now (an earlier due slot is kept, so a slot still
--- runs at most once). The lease is never set or extended here: a live one is kept (its job is
+-- runs at most once). The lease (the live sim_leases row holding the user) is never set or
+-- extended here: a live one is kept (its job is
 -- named after it, so repeated runs make one job), and without one the scheduler may claim the
 -- slot at once too (the duplicate is fenced off). Extending a lease whose job was lost would
 -- restart the wait for it, and a chain of such runs would push the slot back lease by lease.
@@ -222,7 +243,8 @@ UPDATE users
    SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now())
  WHERE id = $1
 RETURNING sim_next_run_at,
-          CASE WHEN sim_claimed_until > now() THEN sim_claimed_until END AS lease_until
+          (SELECT max(l.until) FROM sim_leases l
+            WHERE l.until > now() AND users.id = ANY(l.user_ids)) AS lease_until
 
 -- user_for_update --
 SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_at
