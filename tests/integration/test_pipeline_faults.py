@@ -175,7 +175,7 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
     """Losses in a row must not add a full lease each: a slot claimed late (its job lost once,
     an outage, a backlog) is leased until slot + SIM_LEASE_S, or a sixth of the lease from now
     (at least 5 s) if that has passed, so it comes back by then if this job is lost too."""
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from store.runs import claim_due
 
@@ -193,9 +193,12 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
     claimed = await claim_due(pg, 10, 60, batch_size=1)
     assert sorted(claimed.user_ids) == [1, 2, 3]
     now = await pg.fetchval("SELECT now()")
-    rows = {b.user_ids[0]: b.until for b in claimed.batches}
+    rows: dict[int, datetime] = {
+        b.user_ids[0]: b.until for b in claimed.batches if b.until is not None
+    }
     stored = {
-        r["user_ids"][0]: r["until"] for r in await pg.fetch("SELECT user_ids, until FROM sim_leases")
+        r["user_ids"][0]: r["until"]
+        for r in await pg.fetch("SELECT user_ids, until FROM sim_leases")
     }
     assert rows == stored
     tick = timedelta(milliseconds=1)
@@ -207,4 +210,5 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
     # In one batch, the lease is the shortest of its users': the oldest slot's.
     await pg.execute("DELETE FROM sim_leases")
     together = await claim_due(pg, 10, 60, batch_size=10)
-    assert len(together.batches) == 1 and abs(together.until - rows[3]) < timedelta(seconds=1)
+    assert len(together.batches) == 1 and together.until is not None
+    assert abs(together.until - rows[3]) < timedelta(seconds=1)
