@@ -189,7 +189,7 @@ async def apply_batch(
         await release_lease(conn, lease_id)
         return []
     rows = await conn.fetch(
-        query("apply_batch"), *batch_args(runs, started_at, model_prices), lease_id
+        query("apply_batch"), *batch_args(runs, started_at, model_prices, lease_id)
     )
     return [(r["run_id"], r["user_id"]) for r in rows]
 
@@ -198,8 +198,9 @@ def batch_args(
     runs: Sequence[RunWrite],
     started_at: datetime,
     model_prices: Iterable[tuple[str, datetime, Decimal]],
+    lease_id: int | None = None,
 ) -> list[Any]:
-    """apply_batch's parameters for these runs."""
+    """apply_batch's parameters for these runs (and the lease the batch gives back)."""
     # Column-wise, each column one comma-separated text (see apply_batch in queries.sql), each
     # built by one comprehension: about half the CPU of appending value by value.
     results = [run.result for run in runs]
@@ -224,7 +225,7 @@ def batch_args(
         prices[0].append(asset)
         prices[1].append(at.isoformat())
         prices[2].append(str(price))
-    return [*cols, started_at, *trades, *(",".join(c) for c in prices)]
+    return [*cols, started_at, *trades, *(",".join(c) for c in prices), lease_id]
 
 
 async def record_failure(
