@@ -142,12 +142,13 @@ async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]
             )
             if not lease.user_ids:
                 break
-            client0 = time.thread_time()
-            outcome = await runner.run(lease.claims)
-            worker_client_s += time.thread_time() - client0
-            runs += len(outcome.applied)
-            if runs // 10_000 != (runs - len(outcome.applied)) // 10_000:
-                say(f"steps: {runs} runs")
+            for batch in lease.batches:
+                client0 = time.thread_time()
+                outcome = await runner.run(batch.claims, batch.lease_id)
+                worker_client_s += time.thread_time() - client0
+                runs += len(outcome.applied)
+                if runs // 10_000 != (runs - len(outcome.applied)) // 10_000:
+                    say(f"steps: {runs} runs")
         seconds = time.monotonic() - started
         found = await reconcile(conn)
     finally:

@@ -13,40 +13,58 @@ UPDATE users SET sim_next_run_at = now()
            FOR UPDATE SKIP LOCKED))
 
 -- claim_due --
--- The lease: due, unleased users in slot order, up to $1, leased until $2 seconds after their slot.
--- `id = ANY(...)` keeps the walk on idx_users_sim_due and the update on the primary key
--- (IN (subquery) seq-scans). SKIP LOCKED: rows a worker or another scheduler holds are left to
--- them, so schedulers never wait. sim_claimed_until is in no index, so taking the lease is a HOT
--- update. `recovered` counts slots whose earlier lease had run out (a lost job, a backoff).
--- One row back: the user ids in id order and their slots as Unix microseconds (exact: epoch is
--- numeric), ready to go into jobs without a per-user object on the scheduler's side.
-WITH c AS (
-    SELECT array_agg(id) AS ids, count(sim_claimed_until) AS recovered
-      FROM (SELECT id, sim_claimed_until FROM users
+-- The lease: due, unleased users in slot order, up to $1, in batches of $3 users, each batch
+-- leased by one sim_leases row (migration 0007) that its job's transaction deletes. Users are not
+-- written: a lease costs one row per batch, not a row version per user. Run inside the claim
+-- lock (store.runs.claim_due), so two schedulers never lease the same user; `sim_claimed_until`
+-- is only a failed user's backoff here. `id = ANY(...)`-free: the walk stays on
+-- idx_users_sim_due, and the live leases are one hashed NOT IN.
+-- A lease ends SIM_LEASE_S ($2) after the batch's oldest slot, not after the claim: a slot
+-- already late (a lost job, an outage, a backlog) whose job is lost again comes back by slot +
+-- lease, so losses in a row do not add a lease each. Never shorter than a sixth of the lease (at
+-- least 5 s, at most the lease) from now, so a pass never claims its own fresh jobs again.
+-- Leases that ended are deleted here; `recovered` counts their users (jobs lost or too slow).
+-- One row per batch (ids and slots as Unix microseconds, in id order), or a single row with a
+-- NULL lease id when nothing was due.
+WITH ended AS (
+    DELETE FROM sim_leases WHERE until <= now() RETURNING cardinality(user_ids) AS users
+), held AS (
+    SELECT unnest(user_ids) AS id FROM sim_leases WHERE until > now()
+), due AS (
+    SELECT id, slot, (row_number() OVER (ORDER BY id) - 1) / $3 AS batch
+      FROM (SELECT id, sim_next_run_at AS slot FROM users
              WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
                AND sim_next_run_at <= now()
                AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
+               AND id NOT IN (SELECT id FROM held)
              ORDER BY sim_next_run_at
-             LIMIT $1
-               FOR UPDATE SKIP LOCKED) due
+             LIMIT $1) d
 ), leased AS (
-    -- A lease ends SIM_LEASE_S after the slot itself, not after the claim: a slot already late
-    -- (a lost job, an outage, a backlog) whose job is lost again comes back by slot + lease, so
-    -- losses in a row do not add a lease each. Never shorter than a sixth of the lease (at least
-    -- 5 s, at most the lease) from now, so a pass never claims its own fresh jobs again.
-    UPDATE users u SET sim_claimed_until = now() + make_interval(secs => greatest(
+    INSERT INTO sim_leases (user_ids, slots_us, until)
+    SELECT array_agg(id ORDER BY id),
+           array_agg((extract(epoch FROM slot) * 1000000)::bigint ORDER BY id),
+           now() + make_interval(secs => greatest(
                least($2, greatest($2 / 6, 5)),
-               $2 - extract(epoch FROM now() - u.sim_next_run_at)::float8))
-      FROM c
-     WHERE u.id = ANY(c.ids)
-    RETURNING u.id, u.sim_next_run_at, u.sim_claimed_until
+               $2 - extract(epoch FROM now() - min(slot))::float8))
+      FROM due GROUP BY batch
+    RETURNING id, user_ids, slots_us, until
 )
-SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
-       coalesce(array_agg((extract(epoch FROM sim_next_run_at) * 1000000)::bigint ORDER BY id),
-                '{}') AS slots_us,
-       max(sim_claimed_until) AS until,
-       (SELECT recovered FROM c) AS recovered
-  FROM leased
+SELECT l.id AS lease_id, l.user_ids, l.slots_us, l.until, e.recovered
+  FROM (SELECT coalesce(sum(users), 0)::int AS recovered FROM ended) e
+  LEFT JOIN leased l ON true
+ ORDER BY l.id
+
+-- try_claim_lock --
+SELECT pg_try_advisory_xact_lock($1)
+
+-- release_lease --
+-- A batch that ran nothing (every user skipped) gives its lease back; apply_batch does it for
+-- the others in the same statement as their writes.
+DELETE FROM sim_leases WHERE id = $1
+
+-- live_leases --
+SELECT count(*) AS leases, coalesce(sum(cardinality(user_ids)), 0) AS users
+  FROM sim_leases WHERE until > now()
 
 -- batch_prelude --
 -- Shared lock against `prices import` (which takes it exclusively), the imported spans, and the
@@ -161,6 +179,8 @@ WITH run_in AS (
       FROM run_in x
      WHERE u.id = x.user_id
     RETURNING u.id
+), released AS (
+    DELETE FROM sim_leases WHERE id = $25::bigint
 )
 -- The payload is built by concatenation: its values are numbers and a timestamp, so nothing
 -- needs escaping, and it is cheaper than json_build_object (about 1 ms less per 200 runs).
@@ -214,7 +234,8 @@ ON CONFLICT (asset, at) DO NOTHING
 
 -- make_due_now --
 -- `simctl run`: the user's slot becomes due now (an earlier due slot is kept, so a slot still
--- runs at most once). The lease is never set or extended here: a live one is kept (its job is
+-- runs at most once). The lease (the live sim_leases row holding the user) is never set or
+-- extended here: a live one is kept (its job is
 -- named after it, so repeated runs make one job), and without one the scheduler may claim the
 -- slot at once too (the duplicate is fenced off). Extending a lease whose job was lost would
 -- restart the wait for it, and a chain of such runs would push the slot back lease by lease.
@@ -222,7 +243,8 @@ UPDATE users
    SET sim_next_run_at = least(coalesce(sim_next_run_at, now()), now())
  WHERE id = $1
 RETURNING sim_next_run_at,
-          CASE WHEN sim_claimed_until > now() THEN sim_claimed_until END AS lease_until
+          (SELECT max(l.until) FROM sim_leases l
+            WHERE l.until > now() AND users.id = ANY(l.user_ids)) AS lease_until
 
 -- user_for_update --
 SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_at
@@ -536,44 +558,6 @@ SELECT u.id, u.sim_strategy, u.sim_params, u.sim_interval_s, u.balance_usd, u.de
        coalesce(p.usdc, 0) AS usdc, coalesce(p.xrp, 0) AS xrp, coalesce(p.ada, 0) AS ada
   FROM users u LEFT JOIN portfolio p ON p.user_id = u.id
  WHERE u.id = $1
-
--- naive_lock_user --
--- The naive baseline (bench only): one user per job, row by row.
-SELECT u.id, u.balance_usd, u.sim_next_run_at,
-       (u.sim_enabled AND NOT u.sim_paused AND u.is_active AND u.deleted_at IS NULL) AS eligible,
-       u.sim_strategy, u.sim_params
-  FROM users u WHERE u.id = $1 FOR UPDATE
-
--- naive_reserved --
-SELECT asset, sum(amount) AS amount FROM withdrawals
- WHERE user_id = $1 AND status IN ('pending', 'processing') GROUP BY asset
-
--- naive_insert_run --
-INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome, trades_count)
-VALUES ($1, $2, $3, clock_timestamp(), 'applied', $4) RETURNING id
-
--- naive_insert_trade --
-INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd, is_simulated,
-                    balance_before, balance_after, sim_run_id, generated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9, $10, $11) RETURNING id
-
--- naive_insert_transaction --
-INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
-VALUES ($1, $2, $3, 'USD', 'completed', $4, 'simulated trade')
-
--- naive_update_portfolio --
-UPDATE portfolio SET btc = $2, eth = $3, usdt = $4, usdc = $5, xrp = $6, ada = $7, usd_value = $8,
-                     updated_at = now()
- WHERE user_id = $1
-
--- naive_update_user --
-UPDATE users
-   SET balance_usd = $2, portfolio_value_usd = $3, sim_last_run_at = now(),
-       sim_run_count = sim_run_count + 1, updated_at = now(), sim_claimed_until = NULL,
-       sim_next_run_at = CASE WHEN $4::timestamptz + make_interval(secs => sim_interval_s) < now()
-                              THEN now() + make_interval(secs => sim_interval_s)
-                              ELSE $4::timestamptz + make_interval(secs => sim_interval_s) END
- WHERE id = $1
 
 -- prices_at_last_slot --
 -- The price of each asset as the user's last run priced it: the latest stored tick (the run

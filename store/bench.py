@@ -178,7 +178,7 @@ async def claim_ms(conn: Conn, users: int, *, batch: int, samples: int) -> float
         await tr.start()
         try:
             t0 = time.perf_counter()
-            await claim_due(conn, batch, 60)
+            await claim_due(conn, batch, 60, batch)
             times.append((time.perf_counter() - t0) * 1000)
         finally:
             await tr.rollback()

@@ -16,6 +16,8 @@ from store.sqlfiles import query
 
 # Taken shared by every batch and exclusively by `prices import` (see import_prices).
 PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
+# Tried by every claim: one scheduler claims at a time, so no user is leased twice.
+CLAIM_LOCK = 0x436C_6169_6D73  # "Claims"
 _ZERO = Decimal(0)
 # Shared by every user without an open withdrawal (most of them); read-only.
 NO_RESERVATIONS: Mapping[str, Decimal] = MappingProxyType({a: _ZERO for a in ASSETS})
@@ -32,12 +34,15 @@ class Claim(NamedTuple):
 class Lease:
     """Slots taken together, in user id order, and when their lease ends (it also names their
     jobs: a slot re-claimed after its lease expired gets a new job, whatever happened to the old
-    one). Slots are Unix microseconds, as jobs carry them."""
+    one). Slots are Unix microseconds, as jobs carry them. A claim's lease is made of `batches`,
+    one sim_leases row each (`lease_id`), which the batch's job gives back when it commits."""
 
     user_ids: list[int]
     slots_us: list[int]
     until: datetime | None
     recovered: int = 0
+    lease_id: int | None = None
+    batches: tuple[Lease, ...] = ()
 
     @property
     def claims(self) -> list[Claim]:
@@ -75,11 +80,33 @@ async def materialize_null_slots(conn: Conn, limit: int) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim_due(conn: Conn, limit: int, lease_s: int) -> Lease:
-    """Lease up to `limit` due users for `lease_s` seconds, oldest slot first (sorted by id)."""
-    row = await conn.fetchrow(query("claim_due"), limit, float(lease_s))
-    assert row is not None
-    return Lease(row["ids"], row["slots_us"], row["until"], row["recovered"] or 0)
+async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 200) -> Lease:
+    """Lease up to `limit` due users for `lease_s` seconds, oldest slot first, in batches of
+    `batch_size` (each batch one sim_leases row; ids sorted within a batch). Claims are taken
+    one at a time across schedulers (a transaction-scoped advisory lock, tried, never waited
+    for): a scheduler that finds another one claiming claims nothing this time."""
+    async with conn.transaction():
+        if not await conn.fetchval(query("try_claim_lock"), CLAIM_LOCK):
+            return Lease([], [], None)
+        rows = await conn.fetch(query("claim_due"), limit, float(lease_s), batch_size)
+    batches = tuple(
+        Lease(r["user_ids"], r["slots_us"], r["until"], lease_id=r["lease_id"])
+        for r in rows
+        if r["lease_id"] is not None
+    )
+    return Lease(
+        [uid for b in batches for uid in b.user_ids],
+        [us for b in batches for us in b.slots_us],
+        min((b.until for b in batches if b.until is not None), default=None),
+        rows[0]["recovered"] if rows else 0,
+        batches=batches,
+    )
+
+
+async def release_lease(conn: Conn, lease_id: int | None) -> None:
+    """Give back a batch's lease (apply_batch does it itself when the batch wrote runs)."""
+    if lease_id is not None:
+        await conn.execute(query("release_lease"), lease_id)
 
 
 async def batch_prelude(conn: Conn) -> list[Span]:
@@ -154,11 +181,16 @@ async def apply_batch(
     runs: Sequence[RunWrite],
     started_at: datetime,
     model_prices: Iterable[tuple[str, datetime, Decimal]],
+    lease_id: int | None = None,
 ) -> list[tuple[int, int]]:
-    """Write every run of a batch in one statement; returns (run_id, user_id) pairs."""
+    """Write every run of a batch in one statement, and give back its lease; returns (run_id,
+    user_id) pairs."""
     if not runs:
+        await release_lease(conn, lease_id)
         return []
-    rows = await conn.fetch(query("apply_batch"), *batch_args(runs, started_at, model_prices))
+    rows = await conn.fetch(
+        query("apply_batch"), *batch_args(runs, started_at, model_prices, lease_id)
+    )
     return [(r["run_id"], r["user_id"]) for r in rows]
 
 
@@ -166,8 +198,9 @@ def batch_args(
     runs: Sequence[RunWrite],
     started_at: datetime,
     model_prices: Iterable[tuple[str, datetime, Decimal]],
+    lease_id: int | None = None,
 ) -> list[Any]:
-    """apply_batch's parameters for these runs."""
+    """apply_batch's parameters for these runs (and the lease the batch gives back)."""
     # Column-wise, each column one comma-separated text (see apply_batch in queries.sql), each
     # built by one comprehension: about half the CPU of appending value by value.
     results = [run.result for run in runs]
@@ -192,7 +225,7 @@ def batch_args(
         prices[0].append(asset)
         prices[1].append(at.isoformat())
         prices[2].append(str(price))
-    return [*cols, started_at, *trades, *(",".join(c) for c in prices)]
+    return [*cols, started_at, *trades, *(",".join(c) for c in prices), lease_id]
 
 
 async def record_failure(

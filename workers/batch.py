@@ -100,11 +100,16 @@ class BatchRunner:
             self._fees, self._fees_at = await load_fees(conn), now
         return self._fees
 
-    async def run(self, claims: Sequence[Claim]) -> BatchOutcome:
-        """Apply a batch; never raises for a bad user, only for an unavailable database."""
+    async def run(self, claims: Sequence[Claim], lease_id: int | None = None) -> BatchOutcome:
+        """Apply a batch and give back its lease (`lease_id`, the claim's sim_leases row) in
+        the same transaction; never raises for a bad user, only for an unavailable database.
+        A split batch gives the lease back with its first half that commits: the rest may then
+        be claimed again before this job reaches it, and the duplicate is fenced off."""
         claims = sorted(claims, key=lambda c: c.user_id)
         try:
-            return await retrying(lambda: self._attempt(claims), on_retry=self.on_retry)
+            return await retrying(
+                lambda: self._attempt(claims, lease_id), on_retry=self.on_retry
+            )
         except Exception as exc:  # split on anything, so one bad user cannot block the others
             if is_retryable(exc):
                 raise translate(exc) from exc
@@ -112,11 +117,11 @@ class BatchRunner:
                 return await self._fail_one(claims[0].user_id, _describe(exc))
             mid = len(claims) // 2
             log.warning("batch.split", users=len(claims), error=_describe(exc), exc_info=exc)
-            outcome = await self.run(claims[:mid])
-            outcome.merge(await self.run(claims[mid:]))
+            outcome = await self.run(claims[:mid], lease_id)
+            outcome.merge(await self.run(claims[mid:], lease_id))
             return outcome
 
-    async def _attempt(self, claims: Sequence[Claim]) -> BatchOutcome:
+    async def _attempt(self, claims: Sequence[Claim], lease_id: int | None) -> BatchOutcome:
         outcome = BatchOutcome()
         started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -128,6 +133,7 @@ class BatchRunner:
             due = [u for u in rows if u.eligible and u.next_run_at == slot_of[u.user_id]]
             outcome.skipped = sorted(set(slot_of) - {u.user_id for u in due})
             if not due:
+                await store.release_lease(conn, lease_id)
                 return outcome
             missing = [u.user_id for u in due if not u.has_portfolio]
             await store.ensure_portfolios(conn, missing)
@@ -170,7 +176,9 @@ class BatchRunner:
                 for fill in result.fills:
                     outcome.by_asset_side[(fill.asset, fill.side)] += 1
                     outcome.fees_usd += fill.fee_usd
-            outcome.applied = await store.apply_batch(conn, writes, started_at, book.model_rows())
+            outcome.applied = await store.apply_batch(
+                conn, writes, started_at, book.model_rows(), lease_id
+            )
             for user, error in failures:
                 outcome.auto_paused += await self._record_failure(conn, user.user_id, error)
                 outcome.failed.append(user.user_id)

@@ -34,14 +34,15 @@ def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Clai
 
 
 async def run_batch(
-    ctx: dict[str, Any], user_ids: list[int], slots_us: list[int]
+    ctx: dict[str, Any], user_ids: list[int], slots_us: list[int], lease_id: int | None = None
 ) -> dict[str, int]:
-    """The arq job: apply one batch of claimed slots."""
+    """The arq job: apply one batch of claimed slots and give back its lease (a job without
+    one, from `simctl run` or an older scheduler, leaves leases to end by themselves)."""
     runner: BatchRunner = ctx["runner"]
     started = time.perf_counter()
     # Every event of this job (split, failures, retries) names it; the task's context only.
     structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), batch_size=len(user_ids))
-    outcome = await runner.run(decode_claims(user_ids, slots_us))
+    outcome = await runner.run(decode_claims(user_ids, slots_us), lease_id)
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
     metrics.BATCH_SIZE.observe(len(user_ids))
     metrics.RUNS.labels("applied").inc(len(outcome.applied))

@@ -131,7 +131,14 @@ class Scheduler:
             limit = min(room, batches) * s.sim_batch_size
             batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
             started = time.perf_counter()
-            lease = await self._pg(partial(store.claim_due, limit=limit, lease_s=s.sim_lease_s))
+            lease = await self._pg(
+                partial(
+                    store.claim_due,
+                    limit=limit,
+                    lease_s=s.sim_lease_s,
+                    batch_size=s.sim_batch_size,
+                )
+            )
             elapsed = time.perf_counter() - started
             report.claim_ms += elapsed * 1000
             metrics.CLAIM_SECONDS.observe(elapsed)
@@ -141,15 +148,14 @@ class Scheduler:
                 metrics.LEASES_RECOVERED.inc(lease.recovered)
                 log.info("lease.expired", recovered=lease.recovered)
             report.claimed += claimed
-            for i in range(0, claimed, s.sim_batch_size):
-                user_ids = lease.user_ids[i : i + s.sim_batch_size]
-                slots_us = lease.slots_us[i : i + s.sim_batch_size]
+            for batch in lease.batches:
                 job = await self._redis(
                     self.redis.enqueue_job(
                         JOB_NAME,
-                        user_ids,
-                        slots_us,
-                        _job_id=job_id(user_ids, slots_us, lease.until),
+                        batch.user_ids,
+                        batch.slots_us,
+                        batch.lease_id,
+                        _job_id=job_id(batch.user_ids, batch.slots_us, batch.until),
                         _queue_name=s.sim_queue_name,
                     )
                 )

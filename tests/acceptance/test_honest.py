@@ -343,7 +343,7 @@ async def test_a_run_moves_pnl_by_the_marked_to_market_change_minus_costs(
     uid = next(iter(held))
     png = tmp_path / "r.png"
     printed = run_ok(["report", str(uid), "--out", str(png)], admin_env)
-    assert f"P&L now {after[uid]} USD" in printed
+    assert f"P&L now {after[uid]:f} USD" in printed  # plain: 0.00000000, never 0E-8
 
 
 async def test_money_into_a_deleted_or_deactivated_user_is_refused(

@@ -268,6 +268,7 @@ async def test_import_refuses_a_span_over_model_prices_and_runs_use_imports(
     # Earlier ADA history (no model price written there): slots inside it are priced from it.
     slot = await pg.fetchval("SELECT date_trunc('hour', now()) - interval '3 hours'")
     await pg.execute("UPDATE users SET sim_next_run_at = $1, sim_claimed_until = NULL", slot)
+    await pg.execute("DELETE FROM sim_leases")
     future = write_csv(
         tmp_path,
         "ada.csv",

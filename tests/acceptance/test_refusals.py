@@ -105,7 +105,9 @@ def test_a_busy_metrics_port_is_exit_2_at_start(env: dict[str, str], command: li
 
 async def user_row(pg: asyncpg.Connection, uid: int) -> tuple[object, ...]:
     row = await pg.fetchrow(
-        "SELECT sim_next_run_at, sim_claimed_until, sim_run_count FROM users WHERE id = $1", uid
+        "SELECT sim_next_run_at, (SELECT max(until) FROM sim_leases WHERE users.id = ANY(user_ids)), "
+        "sim_run_count FROM users WHERE id = $1",
+        uid,
     )
     assert row is not None
     return tuple(row)
@@ -156,14 +158,19 @@ async def test_run_never_restarts_the_wait_of_a_lost_slot(
 
         # A lease that already lapsed is not renewed by `run`: the scheduler reclaims at once.
         short = {**env, "SIM_LEASE_S": "1"}
-        await pg.execute("UPDATE users SET sim_claimed_until = NULL WHERE id = $1", second)
+        # Take the second user out of the batch's lease (the first keeps it).
+        await pg.execute(
+            "UPDATE sim_leases SET user_ids = user_ids[1:1], slots_us = slots_us[1:1] "
+            "WHERE user_ids = $1::bigint[]",
+            [first, second],
+        )
         assert simctl(["scheduler", "--once"], short).returncode == 0
         await client.flushall()
 
         async def lapsed() -> bool:
             return bool(
                 await pg.fetchval(
-                    "SELECT sim_claimed_until <= now() FROM users WHERE id = $1", second
+                    "SELECT max(until) <= now() FROM sim_leases WHERE $1 = ANY(user_ids)", second
                 )
             )
 

@@ -54,7 +54,7 @@ def test_every_worker_refuses_a_pickled_job(settings: Settings, tmp_path: Path) 
 
 
 async def lease_expired(pg: asyncpg.Connection) -> bool:
-    return bool(await pg.fetchval("SELECT bool_and(sim_claimed_until < now()) FROM users"))
+    return bool(await pg.fetchval("SELECT bool_and(until < now()) FROM sim_leases"))
 
 
 async def test_a_pickled_or_garbage_job_is_dropped_unrun_and_its_users_run_once_after_the_lease(

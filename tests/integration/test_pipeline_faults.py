@@ -98,7 +98,7 @@ async def test_redis_flushed_between_scheduling_and_working(
     env = {**env, "SIM_LEASE_S": "1", "SIM_BATCH_SIZE": "100"}
     first = simctl(["scheduler", "--once"], env)
     assert first.returncode == 0, first.stderr
-    leased = await pg.fetchval("SELECT count(*) FROM users WHERE sim_claimed_until IS NOT NULL")
+    leased = await pg.fetchval("SELECT sum(cardinality(user_ids)) FROM sim_leases")
     assert leased == 500
     client = Redis.from_url(redis_url)
     try:
@@ -111,7 +111,7 @@ async def test_redis_flushed_between_scheduling_and_working(
     assert await pg.fetchval("SELECT count(*) FROM sim_runs") == 0
 
     async def leases_expired() -> bool:
-        return bool(await pg.fetchval("SELECT max(sim_claimed_until) < now() FROM users"))
+        return bool(await pg.fetchval("SELECT max(until) < now() FROM sim_leases"))
 
     await wait_until(leases_expired, 10, "the leases to expire")
     again = simctl(["scheduler", "--once"], env)
@@ -175,7 +175,7 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
     """Losses in a row must not add a full lease each: a slot claimed late (its job lost once,
     an outage, a backlog) is leased until slot + SIM_LEASE_S, or a sixth of the lease from now
     (at least 5 s) if that has passed, so it comes back by then if this job is lost too."""
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from store.runs import claim_due
 
@@ -189,19 +189,26 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
         r["id"]: r["sim_next_run_at"]
         for r in await pg.fetch("SELECT id, sim_next_run_at FROM users")
     }
-    claimed = await claim_due(pg, 10, 60)
+    # One user per batch, so each has a lease row of its own.
+    claimed = await claim_due(pg, 10, 60, batch_size=1)
     assert sorted(claimed.user_ids) == [1, 2, 3]
-    rows = {
-        r["id"]: (r["sim_claimed_until"], r["now"])
-        for r in await pg.fetch("SELECT id, sim_claimed_until, now() FROM users")
+    now = await pg.fetchval("SELECT now()")
+    rows: dict[int, datetime] = {
+        b.user_ids[0]: b.until for b in claimed.batches if b.until is not None
     }
+    stored = {
+        r["user_ids"][0]: r["until"]
+        for r in await pg.fetch("SELECT user_ids, until FROM sim_leases")
+    }
+    assert rows == stored
     tick = timedelta(milliseconds=1)
     # Fresh and 30 s late: the lease ends one lease after the slot.
-    assert abs(rows[1][0] - (slots[1] + lease)) < tick
-    assert abs(rows[2][0] - (slots[2] + lease)) < tick
+    assert abs(rows[1] - (slots[1] + lease)) < tick
+    assert abs(rows[2] - (slots[2] + lease)) < tick
     # 600 s late: a sixth of the lease (10 s) from the claim, not a full one.
-    assert (
-        timedelta(seconds=9)
-        < rows[3][0] - slots[3] - timedelta(seconds=600)
-        < timedelta(seconds=12)
-    )
+    assert timedelta(seconds=9) < rows[3] - now < timedelta(seconds=11)
+    # In one batch, the lease is the shortest of its users': the oldest slot's.
+    await pg.execute("DELETE FROM sim_leases")
+    together = await claim_due(pg, 10, 60, batch_size=10)
+    assert len(together.batches) == 1 and together.until is not None
+    assert abs(together.until - rows[3]) < timedelta(seconds=1)
