@@ -103,6 +103,12 @@ async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 200)
     )
 
 
+async def vacuum_leases(conn: Conn) -> None:
+    """VACUUM sim_leases: a few ms for the rows of a second of batches. A role that may not
+    vacuum it gets Postgres's warning and autovacuum's pace (see migration 0007)."""
+    await conn.execute("VACUUM (SKIP_LOCKED) sim_leases")
+
+
 async def release_lease(conn: Conn, lease_id: int | None) -> None:
     """Give back a batch's lease (apply_batch does it itself when the batch wrote runs)."""
     if lease_id is not None:

@@ -49,6 +49,7 @@ def _count_retry(_: BaseException) -> None:
 
 
 _MAX_BATCHES_PER_CLAIM = 100
+_LEASES_VACUUM_S = 1.0  # how often a scheduler that claimed something vacuums sim_leases
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Scheduler:
         self.market = market  # the stored market (store.market.load_market)
         self._stopping = stopping or asyncio.Event()
         self._last_tick: int | None = None
+        self._leases_vacuumed_at = 0.0  # time.monotonic() of the last VACUUM of sim_leases
 
     async def _pg(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on
@@ -163,6 +165,12 @@ class Scheduler:
                     report.enqueued += 1
             if claimed < limit:
                 break
+        if report.claimed and time.monotonic() - self._leases_vacuumed_at >= _LEASES_VACUUM_S:
+            # Every batch leaves a dead ~3 kB lease row behind, and every claim reads the live
+            # ones: without this, a claim read a growing table between autovacuums (20 ms per
+            # claim after 40 s at 7,700 runs/s, 100 ms and a 12 s p99 lag after a few minutes).
+            await self._pg(store.vacuum_leases)
+            self._leases_vacuumed_at = time.monotonic()
         return report
 
     async def _tick(self, conn: Conn) -> None:
