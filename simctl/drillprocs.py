@@ -9,7 +9,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bench.services import redis_answers, redis_argv
+from bench.services import free_port, redis_answers, redis_argv
 from store.db import connect
 from store.errors import StoreError
 
@@ -37,12 +36,6 @@ class DrillError(Exception):
 
 
 # -- private services -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 def now_utc() -> datetime:
     return datetime.now(UTC)

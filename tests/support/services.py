@@ -8,7 +8,6 @@ import concurrent.futures
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench.services import free_port as free_port  # re-exported: the tests take it from here
 from bench.services import redis_answers, redis_argv
 from simconfig import Settings
 from store.db import connect
@@ -125,13 +125,6 @@ def create_database(template: str) -> str:
 
 def drop_database(name: str) -> None:
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
