@@ -212,3 +212,29 @@ async def test_a_late_slot_is_leased_until_its_slot_plus_the_lease_not_a_lease_f
     together = await claim_due(pg, 10, 60, batch_size=10)
     assert len(together.batches) == 1 and together.until is not None
     assert abs(together.until - rows[3]) < timedelta(seconds=1)
+
+
+async def test_a_scheduler_that_claimed_vacuums_the_lease_table(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    """Every batch leaves a dead lease row that every claim reads: a pass that claimed
+    something vacuums sim_leases (at most once a second), a pass that claimed nothing does not."""
+
+    async def vacuumed() -> int:
+        await pg.execute("SELECT pg_stat_clear_snapshot()")
+        n: int = await pg.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'sim_leases'"
+        )
+        return n
+
+    await seed_due(pg, 20)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() + interval '1 hour'")
+    before = await vacuumed()
+    idle = simctl(["scheduler", "--once"], env)
+    assert idle.returncode == 0, idle.stderr
+    assert await vacuumed() == before  # nothing claimed, nothing to clean
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    busy = simctl(["scheduler", "--once"], env)
+    assert busy.returncode == 0, busy.stderr
+    assert await pg.fetchval("SELECT count(*) FROM sim_leases") == 1
+    assert await vacuumed() == before + 1
