@@ -148,6 +148,11 @@ async def top_run_id(conn: Conn) -> int:
     return top
 
 
+async def run_ids_taken(conn: Conn) -> int:
+    taken: int = await conn.fetchval(_q("bench_run_ids_taken"))
+    return taken
+
+
 async def run_count(conn: Conn) -> int:
     n: int = await conn.fetchval(_q("bench_run_count"))
     return n

@@ -78,6 +78,7 @@ class Scheduler:
         self._stopping = stopping or asyncio.Event()
         self._last_tick: int | None = None
         self._leases_vacuumed_at = 0.0  # time.monotonic() of the last VACUUM of sim_leases
+        self._claim_batches = 1  # the next claim's size in batches (see run_pass)
 
     async def _pg(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on
@@ -121,9 +122,13 @@ class Scheduler:
         await self._pg(self._tick)
         await self._pg(lambda conn: store.materialize_null_slots(conn, 10_000))
         await self._redis(drop_lapsed_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
-        # Claims grow 1, 2, 4, ... batches within a pass: the first job of a burst is on the
-        # queue a few milliseconds after its slot instead of after one claim of thousands.
-        batches = 1
+        # Claims grow 1, 2, 4, ... batches: the first job of a burst is on the queue a few
+        # milliseconds after its slot instead of after one claim of thousands. The size carries
+        # over to the next pass while users keep coming due (reset by a pass that claimed
+        # nothing): every claim walks the due users still leased, up to SIM_MAX_QUEUED_JOBS
+        # batches of them, so at a steady peak one claim a pass costs the database a fraction
+        # of four small ones.
+        batches = self._claim_batches
         while not self._stopping.is_set():
             report.queue_depth = await self.queue_depth()
             metrics.QUEUE_DEPTH.set(report.queue_depth)
@@ -131,7 +136,7 @@ class Scheduler:
             if room <= 0:
                 break  # backpressure: leases stay short-lived and the claim walk stays small
             limit = min(room, batches) * s.sim_batch_size
-            batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
+            batches = self._claim_batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
             started = time.perf_counter()
             lease = await self._pg(
                 partial(
@@ -165,6 +170,8 @@ class Scheduler:
                     report.enqueued += 1
             if claimed < limit:
                 break
+        if not report.claimed:
+            self._claim_batches = 1
         if report.claimed and time.monotonic() - self._leases_vacuumed_at >= _LEASES_VACUUM_S:
             # Every batch leaves a dead ~3 kB lease row behind, and every claim reads the live
             # ones: without this, a claim read a growing table between autovacuums (20 ms per
