@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         description="Seed the first migrate stores for the market and the runs (unset: drawn at random).",
     )
     sim_lease_s: int = Field(
-        default=60, ge=1, le=86_400, description="How long a claimed batch stays claimed, counted from its oldest slot (a late one: at least a sixth of it, 5 s to the lease, from the claim)."
+        default=60,
+        ge=1,
+        le=86_400,
+        description="How long a claimed batch stays claimed, counted from its oldest slot (a late one: at least a sixth of it, 5 s to the lease, from the claim).",
     )
     sim_admin_keys_sha256: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Comma-separated hex SHA-256 digests of accepted admin keys."

@@ -586,7 +586,10 @@ def bench(
 
     if steps is not None:
         if pinned or quick or docs:
-            raise Exit(2, "bench: --steps profiles on DATABASE_URL's server alone; it takes no --pinned, --quick or --docs")
+            raise Exit(
+                2,
+                "bench: --steps profiles on DATABASE_URL's server alone; it takes no --pinned, --quick or --docs",
+            )
         from bench.steps import run_steps, steps_table
 
         try:
@@ -603,7 +606,10 @@ def bench(
     if not ceiling_file().is_file():
         raise Exit(2, f"bench: no ceiling script at {ceiling_file()} (set {CEILING_ENV})")
     if docs and not bench_docs.is_file():
-        raise Exit(2, "bench: no docs/benchmarks.md here to append to (run from the checkout's root, or leave out --docs)")
+        raise Exit(
+            2,
+            "bench: no docs/benchmarks.md here to append to (run from the checkout's root, or leave out --docs)",
+        )
     if pinned and (reason := refusal()) is not None:
         raise Exit(2, f"bench: {reason}")
     from bench.procs import pgbench_binary
@@ -613,7 +619,9 @@ def bench(
     command = "simctl bench" + (" --quick" if quick else "") + (" --pinned" if pinned else "")
     try:
         pgbench_binary()
-        result = run_async(lambda: run_bench(s, quick=quick, pinned=pinned, command=command, say=say))
+        result = run_async(
+            lambda: run_bench(s, quick=quick, pinned=pinned, command=command, say=say)
+        )
     except BenchError as exc:
         raise Exit(2, f"bench: {exc}") from None
     table = markdown(result)

@@ -37,6 +37,7 @@ class DrillError(Exception):
 
 # -- private services -------------------------------------------------------------------------
 
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 

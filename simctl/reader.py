@@ -90,9 +90,7 @@ def grant_reader(
 
     async def go() -> Any:
         async with connection(s.database_url) as conn:
-            return await do_grant(
-                conn, role, verifier=verifier, adopt_existing=adopt_existing_role
-            )
+            return await do_grant(conn, role, verifier=verifier, adopt_existing=adopt_existing_role)
 
     report = run_async(go)
     password_note = ", password set" if report.password_set else ""

@@ -446,7 +446,9 @@ def split_statements(sql: str) -> list[str]:
             start = i + 1
         i += 1
     tail = sql[start:].strip()
-    if tail and any(line.strip() and not line.strip().startswith("--") for line in tail.splitlines()):
+    if tail and any(
+        line.strip() and not line.strip().startswith("--") for line in tail.splitlines()
+    ):
         out.append(tail)
     return out
 

@@ -84,7 +84,11 @@ class LockPolicy:
 
 
 async def _with_lock_retries(
-    conn: Conn, policy: LockPolicy, what: str, tables: tuple[str, ...], fn: Callable[[], Awaitable[T]]
+    conn: Conn,
+    policy: LockPolicy,
+    what: str,
+    tables: tuple[str, ...],
+    fn: Callable[[], Awaitable[T]],
 ) -> T:
     """`fn` again on a lock timeout (bounded, jittered backoff); then MigrationError naming who
     holds the lock. Other errors are not retried."""
@@ -208,7 +212,9 @@ async def _check(conn: Conn) -> tuple[adopt.Catalogue, adopt.Plan, list[Migratio
     """Refuse an incompatible database (nothing changed); else the adoption's plan."""
     cat = await adopt.read_catalogue(conn)
     problems = [
-        f"{t}: missing table; needs the platform's {t} table" for t in adopt.CORE_TABLES if t not in cat.tables
+        f"{t}: missing table; needs the platform's {t} table"
+        for t in adopt.CORE_TABLES
+        if t not in cat.tables
     ]
     problems += adopt.incompatibilities(cat)
     if problems:
@@ -217,9 +223,7 @@ async def _check(conn: Conn) -> tuple[adopt.Catalogue, adopt.Plan, list[Migratio
         )
     todo = migrations()
     plan = adopt.Plan()
-    adopt.plan_engine_objects(
-        cat, [_by_version(todo, v).sql for v in _ADOPTED_BY_PLAN], plan
-    )
+    adopt.plan_engine_objects(cat, [_by_version(todo, v).sql for v in _ADOPTED_BY_PLAN], plan)
     adopt.plan_platform(cat, plan)
     return cat, plan, todo
 
@@ -302,9 +306,7 @@ async def _adopt(
             conn, lock, "adopting the platform's tables", adopt.CORE_TABLES, transaction
         )
     except asyncpg.PostgresError as exc:
-        raise MigrationError(
-            f"adoption failed (nothing changed): {first_line(exc)}"
-        ) from None
+        raise MigrationError(f"adoption failed (nothing changed): {first_line(exc)}") from None
     report.adopted_users = users
     report.users_lock_ms = users_lock_ms
     report.legacy = legacy_found
@@ -317,7 +319,9 @@ async def _finish_adoption(conn: Conn, lock: LockPolicy, report: MigrateReport) 
     it. Resumable: sim_adoption.completed_at is set when both are done."""
     pending = await conn.fetchval(
         "SELECT to_regclass('sim_adoption') IS NOT NULL"
-    ) and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sim_adoption WHERE completed_at IS NULL)")
+    ) and await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM sim_adoption WHERE completed_at IS NULL)"
+    )
     if not pending:
         return
     cat = await adopt.read_catalogue(conn)

@@ -107,9 +107,7 @@ class BatchRunner:
         be claimed again before this job reaches it, and the duplicate is fenced off."""
         claims = sorted(claims, key=lambda c: c.user_id)
         try:
-            return await retrying(
-                lambda: self._attempt(claims, lease_id), on_retry=self.on_retry
-            )
+            return await retrying(lambda: self._attempt(claims, lease_id), on_retry=self.on_retry)
         except Exception as exc:  # split on anything, so one bad user cannot block the others
             if is_retryable(exc):
                 raise translate(exc) from exc

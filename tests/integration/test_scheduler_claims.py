@@ -29,8 +29,7 @@ async def _claims(pg: asyncpg.Connection) -> list[int]:
 
 async def _make_due(pg: asyncpg.Connection, ids: range) -> None:
     await pg.execute(
-        "UPDATE users SET sim_next_run_at = now() - interval '1 minute' "
-        "WHERE id BETWEEN $1 AND $2",
+        "UPDATE users SET sim_next_run_at = now() - interval '1 minute' WHERE id BETWEEN $1 AND $2",
         ids.start,
         ids.stop - 1,
     )
