@@ -138,15 +138,17 @@ async def tpcb(shape: Shape, prefix: str, plan: Plan, say: Say) -> Tpcb:
 
 async def wait_runs(url: str, target: int, limit_s: float) -> float:
     """Seconds until sim_runs holds `target` rows, polled every 50 ms: first by the ids the
-    sequence handed out (its own page: free for the measured server), then by the highest
-    committed id (a primary-key probe), counted only once that reaches the target: ids are an
-    upper bound of the count (a rolled-back batch leaves a gap)."""
+    sequence handed out (its own page: free for the measured server; skipped when it cannot
+    tell), then by the highest committed id (a primary-key probe), counted only once that
+    reaches the target: ids are an upper bound of the count (a rolled-back batch leaves a
+    gap)."""
     conn = await connect(url)
     started = time.monotonic()
     try:
         while True:
+            taken = await sql.run_ids_taken(conn)
             if (
-                await sql.run_ids_taken(conn) >= target
+                (taken is None or taken >= target)
                 and await sql.top_run_id(conn) >= target
                 and await sql.run_count(conn) >= target
             ):

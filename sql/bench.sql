@@ -69,8 +69,9 @@ SELECT now() + make_interval(secs => $1::float8)
 SELECT extract(epoch FROM $1::timestamptz - clock_timestamp())::float8
 
 -- bench_top_run_id --
--- The highest committed run id: one primary-key probe, cheap enough to poll every 50 ms while
--- the engine is measured (a count(*) would scan a table growing by thousands of rows a second).
+-- The highest committed run id: a probe of the primary key's right edge, which steps over the
+-- uncommitted rows of the batches in flight; polled only once bench_run_ids_taken says the
+-- target was handed out (a count(*) would scan a table growing by thousands of rows a second).
 SELECT coalesce(max(id), 0) FROM sim_runs
 
 -- bench_run_ids_taken --
@@ -78,7 +79,8 @@ SELECT coalesce(max(id), 0) FROM sim_runs
 -- polling it costs the measured server next to nothing. max(id) walks the pkey's right edge
 -- past every uncommitted row of the batches in flight: polled every 50 ms through a pinned
 -- peak, its backend used 1-6 % of the Postgres core (per-backend /proc), charged to the engine.
-SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('sim_runs', 'id')::regclass), 0)
+-- NULL when the sequence cannot tell (nothing handed out yet, or a role that may not read it).
+SELECT pg_sequence_last_value(pg_get_serial_sequence('sim_runs', 'id')::regclass)
 
 -- bench_user_count --
 SELECT count(*) FROM users

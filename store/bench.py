@@ -148,8 +148,9 @@ async def top_run_id(conn: Conn) -> int:
     return top
 
 
-async def run_ids_taken(conn: Conn) -> int:
-    taken: int = await conn.fetchval(_q("bench_run_ids_taken"))
+async def run_ids_taken(conn: Conn) -> int | None:
+    """The highest sim_runs id handed out, or None when the sequence cannot tell."""
+    taken: int | None = await conn.fetchval(_q("bench_run_ids_taken"))
     return taken
 
 

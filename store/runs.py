@@ -43,6 +43,7 @@ class Lease:
     recovered: int = 0
     lease_id: int | None = None
     batches: tuple[Lease, ...] = ()
+    locked: bool = True  # False: another scheduler was claiming, so nothing was looked at
 
     @property
     def claims(self) -> list[Claim]:
@@ -87,7 +88,7 @@ async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 200)
     for): a scheduler that finds another one claiming claims nothing this time."""
     async with conn.transaction():
         if not await conn.fetchval(query("try_claim_lock"), CLAIM_LOCK):
-            return Lease([], [], None)
+            return Lease([], [], None, locked=False)
         rows = await conn.fetch(query("claim_due"), limit, float(lease_s), batch_size)
     batches = tuple(
         Lease(r["user_ids"], r["slots_us"], r["until"], lease_id=r["lease_id"])

@@ -122,13 +122,14 @@ class Scheduler:
         await self._pg(self._tick)
         await self._pg(lambda conn: store.materialize_null_slots(conn, 10_000))
         await self._redis(drop_lapsed_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
-        # Claims grow 1, 2, 4, ... batches: the first job of a burst is on the queue a few
-        # milliseconds after its slot instead of after one claim of thousands. The size carries
-        # over to the next pass while users keep coming due (reset by a pass that claimed
-        # nothing): every claim walks the due users still leased, up to SIM_MAX_QUEUED_JOBS
-        # batches of them, so at a steady peak one claim a pass costs the database a fraction
-        # of four small ones.
+        # Claims grow 1, 2, 4, ... batches within a pass: the first job of a burst is on the
+        # queue a few milliseconds after its slot instead of after one claim of thousands. A
+        # pass that looked starts the next one at twice what it claimed (see _next_claim), so
+        # at a steady peak one claim a pass does, where every claim walks the due users still
+        # leased; a pass that did not look (queue full, another scheduler claiming) changes
+        # nothing, and one that raised keeps the size it started with.
         batches = self._claim_batches
+        looked = False
         while not self._stopping.is_set():
             report.queue_depth = await self.queue_depth()
             metrics.QUEUE_DEPTH.set(report.queue_depth)
@@ -136,7 +137,7 @@ class Scheduler:
             if room <= 0:
                 break  # backpressure: leases stay short-lived and the claim walk stays small
             limit = min(room, batches) * s.sim_batch_size
-            batches = self._claim_batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
+            batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
             started = time.perf_counter()
             lease = await self._pg(
                 partial(
@@ -149,6 +150,7 @@ class Scheduler:
             elapsed = time.perf_counter() - started
             report.claim_ms += elapsed * 1000
             metrics.CLAIM_SECONDS.observe(elapsed)
+            looked = looked or lease.locked
             claimed = len(lease.user_ids)
             metrics.CLAIMED.inc(claimed)
             if lease.recovered:
@@ -170,8 +172,8 @@ class Scheduler:
                     report.enqueued += 1
             if claimed < limit:
                 break
-        if not report.claimed:
-            self._claim_batches = 1
+        if looked:
+            self._claim_batches = self._next_claim(report.claimed)
         if report.claimed and time.monotonic() - self._leases_vacuumed_at >= _LEASES_VACUUM_S:
             # Every batch leaves a dead ~3 kB lease row behind, and every claim reads the live
             # ones: without this, a claim read a growing table between autovacuums (20 ms per
@@ -179,6 +181,12 @@ class Scheduler:
             await self._pg(store.vacuum_leases)
             self._leases_vacuumed_at = time.monotonic()
         return report
+
+    def _next_claim(self, claimed: int) -> int:
+        """The first claim's size in batches for the pass after one that claimed `claimed`
+        users: twice that (users still coming due at that pace take one claim), one batch after
+        a pass that found nobody (the next burst ramps up from its first job)."""
+        return min(_MAX_BATCHES_PER_CLAIM, max(1, 2 * -(-claimed // self.settings.sim_batch_size)))
 
     async def _tick(self, conn: Conn) -> None:
         now = datetime.now(UTC)
