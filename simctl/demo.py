@@ -161,7 +161,7 @@ def summary(env: dict[str, str], seconds: float | None) -> int:
     async def go() -> int:
         conn = await asyncpg.connect(env["DATABASE_URL"])
         try:
-            last_runs = last_trades = None
+            last_runs = last_trades = first_runs = None
             last_t = time.monotonic()
             started = last_t
             total = 0
@@ -178,13 +178,15 @@ def summary(env: dict[str, str], seconds: float | None) -> int:
                 )
                 assert row is not None
                 now = time.monotonic()
+                if first_runs is None:
+                    first_runs = row["runs"]  # a reused database: count this demo's runs only
                 if last_runs is not None and last_trades is not None:
                     dt = now - last_t
-                    total = row["runs"]
+                    total = row["runs"] - first_runs
                     print(
                         f"runs/s={(row['runs'] - last_runs) / dt:8.1f}  "
                         f"trades/s={(row['trades'] - last_trades) / dt:8.1f}  "
-                        f"due={row['due']:6d}  lag_s={row['lag_s'] or 0:6.2f}  runs={row['runs']}",
+                        f"due={row['due']:6d}  lag_s={row['lag_s'] or 0:6.2f}  runs={total}",
                         flush=True,
                     )
                 last_runs, last_trades, last_t = row["runs"], row["trades"], now
@@ -253,7 +255,7 @@ def main() -> None:
                 os.killpg(procs.pid, signal.SIGKILL)
                 procs.wait()
         if total >= 0:
-            say(f"stopped after {seconds} s with {total} runs applied")
+            say(f"stopped after {seconds} s with {total} runs applied in this demo")
         else:
             say("stopped")
 

@@ -67,7 +67,11 @@ def change(
     ] = False,
     lead_s: Annotated[
         int,
-        typer.Option("--lead-s", min=1, help="Applies from the first tick this long from now."),
+        typer.Option(
+            "--lead-s",
+            min=1,
+            help="Applies from the first tick this long from now; under 300 s is refused.",
+        ),
     ] = 3600,
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in admin_audit).")] = "",
     admin_key: Annotated[

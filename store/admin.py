@@ -318,8 +318,8 @@ async def request_withdrawal(
         reserved: Decimal = await conn.fetchval(query("reserved_of_user"), user_id, asset)
         if holding - reserved < amount:
             raise Refused(
-                f"user {user_id} has {holding - reserved} {asset} available "
-                f"({holding} held, {reserved} reserved), not {amount}"
+                f"user {user_id} has {holding - reserved:f} {asset} available "
+                f"({holding:f} held, {reserved:f} reserved), not {amount:f}"
             )
         wid: int = await conn.fetchval(query("insert_withdrawal"), user_id, asset, amount, address)
         await audit(

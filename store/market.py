@@ -95,21 +95,28 @@ def mismatch(settings: Settings, versions: list[MarketVersion]) -> str | None:
     """The first market setting that differs from the stored definition, as one line."""
     first, last = versions[0].params, versions[-1].params
     why = "differs from the stored market definition (set by the first migrate"
-    why += "; change it with `simctl market change`)" if len(versions) == 1 else " and its changes)"
+    why += ")" if len(versions) == 1 else " and its changes)"
+    # Only the seed and the volatilities can change after the first migrate (`simctl market
+    # change --reseed / --volatility`); the tick, the epoch and the start prices never do.
+    fixed = "; unset it (fixed for the life of the database)"
+    changeable = "; unset it, or change the market with `simctl market change`"
     if settings.sim_seed is not None and settings.sim_seed != last.seed:
-        return f"SIM_SEED {why}; unset it"
+        return f"SIM_SEED {why}; unset it (`simctl market change --reseed` draws a new seed)"
     if settings.sim_tick_s is not None and settings.sim_tick_s != first.tick_s:
-        return f"SIM_TICK_S={settings.sim_tick_s} {why}: stored {first.tick_s}"
+        return f"SIM_TICK_S={settings.sim_tick_s} {why}: stored {first.tick_s}{fixed}"
     if settings.sim_epoch is not None and settings.sim_epoch != first.epoch:
-        return f"SIM_EPOCH={settings.sim_epoch.isoformat()} {why}: stored {first.epoch.isoformat()}"
+        return (
+            f"SIM_EPOCH={settings.sim_epoch.isoformat()} {why}: "
+            f"stored {first.epoch.isoformat()}{fixed}"
+        )
     for asset, price in (settings.sim_start_prices or {}).items():
         stored = first.assets[asset].start_price_usd
         if price != stored:
-            return f"SIM_START_PRICES: {asset}={price} {why}: stored {asset}={stored}"
+            return f"SIM_START_PRICES: {asset}={price} {why}: stored {asset}={stored}{fixed}"
     for asset, vol in (settings.sim_volatility or {}).items():
         stored = last.assets[asset].annual_vol
         if vol != stored:
-            return f"SIM_VOLATILITY: {asset}={vol} {why}: stored {asset}={stored}"
+            return f"SIM_VOLATILITY: {asset}={vol} {why}: stored {asset}={stored}{changeable}"
     return None
 
 
