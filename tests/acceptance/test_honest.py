@@ -91,6 +91,9 @@ async def test_a_process_with_another_market_setting_refuses_to_start(
         result = simctl(args, {**env, **extra})
         assert result.returncode == 2, (args, extra, result.stderr)
         assert named in one_line_refusal(result.stderr)
+        # Only the seed and the volatilities can be changed, so only they point there.
+        changeable = named in ("SIM_SEED", "SIM_VOLATILITY")
+        assert ("market change" in one_line_refusal(result.stderr)) == changeable, result.stderr
     # Unset, or equal to the stored value, is accepted.
     unset = {k: v for k, v in env.items() if k != "SIM_SEED"}
     assert simctl(["scheduler", "--once"], unset).returncode == 0

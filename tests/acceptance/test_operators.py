@@ -129,7 +129,11 @@ async def test_user_lifecycle_is_audited_with_a_fingerprint(
         (["users", "set-strategy", "1", "martingale"], 1, "unknown strategy"),
         (["users", "set-strategy", "1", "dca", "--params", "{not json"], 2, "not JSON"),
         (["users", "set-interval", "1", "0"], 2, "seconds"),
-        (["withdrawals", "request", "1", "BTC", "5", "--address", "x"], 1, "available"),
+        (
+            ["withdrawals", "request", "1", "BTC", "5", "--address", "x"],
+            1,
+            "has 0.00000000 BTC available (0.00000000 held",
+        ),
         (["withdrawals", "complete", "424242"], 1, "no withdrawal"),
     ],
 )
