@@ -83,7 +83,12 @@ class Settings(BaseSettings):
     sim_max_trades_per_run: int = Field(
         default=3, ge=0, le=50, description="Upper bound of the random strategy."
     )
-    sim_batch_size: int = Field(default=200, ge=1, le=5000, description="Users per job.")
+    sim_batch_size: int = Field(
+        default=400,
+        ge=1,
+        le=5000,
+        description="Users per job (a job's queue and transaction overheads are paid once per batch).",
+    )
     sim_scheduler_interval_ms: int = Field(
         default=500, ge=10, le=60_000, description="Pause between scheduler passes."
     )

@@ -81,7 +81,7 @@ async def materialize_null_slots(conn: Conn, limit: int) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 200) -> Lease:
+async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 400) -> Lease:
     """Lease up to `limit` due users for `lease_s` seconds, oldest slot first, in batches of
     `batch_size` (each batch one sim_leases row; ids sorted within a batch). Claims are taken
     one at a time across schedulers (a transaction-scoped advisory lock, tried, never waited
