@@ -42,6 +42,7 @@ async def test_worker_metrics_move_when_runs_happen(
     pg: asyncpg.Connection, env: dict[str, str]
 ) -> None:
     await seed_due(pg, 300)
+    env = {**env, "SIM_BATCH_SIZE": "100"}  # three batches
     port = free_port()
     worker = spawn(["worker"], {**env, "SIM_METRICS_PORT": str(port)})
     try:
@@ -79,7 +80,7 @@ async def test_worker_metrics_move_when_runs_happen(
         float(v) for v in re.findall(r"simengine_trades_total\{[^}]*\} ([0-9.e+]+)", after)
     )
     assert traded == trades > 0
-    assert metric(after, "simengine_batch_seconds_count") >= 2
+    assert metric(after, "simengine_batch_seconds_count") == 3
     assert metric(after, "simengine_schedule_lag_seconds_count") == 300
     assert metric(after, "simengine_fees_usd_total") > 0
 
