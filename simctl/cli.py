@@ -446,9 +446,9 @@ def reconcile(
     """
     s = settings()
 
-    async def go() -> tuple[list[Any], list[dict[str, Any]]]:
+    async def go() -> tuple[list[Any], list[dict[str, Any]] | None]:
         from store.db import connection
-        from store.ops import legacy_gap, resolve_user
+        from store.ops import legacy_gap, resolve_user, was_adopted
         from store.ops import reconcile as do_reconcile
         from store.prices import audit_prices
 
@@ -456,7 +456,9 @@ def reconcile(
             uid = None if user is None else await resolve_user(conn, user)
             found = await do_reconcile(conn, uid)
             found += await audit_prices(conn, s.sim_slippage_bps, uid)
-            gaps = await legacy_gap(conn, uid) if legacy else []
+            adopted = legacy and await was_adopted(conn)
+            # None: never adopted, so no legacy ledger and no opening state to explain.
+            gaps = await legacy_gap(conn, uid) if adopted else None
             return found, gaps
 
     found, gaps = run_async(go)
@@ -489,9 +491,12 @@ def reconcile(
         raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
 
 
-def _print_legacy_gaps(gaps: list[dict[str, Any]], as_json: bool) -> None:
+def _print_legacy_gaps(gaps: list[dict[str, Any]] | None, as_json: bool) -> None:
     if as_json:
-        print_json({"legacy_unexplained": gaps})
+        print_json({"adopted": gaps is not None, "legacy_unexplained": gaps or []})
+        return
+    if gaps is None:
+        out.print("legacy: this database was never adopted: no legacy ledger to compare")
         return
     if not gaps:
         out.print("legacy: the legacy ledger explains every adopted user's opening state")

@@ -101,6 +101,13 @@ async def reconcile(conn: Conn, user_id: int | None = None) -> list[Discrepancy]
     return out
 
 
+async def was_adopted(conn: Conn) -> bool:
+    """Whether `migrate` adopted this database's existing platform tables (else there is no
+    legacy ledger and no opening state to explain)."""
+    adopted: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sim_adoption)")
+    return adopted
+
+
 async def legacy_gap(conn: Conn, user_id: int | None = None) -> list[dict[str, Any]]:
     """Per adopted user, how far the legacy ledger was from explaining the opening state
     (USD and each asset: opening minus explained; nonzero only)."""

@@ -102,6 +102,9 @@ async def test_migrate_is_idempotent_and_seed_demo_matches_its_ledger(
     assert row["spread"].total_seconds() > 200  # spread over the 300 s interval
     clean = simctl(["reconcile", "--json"], env)
     assert clean.returncode == 0 and json.loads(clean.stdout)["clean"] is True
+    # A database simengine created (not adopted) has no legacy ledger to report on.
+    legacy = simctl(["reconcile", "--legacy"], env)
+    assert legacy.returncode == 0 and "never adopted" in legacy.stdout, legacy.stdout
 
 
 async def test_reconcile_names_what_was_changed_behind_its_back(
