@@ -51,12 +51,15 @@ def _simctl_env(
     url: str, shape: Shape, settings: Settings, queue: str, **extra: str
 ) -> dict[str, str]:
     """The environment of the scheduler and workers a phase starts: its database, the shape's
-    Redis, a queue of the run's own, the market seed; every other SIM_ setting left default."""
+    Redis, a queue of the run's own, the market seed, and the batch size and concurrency the
+    report states; every other SIM_ setting left default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}
     env.update(
         DATABASE_URL=url,
         REDIS_URL=shape.redis_url,
         SIM_QUEUE_NAME=queue,
+        SIM_BATCH_SIZE=str(settings.sim_batch_size),
+        SIM_WORKER_CONCURRENCY=str(settings.sim_worker_concurrency),
         **({} if settings.sim_seed is None else {"SIM_SEED": str(settings.sim_seed)}),
         SIM_LOG_LEVEL="warning",
         SIM_LOG_JSON="true",

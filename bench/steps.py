@@ -138,7 +138,12 @@ async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]
         while True:
             lease = await timed.timed(
                 "claim_due",
-                lambda: claim_due(conn, settings.sim_batch_size, settings.sim_lease_s),
+                lambda: claim_due(
+                    conn,
+                    settings.sim_batch_size,
+                    settings.sim_lease_s,
+                    batch_size=settings.sim_batch_size,
+                ),
             )
             if not lease.user_ids:
                 break

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         default=500, ge=10, le=60_000, description="Pause between scheduler passes."
     )
     sim_max_queued_jobs: int = Field(
-        default=64, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth."
+        default=32, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth."
     )
     sim_max_failures: int = Field(
         default=5, ge=1, le=100, description="Failed attempts before a user is auto-paused."

@@ -312,7 +312,7 @@ async def request_withdrawal(
             "SELECT withdrawal_fee FROM fee_config WHERE asset = $1", asset
         )
         if amount <= fee:
-            raise Refused(f"amount {amount} {asset} does not cover the withdrawal fee {fee}")
+            raise Refused(f"amount {amount:f} {asset} does not cover the withdrawal fee {fee:f}")
         held = await conn.fetchrow(query("holdings_for_update"), user_id)
         holding = held[asset.lower()] if held else Decimal(0)
         reserved: Decimal = await conn.fetchval(query("reserved_of_user"), user_id, asset)

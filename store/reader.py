@@ -129,7 +129,7 @@ async def role_state(conn: Conn, role: str) -> RoleState:
         if row[key]:
             found.append(f"{row[key]} {what}")
     if row["comment"] != READER_COMMENT:
-        found.append("without grant-reader's mark (its role comment)")
+        found.append("no grant-reader comment")
     return RoleState(True, found)
 
 
