@@ -234,7 +234,13 @@ async def test_trades_are_identical_whatever_the_workers_and_batching(
                     results.append(await conn.fetch(trades_query))
             finally:
                 await pool.close()
-        procs_env = {**env, "DATABASE_URL": url_for(copies[1]), "SIM_BATCH_SIZE": "7"}
+        # One scheduler pass enqueues all 400 users (58 jobs of 7; the default queue stops at 32).
+        procs_env = {
+            **env,
+            "DATABASE_URL": url_for(copies[1]),
+            "SIM_BATCH_SIZE": "7",
+            "SIM_MAX_QUEUED_JOBS": "100",
+        }
         assert simctl(["scheduler", "--once"], procs_env).returncode == 0
         workers = [spawn(["worker", "--burst"], procs_env) for _ in range(3)]
         assert [stop_when_done(w) for w in workers] == [0, 0, 0]
