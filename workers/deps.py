@@ -87,7 +87,12 @@ async def open_pool(
         except Misconfigured:
             raise
         except Exception as exc:
-            if not (isinstance(exc, Unavailable) or is_retryable(exc)):
+            # InternalClientError: a connection cut while asyncpg was starting an operation on
+            # it (seen when a restart terminates the backends of a worker still starting up)
+            # fails as "cannot switch to state ...": the server went away, so wait and retry.
+            if not (
+                isinstance(exc, Unavailable | asyncpg.InternalClientError) or is_retryable(exc)
+            ):
                 raise
             if not wait:
                 if isinstance(exc, Unavailable):
