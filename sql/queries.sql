@@ -309,6 +309,10 @@ SELECT * FROM expected
     OR (has_portfolio AND usd_value <> portfolio_value_usd AND NOT value_as_adopted)
  ORDER BY id
 
+-- was_adopted --
+-- Whether `migrate` adopted the platform's existing tables (a row per adoption).
+SELECT EXISTS (SELECT 1 FROM sim_adoption)
+
 -- legacy_gap --
 -- `reconcile --legacy`: how far the legacy ledger was from explaining each adopted user's
 -- opening state (information: the baseline is what reconcile judges from).

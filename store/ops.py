@@ -104,7 +104,7 @@ async def reconcile(conn: Conn, user_id: int | None = None) -> list[Discrepancy]
 async def was_adopted(conn: Conn) -> bool:
     """Whether `migrate` adopted this database's existing platform tables (else there is no
     legacy ledger and no opening state to explain)."""
-    adopted: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sim_adoption)")
+    adopted: bool = await conn.fetchval(query("was_adopted"))
     return adopted
 
 

@@ -4,6 +4,9 @@ of a burst stays small (its first job is queued a few milliseconds after the slo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 import pytest
 from redis.asyncio import Redis
@@ -37,6 +40,22 @@ async def _make_due(pg: asyncpg.Connection, first: int, n: int) -> None:
     )
 
 
+@asynccontextmanager
+async def _scheduler(settings: Settings, max_queued_jobs: int) -> AsyncIterator[Scheduler]:
+    """An in-process scheduler claiming batches of 10 users under leases of an hour (none ends,
+    giving its users back, while a test runs), with its own pool and Redis."""
+    settings = settings.model_copy(
+        update={"sim_batch_size": 10, "sim_max_queued_jobs": max_queued_jobs, "sim_lease_s": 3600}
+    )
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    redis = await connect_redis(settings)
+    try:
+        yield Scheduler(settings, pool, redis, await load_market_retrying(pool, settings))
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
 @pytest.fixture
 async def parked(pg: asyncpg.Connection) -> int:
     """300 users, none due yet; returns the first id."""
@@ -49,15 +68,7 @@ async def parked(pg: asyncpg.Connection) -> int:
 async def test_claims_grow_within_a_pass_and_the_next_pass_starts_at_the_pace_seen(
     pg: asyncpg.Connection, settings: Settings, parked: int
 ) -> None:
-    # Leases of an hour: none ends (and gives its users back) while the test runs.
-    settings = settings.model_copy(
-        update={"sim_batch_size": 10, "sim_max_queued_jobs": 1000, "sim_lease_s": 3600}
-    )
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    redis = await connect_redis(settings)
-    try:
-        scheduler = Scheduler(settings, pool, redis, await load_market_retrying(pool, settings))
-
+    async with _scheduler(settings, max_queued_jobs=1000) as scheduler:
         # A burst from idle: claims of 1, 2 and 4 batches (and a fourth that finds nobody).
         await _make_due(pg, parked, 70)
         assert (await scheduler.run_pass()).claimed == 70
@@ -82,21 +93,12 @@ async def test_claims_grow_within_a_pass_and_the_next_pass_starts_at_the_pace_se
         await _make_due(pg, parked + 261, 30)
         assert (await scheduler.run_pass()).claimed == 30
         assert await _claims(pg) == [10, 20, 40, 130, 1, 20, 40, 10, 20]
-    finally:
-        await redis.aclose()
-        await pool.close()
 
 
 async def test_a_pass_held_back_by_a_full_queue_keeps_the_claim_size(
     pg: asyncpg.Connection, settings: Settings, parked: int, redis_url: str
 ) -> None:
-    settings = settings.model_copy(
-        update={"sim_batch_size": 10, "sim_max_queued_jobs": 3, "sim_lease_s": 3600}
-    )
-    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    redis = await connect_redis(settings)
-    try:
-        scheduler = Scheduler(settings, pool, redis, await load_market_retrying(pool, settings))
+    async with _scheduler(settings, max_queued_jobs=3) as scheduler:
         await _make_due(pg, parked, 200)
         # Room for 3 jobs (no worker runs): claims of 1 and 2 batches fill it.
         assert (await scheduler.run_pass()).claimed == 30
@@ -106,11 +108,8 @@ async def test_a_pass_held_back_by_a_full_queue_keeps_the_claim_size(
         # full queue (3 batches, one claim), not from one batch again.
         flushing = Redis.from_url(redis_url)
         try:
-            await flushing.delete(settings.sim_queue_name)
+            await flushing.delete(scheduler.settings.sim_queue_name)
         finally:
             await flushing.aclose()
         assert (await scheduler.run_pass()).claimed == 30
         assert await _claims(pg) == [10, 20, 30]
-    finally:
-        await redis.aclose()
-        await pool.close()
