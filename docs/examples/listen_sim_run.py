@@ -5,8 +5,10 @@
 Any role may LISTEN; the reader role made by `simctl grant-reader` is enough. Any role may also
 NOTIFY on any channel (Postgres cannot restrict it), so a payload is only a hint: this listener
 trusts a run once the sim_run_log view shows it with the same user, slot and trade count, and
-reports any other payload as ignored on stderr. A listener that was disconnected misses what was
-sent meanwhile: catch up from sim_run_log by run_id on reconnect.
+reports any other payload as ignored on stderr. A genuine payload sent again (any role can replay
+one it saw) names a run already handled: it is refused as a replay, by run id. A listener that
+was disconnected misses what was sent meanwhile: catch up from sim_run_log by run_id on
+reconnect.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import asyncio
 import json
 import os
 import sys
+from collections import deque
 from datetime import datetime
 
 import asyncpg
@@ -39,6 +42,29 @@ async def verified(conn: asyncpg.Connection, payload: str) -> dict[str, object] 
     return run if found else None
 
 
+class Handled:
+    """The run ids this listener has acted on: the latest `size` of them, and every id at or
+    below the newest one forgotten (runs commit within seconds of their id being drawn, so an
+    id that old is a replay, not a late run)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.ids: set[int] = set()
+        self.order: deque[int] = deque()
+        self.size = size
+        self.forgotten = 0
+
+    def seen(self, run_id: int) -> bool:
+        return run_id in self.ids or run_id <= self.forgotten
+
+    def add(self, run_id: int) -> None:
+        self.ids.add(run_id)
+        self.order.append(run_id)
+        if len(self.order) > self.size:
+            old = self.order.popleft()
+            self.ids.discard(old)
+            self.forgotten = max(self.forgotten, old)
+
+
 async def main(count: int) -> None:
     conn = await asyncpg.connect(os.environ["DATABASE_URL"])
     check = await asyncpg.connect(os.environ["DATABASE_URL"])
@@ -49,12 +75,17 @@ async def main(count: int) -> None:
     print("listening", flush=True)
     try:
         trusted = 0
+        handled = Handled()
         while trusted < count:
             payload = await received.get()
             run = await verified(check, payload)
             if run is None:
-                print(f"ignored: {payload[:200]} (no such run in sim_run_log)", file=sys.stderr)
+                print(f"ignored: {payload[:200]!r} (no such run in sim_run_log)", file=sys.stderr)
                 continue
+            if handled.seen(int(str(run["run_id"]))):
+                print(f"ignored: run {run['run_id']} again (a replay)", file=sys.stderr)
+                continue
+            handled.add(int(str(run["run_id"])))
             # Keys: user_id, run_id, scheduled_for (ISO 8601, UTC), trades_count.
             print(json.dumps(run), flush=True)
             trusted += 1

@@ -165,14 +165,16 @@ async def test_reader_role_reads_the_views_and_nothing_else(
         await pg.execute(f'DROP ROLE "{role}"')
 
 
-async def test_the_documented_listener_receives_a_payload(
+async def test_the_documented_listener_trusts_each_run_once(
     pg: asyncpg.Connection, env: dict[str, str]
 ) -> None:
-    await seed_due(pg, 2)
+    await seed_due(pg, 3)
+    await pg.execute("UPDATE users SET sim_paused = true WHERE id = 3")  # its run comes last
     listener = subprocess.Popen(
-        [sys.executable, str(ROOT / "docs" / "examples" / "listen_sim_run.py"), "--count", "2"],
+        [sys.executable, str(ROOT / "docs" / "examples" / "listen_sim_run.py"), "--count", "3"],
         env=env,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -185,15 +187,26 @@ async def test_the_documented_listener_receives_a_payload(
         )
         assert simctl(["scheduler", "--once"], env).returncode == 0
         assert simctl(["worker", "--burst"], env).returncode == 0
-        out, _ = await asyncio.to_thread(listener.communicate, timeout=30)
+        first = [json.loads(await asyncio.to_thread(listener.stdout.readline)) for _ in range(2)]
+        # ... nor a genuine payload sent again: each run is acted on once.
+        replayed = json.dumps(first[0])
+        for _ in range(3):
+            await pg.execute("SELECT pg_notify('sim_run', $1)", replayed)
+        await pg.execute("UPDATE users SET sim_paused = false WHERE id = 3")
+        assert simctl(["scheduler", "--once"], env).returncode == 0
+        assert simctl(["worker", "--burst"], env).returncode == 0
+        rest, errors = await asyncio.to_thread(listener.communicate, timeout=30)
     finally:
         if listener.poll() is None:
             listener.kill()
-    payloads = [json.loads(line) for line in out.splitlines()]
+    payloads = first + [json.loads(line) for line in rest.splitlines()]
     runs = await pg.fetch("SELECT id, user_id, trades_count FROM sim_runs ORDER BY id")
+    assert len(runs) == 3
     assert sorted((p["run_id"], p["user_id"], p["trades_count"]) for p in payloads) == [
         (r["id"], r["user_id"], r["trades_count"]) for r in runs
     ]
+    assert errors.count(f"run {first[0]['run_id']} again (a replay)") == 3
+    assert "999999" in errors
 
 
 async def test_a_worker_outlives_a_redis_restart(
