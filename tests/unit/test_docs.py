@@ -58,3 +58,28 @@ def test_the_grafana_dashboard_only_queries_metrics_that_exist() -> None:
     for name in used:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert base in exposed, name
+
+
+def test_the_docs_cite_nothing_a_reader_of_the_repository_cannot_look_up() -> None:
+    # Issue numbers and the contract's section numbers point outside the repository.
+    outside = re.compile(r"[Ii]ssue \d+|§|CONTRACT\.md|\.\./shared/")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            assert not outside.search(line), f"{page.name}:{number}: {line}"
+
+
+def test_bench_tables_are_appended_under_a_section_that_expects_them() -> None:
+    # `simctl bench --docs` appends at the end of its file: the last section must be the one that
+    # says what to do with the tables it receives, not the end of some other section.
+    source = (ROOT / "simctl" / "cli.py").read_text()
+    found = re.search(r'bench_docs = Path\("([^"]+)"\)', source)
+    assert found is not None
+    target = (ROOT / found.group(1)).read_text()
+    # A run's table starts with a heading of its own: "## <when> (full)".
+    headings = [
+        line
+        for line in target.splitlines()
+        if line.startswith("## ") and not re.match(r"## \d{4}-\d\d-\d\dT", line)
+    ]
+    assert headings[-1] in ("## Tables appended by `--docs`", "## Full runs"), headings[-1]
+    assert "(bench-log.md)" in (ROOT / "docs" / "benchmarks.md").read_text()
