@@ -15,9 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from simctl.drill import SIZES, schedule
-from store import drill as checks
-from store.drill import Trigger
+from simtools.drill import queries as checks
+from simtools.drill.queries import Trigger
+from simtools.drill.run import SIZES, schedule
 from store.seed import seed_demo
 
 
@@ -36,7 +36,7 @@ def test_ci_drill_every_fault_injected_and_every_invariant_holds(workdir: Path) 
         [
             sys.executable,
             "-m",
-            "simctl.drill",
+            "simtools.drill",
             "--size",
             "ci",
             "--json",
