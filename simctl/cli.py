@@ -229,9 +229,6 @@ def scheduler(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option("--burst", help="Exit when the queue is empty.")] = False,
-    naive: Annotated[
-        bool, typer.Option("--naive", hidden=True, help="The benchmark's naive baseline.")
-    ] = False,
 ) -> None:
     """Run an arq worker that applies batches of runs (graceful stop on SIGTERM).
 
@@ -249,12 +246,7 @@ def worker(
 
     configure_logging(s)
     try:
-        if naive:
-            from bench.naive import naive_worker_settings
-
-            run_worker(s, burst=burst, jobs=naive_worker_settings)
-        else:
-            run_worker(s, burst=burst)
+        run_worker(s, burst=burst)
     except Exception as exc:
         mapped = exit_for(exc)
         if mapped is None:
@@ -559,7 +551,7 @@ def bench(
     ] = None,
 ) -> None:
     """The end-to-end benchmark: simengine's user-runs/s (best of three peaks) against the
-    database's own ceiling (bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive
+    database's own ceiling (simtools/bench/ceiling.pgb under pgbench), pgbench TPC-B and the naive
     design, all measured in this run on this machine; then lag at half of peak, claim time by
     population, worker RSS, CPU per run by process (Postgres's and the Python side's against
     the ceiling's Postgres CPU per run), and reconcile. Creates and drops its own databases next
@@ -580,9 +572,9 @@ def bench(
       simctl bench --steps 50000
     """
     s = settings()
-    from bench.pinned import refusal
-    from bench.plan import CEILING_ENV, ceiling_file
-    from bench.procs import BenchError
+    from simtools.bench.pinned import refusal
+    from simtools.bench.plan import CEILING_ENV, ceiling_file
+    from simtools.bench.procs import BenchError
 
     bench_docs = Path("docs/benchmarks.md")  # the checkout's, from its root (scripts/bench)
 
@@ -595,7 +587,7 @@ def bench(
                 2,
                 "bench: --steps profiles on DATABASE_URL's server alone; it takes no --pinned, --quick or --docs",
             )
-        from bench.steps import run_steps, steps_table
+        from simtools.bench.steps import run_steps, steps_table
 
         try:
             profile = run_async(lambda: run_steps(s, steps, say))
@@ -617,9 +609,9 @@ def bench(
         )
     if pinned and (reason := refusal()) is not None:
         raise Exit(2, f"bench: {reason}")
-    from bench.procs import pgbench_binary
-    from bench.report import markdown
-    from bench.run import run_bench
+    from simtools.bench.procs import pgbench_binary
+    from simtools.bench.report import markdown
+    from simtools.bench.run import run_bench
 
     command = "simctl bench" + (" --quick" if quick else "") + (" --pinned" if pinned else "")
     try:

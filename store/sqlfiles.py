@@ -51,10 +51,13 @@ def migrations(directory: Traversable | None = None) -> list[Migration]:
 def queries(file: str = "queries.sql") -> dict[str, str]:
     """Named queries from a file in sql/ (sql/queries.sql unless named): blocks headed
     `-- name --`."""
-    text = (sql_root() / file).read_text(encoding="utf-8")
+    return named_blocks((sql_root() / file).read_text(encoding="utf-8"))
+
+
+def named_blocks(text: str) -> dict[str, str]:
+    """The blocks of a named-query file, by name (the tools read theirs with this too)."""
     parts = _QUERY_HEADER.split(text)
-    named = {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
-    return named
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
 def query(name: str, file: str = "queries.sql") -> str:

@@ -103,7 +103,7 @@ def test_pinned_refuses_a_single_core_and_steps_refuses_the_bench_flags(
 async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str) -> None:
     from arq.constants import job_key_prefix
 
-    from bench.run import drop_queues
+    from simtools.bench.run import drop_queues
     from workers.codec import connect_redis
 
     # Names of this test's own (the Redis is shared by the tests of one process).

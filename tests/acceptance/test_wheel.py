@@ -104,9 +104,15 @@ def empty_db() -> Iterator[str]:
 
 def test_the_wheel_carries_the_sql_and_the_code_imports_from_the_venv(installed: Installed) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
-    assert "sql/queries.sql" in names and "sql/bench.sql" in names
-    # The bench runs from an installed wheel too: its package and its ceiling script are there.
-    assert "bench/ceiling.pgb" in names and "bench/run.py" in names
+    assert "sql/queries.sql" in names
+    # The bench runs from an installed wheel too: its package, its queries and its ceiling script
+    # are there, beside it; the product's sql/ carries the product's SQL only.
+    assert "simtools/bench/ceiling.pgb" in names and "simtools/bench/run.py" in names
+    assert "simtools/bench/bench.sql" in names and "simtools/harness/services.py" in names
+    assert "simtools/demo/run.py" in names
+    assert "sql/bench.sql" not in names and "sql/drill.sql" not in names
+    # The drill and the fairness table are a clone's tools.
+    assert not [n for n in names if "drill" in n or n.startswith("simtools/fairness/")]
     assert len([n for n in names if n.startswith("sql/migrations/")]) == installed.migrations
     where = subprocess.run(
         [
@@ -162,7 +168,7 @@ def test_the_base_install_refuses_report_and_the_demo_naming_their_extras(
     assert "pip install 'simengine[report]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     demo = subprocess.run(
-        [str(installed.venv / "bin" / "python"), "-m", "simctl.demo"],
+        [str(installed.venv / "bin" / "python"), "-m", "simtools.demo"],
         cwd=installed.home,
         env={**{k: v for k, v in env.items() if k != "PYTHONPATH"}, "PATH": os.environ["PATH"]},
         capture_output=True,

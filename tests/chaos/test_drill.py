@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -15,9 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from simctl.drill import SIZES, schedule
-from store import drill as checks
-from store.drill import Trigger
+from simtools.drill import queries as checks
+from simtools.drill.queries import Trigger
+from simtools.drill.run import SIZES, schedule
+from simtools.harness.procs import module_argv
 from store.seed import seed_demo
 
 
@@ -33,16 +33,7 @@ def workdir() -> Iterator[Path]:
 @pytest.mark.timeout(180)
 def test_ci_drill_every_fault_injected_and_every_invariant_holds(workdir: Path) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simctl.drill",
-            "--size",
-            "ci",
-            "--json",
-            "--workdir",
-            str(workdir),
-        ],
+        module_argv("simtools.drill", "--size", "ci", "--json", "--workdir", str(workdir)),
         capture_output=True,
         text=True,
         timeout=175,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.pinned import copied, pinned_shape
-from bench.procs import children, tree_cpu_s
 from simconfig import Settings
-from store import bench as sql
+from simtools.bench import queries as sql
+from simtools.bench.pinned import copied, pinned_shape
+from simtools.bench.procs import children, tree_cpu_s
 from store.db import connect
 from tests.support.services import server_url
 

@@ -1,10 +1,10 @@
 """A private Postgres cluster for the tests that stop, crash and restart the database itself
-(the shared server must never be touched): the bench's own (bench/services.py), small and
-without fsync, since these tests judge behaviour, not speed."""
+(the shared server must never be touched): the harness's, small and without fsync, since these
+tests judge behaviour, not speed."""
 
 from __future__ import annotations
 
-from bench.services import PrivateCluster
+from simtools.harness.services import PrivateCluster
 
 
 class PgCluster(PrivateCluster):
@@ -12,3 +12,4 @@ class PgCluster(PrivateCluster):
 
     def __init__(self) -> None:
         super().__init__({"fsync": "off", "shared_buffers": "16MB", "max_connections": "40"})
+        self.init()

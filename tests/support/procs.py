@@ -1,4 +1,5 @@
-"""Real processes for the tests: simctl subprocesses and waiting on conditions, never on time."""
+"""Real processes for the tests: simctl subprocesses (the harness's) and waiting on conditions,
+never on time."""
 
 from __future__ import annotations
 
@@ -6,53 +7,36 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 
+from simtools.harness import procs as harness
+from simtools.harness.procs import run_simctl as simctl
+from simtools.harness.procs import simctl_argv
 from store.seed import seed_demo
 
-SIMCTL = [sys.executable, "-m", "simctl"]
+__all__ = ["SIMCTL", "Proc", "simctl", "spawn", "stop", "stop_when_done", "wait_until"]
+
+SIMCTL = simctl_argv()
 
 
-def simctl(
-    args: Sequence[str], env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run one simctl command to completion."""
-    return subprocess.run(
-        [*SIMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-class Proc:
-    """A long-running simctl process; its stderr goes to a file (a pipe could fill and block it)."""
+class Proc(harness.Proc):
+    """A long-running simctl process in its own session, its stderr in a temporary file."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="simctl-", suffix=".log", delete=False)  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            [*SIMCTL, *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        with open(self.log.name, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        fd, path = tempfile.mkstemp(prefix="simctl-", suffix=".log")
+        os.close(fd)
+        super().__init__(simctl_argv(*args), env, log=Path(path), new_session=True)
 
     def close(self) -> None:
-        self.log.close()
-        os.unlink(self.log.name)
+        if self.log is not None:
+            self.log.unlink(missing_ok=True)
 
 
 def spawn(args: Sequence[str], env: dict[str, str]) -> Proc:
@@ -62,15 +46,7 @@ def spawn(args: Sequence[str], env: dict[str, str]) -> Proc:
 
 def stop(proc: Proc, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
     """Signal a process and wait for it to exit; SIGKILL if it overstays. Returns its exit code."""
-    popen = proc.popen
-    if popen.poll() is None:
-        os.kill(popen.pid, sig)
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(popen.pid, signal.SIGKILL)
-            popen.wait()
-    code = popen.returncode
+    [code] = harness.stop([proc], sig, timeout)
     if code not in (0, -signal.SIGKILL):
         print(proc.output())  # shown by pytest when the test fails
     proc.close()

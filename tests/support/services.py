@@ -7,12 +7,8 @@ import asyncio
 import concurrent.futures
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bench.services import free_port as free_port  # re-exported: the tests take it from here
-from bench.services import redis_answers, redis_argv
 from simconfig import Settings
+from simtools.harness.services import PrivateRedis
+from simtools.harness.services import free_port as free_port  # the tests take it from here
 from store.db import connect
 from store.market import ensure_market
 from store.migrate import migrate
@@ -127,44 +123,9 @@ def drop_database(name: str) -> None:
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class RedisServer:
-    """A private redis-server on loopback; start, stop (really) and restart it."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="simengine-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-        # The folder goes when the server object does (or at exit), whoever forgot to stop it.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            redis_argv(self.binary, self.port, self.dir),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not redis_answers(self.port, within_s=10):
-            raise RuntimeError("private redis-server did not answer PING")
+class RedisServer(PrivateRedis):
+    """The harness's private redis-server: start, stop (really) and restart it."""
 
     def start_on_same_port(self) -> None:
         """Start again after stop(): a restart, as an operator would see it."""
         self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def close(self) -> None:
-        """Stop for good and remove its folder."""
-        self.stop()
-        self._cleanup()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from simctl.fairness import _seeded, simulate, table
+from simtools.fairness.table import _seeded, simulate, table
 
 
 @pytest.mark.parametrize("strategy", ["random", "dca", "rebalance", "momentum"])

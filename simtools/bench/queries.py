@@ -1,4 +1,4 @@
-"""The benchmark's data access (queries in sql/bench.sql): scratch databases, populations, the
+"""The benchmark's data access (queries in bench.sql, beside this file): scratch databases, populations, the
 moves between phases and the reads that time them. Only the bench's own scratch databases are
 written; the server's catalogue is read."""
 
@@ -14,21 +14,20 @@ from datetime import datetime
 import asyncpg
 
 from simconfig import Settings
+from simtools.harness.sqlfiles import query
 from store.db import Conn
 from store.errors import Refused
 from store.market import ensure_market
 from store.migrate import migrate
 from store.runs import claim_due
 from store.seed import seed_demo
-from store.sqlfiles import query
 
-_FILE = "bench.sql"
 # CREATE and DROP DATABASE take no bound parameter: a name must be one the bench makes.
 _SCRATCH_NAME = re.compile(r"^simbench_[a-z0-9_]{1,50}$")
 
 
 def _q(name: str) -> str:
-    return query(name, _FILE)
+    return query("simtools.bench", "bench.sql", name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ under a small supervisor (a killed or exited process is started again, as system
 would), and injects, at moments drawn from --seed: worker SIGKILLs aimed at workers inside a
 transaction, scheduler SIGKILLs, Redis FLUSHALL, Redis restarts, Postgres crash-restarts and
 concurrent duplicate `simctl run`s. Then it lets the system drain, stops everything, and checks
-the invariants of CONTRACT §3 with the queries of sql/drill.sql and `simctl reconcile`.
+the invariants of CONTRACT §3 with the queries of drill.sql and `simctl reconcile`.
 
-Usage: python -m simctl.drill --size ci   (scripts/drill wraps it; --help lists every option)
+Usage: python -m simtools.drill --size ci   (scripts/drill wraps it; --help lists every option)
 """
 
 from __future__ import annotations
@@ -35,21 +35,34 @@ from typing import Annotated, Any
 import typer
 from redis.exceptions import RedisError
 
-from simctl.drillprocs import (
-    SIMCTL,
+from simtools.drill import queries as checks
+from simtools.drill.procs import DrillError, Monitor, now_utc
+from simtools.drill.queries import Fault, Trigger
+from simtools.harness.procs import (
     Child,
-    DrillError,
-    Monitor,
-    PgCluster,
-    RedisProc,
+    Proc,
     Supervisor,
-    now_utc,
+    run_simctl,
+    simctl_argv,
     with_app_name,
 )
-from store import drill as checks
+from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError
 from store.db import connect
-from store.drill import Fault, Trigger
 
+# The drill's cluster: close to the shared server's settings (fsync on, 128 MB buffers,
+# autovacuum off).
+CLUSTER_CONF = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "shared_buffers": "128MB",
+    "max_connections": "100",
+    "autovacuum": "off",
+    "max_wal_size": "1GB",
+    "min_wal_size": "80MB",
+    "timezone": "UTC",
+    "log_timezone": "UTC",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
 FAULT_KINDS = ("worker_kill", "scheduler_kill", "redis_flush", "redis_restart", "pg_crash")
 
 
@@ -162,8 +175,8 @@ class Drill:
     plan: Plan
     say: Callable[[str], None]
     root: Path
-    pg: PgCluster
-    redis: RedisProc
+    pg: PrivateCluster
+    redis: PrivateRedis
     env: dict[str, str]
     sup: Supervisor | None = None
     faults: list[Fault] = field(default_factory=list)
@@ -175,14 +188,11 @@ class Drill:
     phase: str = "setup"
 
     def simctl(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SIMCTL, *args],
-            env={**self.env, "DATABASE_URL": with_app_name(self.pg.url, "drill-cli")},
-            cwd=self.root,
-            capture_output=True,
-            text=True,
+        return run_simctl(
+            args,
+            {**self.env, "DATABASE_URL": with_app_name(self.pg.url(), "drill-cli")},
             timeout=timeout,
-            check=False,
+            cwd=self.root,
         )
 
     def must(self, *args: str) -> None:
@@ -199,7 +209,13 @@ class Drill:
             at = now_utc()
             try:
                 target, detail = await self._one_fault(p.kind, rng, mon)
-            except (DrillError, RedisError, OSError, subprocess.SubprocessError) as exc:
+            except (
+                DrillError,
+                ServiceError,
+                RedisError,
+                OSError,
+                subprocess.SubprocessError,
+            ) as exc:
                 self.fault_failures.append(
                     {"kind": p.kind, "at": at.isoformat(), "error": str(exc)[:300]}
                 )
@@ -223,7 +239,7 @@ class Drill:
             return "redis", f"SHUTDOWN NOSAVE, started again after {down_s:.2f} s"
         if kind == "pg_crash":
             began = time.monotonic()
-            await asyncio.to_thread(self.pg.crash)
+            await asyncio.to_thread(self.pg.stop, "immediate")
             await mon.close()
             await asyncio.to_thread(self.pg.start)
             return (
@@ -273,7 +289,7 @@ class Drill:
         """Each planned trigger: two concurrent `simctl run` of one user, niced, at most
         trigger_concurrency processes at once (their import CPU would starve the engine)."""
         gate = asyncio.Semaphore(self.plan.trigger_concurrency)
-        env = {**self.env, "DATABASE_URL": with_app_name(self.pg.url, "drill-run")}
+        env = {**self.env, "DATABASE_URL": with_app_name(self.pg.url(), "drill-run")}
         assert self.sup is not None
         sup = self.sup
 
@@ -281,19 +297,18 @@ class Drill:
             async with gate:
                 self.trigger_late_s.append(time.monotonic() - due)
                 issued = now_utc()
-                popen = subprocess.Popen(  # noqa: ASYNC220 (a fork-exec; asyncio gives no rusage)
-                    ["nice", "-n", "19", *SIMCTL, "run", str(user_id)],
-                    env=env,
+                # A fork-exec; asyncio's subprocesses give no rusage.
+                proc = Proc(
+                    ["nice", "-n", "19", *simctl_argv("run", str(user_id))],
+                    env,
                     cwd=self.root,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
+                    new_session=True,
                 )
-                sup.extra_pids.add(popen.pid)
+                sup.extra_pids.add(proc.pid)
                 # wait4 rather than wait: its rusage is the CPU this one `simctl run` cost.
-                _, status, usage = await asyncio.to_thread(os.wait4, popen.pid, 0)
-                popen.returncode = code = os.waitstatus_to_exitcode(status)
-                sup.extra_pids.discard(popen.pid)
+                _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+                proc.popen.returncode = code = os.waitstatus_to_exitcode(status)
+                sup.extra_pids.discard(proc.pid)
                 self.trigger_cpu_s.append(usage.ru_utime + usage.ru_stime)
                 self.triggers.append(Trigger(user_id, issued, now_utc(), code))
 
@@ -351,7 +366,7 @@ class Drill:
             "--seed",
             str(plan.seed),
         )
-        conn = await connect(self.pg.url)
+        conn = await connect(self.pg.url())
         try:
             await checks.prepare(conn)
             user_ids: list[int] = [
@@ -364,14 +379,19 @@ class Drill:
         began = now_utc()
         t0 = time.monotonic()
         self.sup = Supervisor(
-            self.env, self.pg.url, self.root / "logs", self.root, plan.restart_delay_s
+            self.env,
+            self.pg.url(),
+            self.root / "logs",
+            self.root,
+            plan.restart_delay_s,
+            app_prefix="drill",
         )
         self.sup.logdir.mkdir()
         for i in range(plan.schedulers):
             self.sup.start("scheduler", i)
         for i in range(plan.workers):
             self.sup.start("worker", i)
-        mon = Monitor(self.pg.url)
+        mon = Monitor(self.pg.url())
         background = [
             asyncio.create_task(self.sup.watch()),
             asyncio.create_task(self.progress(mon, t0)),
@@ -422,7 +442,7 @@ class Drill:
     ) -> dict[str, Any]:
         plan = self.plan
         assert self.sup is not None
-        conn = await connect(self.pg.url)
+        conn = await connect(self.pg.url())
         try:
             await checks.record(conn, self.faults, self.triggers)
             walk = await checks.slot_walk(conn)
@@ -641,6 +661,8 @@ def child_env(pg_url: str, redis_url: str, plan: Plan) -> dict[str, str]:
 @contextlib.contextmanager
 def workspace(plan: Plan) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="simengine-drill-", dir=plan.workdir))
+    if os.geteuid() == 0:
+        root.chmod(0o711)  # the postgres OS user runs the cluster inside it
     try:
         yield root
     finally:
@@ -652,9 +674,9 @@ def run_drill(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
     """Set up, inject, drain, judge; every child and the temp cluster are gone afterwards,
     whatever happened (Ctrl-C and SIGTERM included)."""
     with workspace(plan) as root:
-        pg = PgCluster(root)
-        redis = RedisProc(root)
-        drill = Drill(plan, say, root, pg, redis, child_env(pg.url, redis.url, plan))
+        pg = PrivateCluster(CLUSTER_CONF, folder=root / "postgres")
+        redis = PrivateRedis(folder=root / "redis", new_session=True)
+        drill = Drill(plan, say, root, pg, redis, child_env(pg.url(), redis.url, plan))
 
         async def main() -> dict[str, Any]:
             task = asyncio.current_task()
@@ -669,13 +691,24 @@ def run_drill(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         finally:
             if drill.sup is not None:
                 drill.sup.kill_all()
-            redis.stop()
-            pg.stop()
+            redis.close()
+            with contextlib.suppress(ServiceError, subprocess.SubprocessError):
+                pg.close()
 
 
 # -- command line -----------------------------------------------------------------------------
 def _opt(help_text: str, *, min_value: float | None = None) -> Any:
     return typer.Option(help=help_text, min=min_value)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _preset(name: str, help_text: str, *, min_value: float) -> Any:
+    """An option overriding a Plan field, its help ending with each preset's value of it."""
+    values = ", ".join(f"{size} {_number(getattr(plan, name))}" for size, plan in SIZES.items())
+    return _opt(f"{help_text} ({values}).", min_value=min_value)
 
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -687,49 +720,52 @@ def drill(
         str, typer.Option("--size", help="Preset: full (the issue's drill) or ci (about 2 min).")
     ] = "full",
     seed: Annotated[int, _opt("Seed of the fault schedule, users and market.", min_value=0)] = 1,
-    users: Annotated[int | None, _opt("Users seeded (full 50000, ci 5000).", min_value=1)] = None,
+    users: Annotated[int | None, _preset("users", "Users seeded", min_value=1)] = None,
     interval_s: Annotated[
-        int | None, _opt("Their sim_interval_s (full 30, ci 10).", min_value=1)
+        int | None, _preset("interval_s", "Their sim_interval_s", min_value=1)
     ] = None,
     faults_s: Annotated[
-        float | None, _opt("Length of the faults phase (full 300, ci 60).", min_value=1)
+        float | None, _preset("faults_s", "Length of the faults phase", min_value=1)
     ] = None,
     worker_kills: Annotated[
         int | None,
-        _opt(
-            "Worker SIGKILLs, aimed at workers inside a transaction (full 20, ci 4).", min_value=0
+        _preset(
+            "worker_kills",
+            "Worker SIGKILLs, aimed at workers inside a transaction",
+            min_value=0,
         ),
     ] = None,
     scheduler_kills: Annotated[
-        int | None, _opt("Scheduler SIGKILLs (full 2, ci 1).", min_value=0)
+        int | None, _preset("scheduler_kills", "Scheduler SIGKILLs", min_value=0)
     ] = None,
-    flushes: Annotated[int | None, _opt("Redis FLUSHALLs (full 3, ci 1).", min_value=0)] = None,
+    flushes: Annotated[int | None, _preset("flushes", "Redis FLUSHALLs", min_value=0)] = None,
     redis_restarts: Annotated[
-        int | None, _opt("Redis SHUTDOWN NOSAVE + start (full 1, ci 1).", min_value=0)
+        int | None,
+        _preset("redis_restarts", "Redis SHUTDOWN NOSAVE + start", min_value=0),
     ] = None,
     pg_crashes: Annotated[
         int | None,
-        _opt("Postgres `pg_ctl stop -m immediate` + start (full 1, ci 1).", min_value=0),
+        _preset("pg_crashes", "Postgres `pg_ctl stop -m immediate` + start", min_value=0),
     ] = None,
     workers: Annotated[
-        int | None, _opt("simctl worker processes (full 4, ci 2).", min_value=1)
+        int | None, _preset("workers", "simctl worker processes", min_value=1)
     ] = None,
     schedulers: Annotated[
-        int | None, _opt("simctl scheduler processes (full 3, ci 2).", min_value=1)
+        int | None, _preset("schedulers", "simctl scheduler processes", min_value=1)
     ] = None,
     triggers: Annotated[
         int | None,
-        _opt(
-            "Duplicate triggers: each is two concurrent `simctl run` of one random user "
-            "(full 200, ci 10).",
+        _preset(
+            "triggers",
+            "Duplicate triggers: each is two concurrent `simctl run` of one random user",
             min_value=0,
         ),
     ] = None,
     lease_s: Annotated[
-        int | None, _opt("SIM_LEASE_S of every process (full 60, ci 10).", min_value=1)
+        int | None, _preset("lease_s", "SIM_LEASE_S of every process", min_value=1)
     ] = None,
     warmup_s: Annotated[
-        float | None, _opt("Running without faults first (full 20, ci 8).", min_value=0)
+        float | None, _preset("warmup_s", "Running without faults first", min_value=0)
     ] = None,
     drain_s: Annotated[
         float | None,
@@ -812,7 +848,7 @@ def drill(
 
     try:
         result = run_drill(plan, say)
-    except DrillError as exc:
+    except (DrillError, ServiceError) as exc:
         print(f"drill: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -12,12 +12,12 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from bench.procs import BenchError
-from bench.results import Cluster
-from bench.services import PrivateCluster, PrivateRedis, ServiceError, pg_bin
-from bench.shapes import Shape
 from simconfig import Settings
-from store import bench as sql
+from simtools.bench import queries as sql
+from simtools.bench.procs import BenchError
+from simtools.bench.results import Cluster
+from simtools.bench.shapes import Shape
+from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError, pg_bin
 from store.db import connect
 
 # Copied whatever their source on the server: what a run's cost depends on most, and what
@@ -104,10 +104,9 @@ async def pinned_shape(
         f"pinned: initdb a private cluster with the server's {len(conf)} settings; Postgres on "
         f"core {sorted(pg_cpus)}, everything else on {sorted(client_cpus)}"
     )
+    cluster = PrivateCluster(conf, major=server.version_num // 10000, wal_segment_mb=segment_mb)
     try:
-        cluster = await asyncio.to_thread(
-            PrivateCluster, conf, major=server.version_num // 10000, wal_segment_mb=segment_mb
-        )
+        await asyncio.to_thread(cluster.init)
     except ServiceError as exc:
         raise BenchError(f"pinned: {exc}") from None
     redis: PrivateRedis | None = None
@@ -115,7 +114,7 @@ async def pinned_shape(
     try:
         try:
             await asyncio.to_thread(cluster.start, pg_cpus)
-            redis = PrivateRedis(client_cpus)
+            redis = PrivateRedis(cpus=client_cpus)
             await asyncio.to_thread(redis.start)
         except ServiceError as exc:
             raise BenchError(f"pinned: {exc}") from None

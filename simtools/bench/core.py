@@ -1,7 +1,7 @@
 """The pure core's speed on one core: user-runs per second for a batch of users at one slot.
 
-    scripts/bench-core [--users N] [--strategy random]      (python -m bench.core)
-    scripts/bench-core --fairness [--users N] [--slots S]   (python -m simctl.fairness)
+    scripts/bench-core [--users N] [--strategy random]      (python -m simtools.bench.core)
+    scripts/bench-core --fairness [--users N] [--slots S]   (python -m simtools.fairness)
 
 Prices are computed once per asset for the slot (as a worker does), not per user; every run goes
 through apply_run, including its proof of the money rules. No database, no Redis."""

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from simconfig import Settings
-from store import bench as sql
+from simtools.bench import queries as sql
 from store.db import connect
 
 

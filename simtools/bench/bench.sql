@@ -1,4 +1,4 @@
--- Named queries of the benchmark (bench/, store/bench.py). They run only against the bench's own
+-- Named queries of the benchmark (simtools/bench: queries.py, naive.py). They run only against the bench's own
 -- scratch databases (simbench_<pid>_<phase>) or read the server's catalogue; never a real one.
 -- The engine's own statements (claim_due, lock_batch, apply_batch) stay in queries.sql: the bench
 -- measures them as the engine runs them.

@@ -7,18 +7,18 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-# The ceiling script ships with the package (bench/ceiling.pgb, a byte-identical copy of the
+# The ceiling script ships with the package (simtools/bench/ceiling.pgb, a byte-identical copy of the
 # shared shared/bench/ceiling.pgb, which a test keeps in step), so a clone or an installed wheel
 # runs the bench from anywhere; the variable points at another script.
 CEILING_ENV = "SIMENGINE_BENCH_CEILING"
 
 
 def ceiling_file() -> Path:
-    """$SIMENGINE_BENCH_CEILING if set, else the packaged bench/ceiling.pgb."""
+    """$SIMENGINE_BENCH_CEILING if set, else the packaged ceiling.pgb beside this file."""
     override = os.environ.get(CEILING_ENV)
     if override:
         return Path(override).resolve()
-    return Path(str(files("bench") / "ceiling.pgb"))
+    return Path(str(files("simtools.bench") / "ceiling.pgb"))
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,12 @@ import os
 import time
 from collections.abc import Callable
 
-from bench.databases import scratch_database
-from bench.plan import Plan, ceiling_file
-from bench.procs import (
-    BenchError,
-    cpu_s,
-    pgbench,
-    pgbench_init,
-    rss_kb,
-    spawn_simctl,
-    stop,
-)
-from bench.results import (
+from simconfig import Settings
+from simtools.bench import queries as sql
+from simtools.bench.databases import scratch_database
+from simtools.bench.plan import Plan, ceiling_file
+from simtools.bench.procs import BenchError, cpu_s, pgbench, pgbench_init, rss_kb
+from simtools.bench.results import (
     Ceiling,
     CeilingRun,
     Claims,
@@ -32,9 +26,8 @@ from bench.results import (
     Sustained,
     Tpcb,
 )
-from bench.shapes import Shape
-from simconfig import Settings
-from store import bench as sql
+from simtools.bench.shapes import Shape
+from simtools.harness.procs import Proc, module_argv, simctl_argv, stop
 from store.db import connect
 from store.migrate import migrate
 from store.ops import reconcile
@@ -166,7 +159,7 @@ async def wait_runs(url: str, target: int, limit_s: float) -> float:
 async def naive(shape: Shape, prefix: str, plan: Plan, settings: Settings, say: Say) -> Naive:
     """The naive design: every user leased, one arq job each, workers applying one run per
     transaction row by row, timed until every run is written."""
-    from bench.naive import NAIVE_JOB
+    from simtools.bench.naive import NAIVE_JOB, NAIVE_MODULE
     from store.runs import claim_due
     from workers.codec import connect_redis
     from workers.jobs import encode_claims
@@ -194,7 +187,8 @@ async def naive(shape: Shape, prefix: str, plan: Plan, settings: Settings, say: 
         )
         env = _simctl_env(url, shape, settings, queue)
         workers = [
-            spawn_simctl(["worker", "--naive"], env, shape.client_cpus) for _ in range(plan.workers)
+            Proc(module_argv(NAIVE_MODULE), env, cpus=shape.client_cpus)
+            for _ in range(plan.workers)
         ]
         try:
             seconds = await wait_runs(url, plan.naive_users, 900)
@@ -264,8 +258,10 @@ async def engine(shape: Shape, prefix: str, plan: Plan, settings: Settings, say:
         finally:
             await conn.close()
         env = _simctl_env(url, shape, settings, queue, SIM_SCHEDULER_INTERVAL_MS="100")
-        workers = [spawn_simctl(["worker"], env, shape.client_cpus) for _ in range(plan.workers)]
-        scheduler = spawn_simctl(["scheduler"], env, shape.client_cpus)
+        workers = [
+            Proc(simctl_argv("worker"), env, cpus=shape.client_cpus) for _ in range(plan.workers)
+        ]
+        scheduler = Proc(simctl_argv("scheduler"), env, cpus=shape.client_cpus)
         try:
             procs = {
                 "workers": [w.pid for w in workers],
@@ -363,8 +359,8 @@ async def worker_rss(shape: Shape, prefix: str, plan: Plan, settings: Settings, 
         env = _simctl_env(
             url, shape, settings, queue, SIM_SCHEDULER_INTERVAL_MS="100", SIM_LEASE_S="600"
         )
-        worker = spawn_simctl(["worker"], env, shape.client_cpus)
-        scheduler = spawn_simctl(["scheduler"], env, shape.client_cpus)
+        worker = Proc(simctl_argv("worker"), env, cpus=shape.client_cpus)
+        scheduler = Proc(simctl_argv("scheduler"), env, cpus=shape.client_cpus)
         say(f"{shape.name}: worker RSS over {plan.rss_runs} runs")
         try:
             await wait_runs(url, min(10_000, users), 1800)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from bench.results import BenchResult, Floor, ShapeResult
+from simtools.bench.results import BenchResult, Floor, ShapeResult
 
 
 def _at_least(x: float | None, target: float) -> bool | None:

@@ -1,4 +1,4 @@
--- Named queries of the chaos drill (simctl/drill.py, store/drill.py). They run only against the
+-- Named queries of the chaos drill (run.py, queries.py beside this file). They run only against the
 -- drill's own throw-away cluster: its bookkeeping lives in schema `drill`, never in a real
 -- database. The invariants are judged here, by SQL alone, from what the engine committed.
 

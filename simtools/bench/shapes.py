@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
-from bench.procs import command_name, parent, tree_cpu_s
-from bench.results import Cluster
 from simconfig import Settings
-from store import bench as sql
+from simtools.bench import queries as sql
+from simtools.bench.procs import command_name, parent, tree_cpu_s
+from simtools.bench.results import Cluster
 from store.db import connect
 
 _LOOPBACK = {"", "localhost", "127.0.0.1", "::1"}

@@ -10,14 +10,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import phases
-from bench.databases import drop_leftovers
-from bench.pinned import pinned_shape
-from bench.plan import Plan
-from bench.report import floors
-from bench.results import BenchResult, Cpu, Ratios, ShapeResult
-from bench.shapes import Shape, shared_shape
 from simconfig import Settings
+from simtools.bench import phases
+from simtools.bench.databases import drop_leftovers
+from simtools.bench.pinned import pinned_shape
+from simtools.bench.plan import Plan
+from simtools.bench.report import floors
+from simtools.bench.results import BenchResult, Cpu, Ratios, ShapeResult
+from simtools.bench.shapes import Shape, shared_shape
 
 Say = Callable[[str], None]
 

@@ -137,7 +137,9 @@ def table(rows: list[Row], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simtools.fairness", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--users", type=int, default=2_000, help="users per strategy")
     parser.add_argument("--slots", type=int, default=200, help="slots per user (300 s apart)")
     parser.add_argument("--seed", type=int, default=42, help="market seed (model 2, defaults)")

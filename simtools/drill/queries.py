@@ -1,4 +1,4 @@
-"""The chaos drill's reads and bookkeeping (queries in sql/drill.sql). Only the drill's own
+"""The chaos drill's reads and bookkeeping (queries in drill.sql, beside this file). Only the drill's own
 throw-away cluster is ever touched by these: its records live in schema `drill`."""
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from simtools.harness.sqlfiles import query
 from store.db import Conn
-from store.sqlfiles import query
-
-_FILE = "drill.sql"
 
 
 def _q(name: str) -> str:
-    return query(name, _FILE)
+    return query("simtools.drill", "drill.sql", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +92,7 @@ async def duplicate_slots(conn: Conn) -> int:
 
 
 async def slot_walk(conn: Conn) -> dict[str, dict[str, Any]]:
-    """Verdict -> {n, examples} for every run and every pending slot (see sql/drill.sql)."""
+    """Verdict -> {n, examples} for every run and every pending slot (see drill.sql)."""
     rows = await conn.fetch(_q("drill_slot_walk"))
     return {r["verdict"]: {"n": r["n"], "examples": list(r["examples"])} for r in rows}
 

@@ -20,11 +20,11 @@ from typing import Any, cast
 
 import asyncpg
 
-from bench.databases import scratch_database
-from bench.procs import BenchError
-from bench.results import Reconcile
 from simconfig import Settings
-from store import bench as sql
+from simtools.bench import queries as sql
+from simtools.bench.databases import scratch_database
+from simtools.bench.procs import BenchError
+from simtools.bench.results import Reconcile
 from store.db import connect
 from store.market import load_market
 from store.ops import reconcile

@@ -1,18 +1,16 @@
-"""The processes a bench run measures: simctl schedulers and workers, pgbench, and what /proc
-says about their CPU and memory."""
+"""What a bench run measures its processes by: pgbench, and what /proc says about the CPU and
+memory of the schedulers, workers, redis-server and Postgres (the harness starts them)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.services import pinned
+from simtools.harness.services import pinned
 
 
 class BenchError(Exception):
@@ -93,32 +91,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def spawn_simctl(
-    args: list[str], env: dict[str, str], cpus: Iterable[int] | None
-) -> subprocess.Popen[bytes]:
-    """A simctl process (this interpreter's), on `cpus` if given. taskset execs it: the pid is
-    the simctl process's own."""
-    return subprocess.Popen(
-        pinned(cpus, [sys.executable, "-m", "simctl", *args]),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM (a graceful stop), then SIGKILL whatever is still there after a minute."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def pgbench_binary() -> str:

@@ -1,0 +1,3 @@
+from simtools.demo.run import main
+
+main()

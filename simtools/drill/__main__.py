@@ -1,0 +1,3 @@
+from simtools.drill.run import main
+
+main()

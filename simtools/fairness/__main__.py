@@ -1,0 +1,3 @@
+from simtools.fairness.table import main
+
+main()
