@@ -1,8 +1,7 @@
 """Adoption: bring a database that already holds the platform's tables (restored from its backup,
 written by other services every second) up to the contract, without rewriting a legacy row.
 
-One source of truth, and what is declared here: the migrations (0001, 0002) declare the schema;
-adoption reuses their statements for every engine object (table, function, trigger, index) and
+The migrations (0001, 0002) are the one declaration of the schema: adoption reuses their statements for every engine object (table, function, trigger, index) and
 runs 0003-0005 as they are. What the migrations cannot say is declared here as data (`PLATFORM`):
 which legacy types the engine can read and write for each platform column (a varchar(255) email
 is fine, numeric(20,2) money is not), which columns carry the platform's data and must be there,
@@ -14,6 +13,9 @@ column, its type, default or nullability, or a CHECK there differs from what `PL
 test rather than deriving the declarations at run time: reading them back from the migrations
 would need a scratch schema (a CREATE privilege the engine's role may not have) or a SQL parser,
 and the test catches the same drift before release. The assets come from engine/assets.py.
+The schema migrations' statements are split and classified by their first words
+(`split_statements`, `_STATEMENT_HEAD`): a table's CREATE cannot be read back from a catalogue,
+so the migration text stays the one declaration of the engine's objects.
 
 `steps` is the one walk of an adoption: `simctl migrate --plan` prints its steps, `simctl migrate`
 runs them (store/migrate.py). The order is what keeps the platform running (docs/operations.md,

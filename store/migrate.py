@@ -34,8 +34,6 @@ T = TypeVar("T")
 # Any constant works; two `simctl migrate` serialise on it, the second then finds nothing to do.
 _MIGRATE_LOCK = 0x51_6D_65_6E_67_69_6E_65
 
-__all__ = ["LegacyRows", "LockPolicy", "MigrateReport", "Walk", "migrate", "walk"]
-
 
 def _q(name: str) -> str:
     return query(name, "migrate.sql")
@@ -174,6 +172,7 @@ async def _locked(
 
 async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> MigrateReport:
     report = MigrateReport(applied=[], already=[])
+    adopting = await _state(conn) == "legacy"
 
     async def first_transaction() -> tuple[Walk, float]:
         """The walk, and the adoption's transaction when there is one: all or nothing."""
@@ -196,7 +195,7 @@ async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> Migrate
             conn, lock, "adopting the platform's tables", adopt.CORE_TABLES, first_transaction
         )
     except Exception as exc:
-        if not is_database_error(exc):
+        if not (adopting and is_database_error(exc)):
             raise
         raise MigrationError(f"adoption failed (nothing changed): {first_line(exc)}") from None
     report.already = plan.already
