@@ -203,11 +203,11 @@ async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> Migrate
         report.users_lock_ms = (time.perf_counter() - strong_from) * 1000
         report.legacy = plan.legacy
         report.applied += plan.covers
-    if any(s.phase == FINISH for s in plan.steps):
+    for finish in (s for s in plan.steps if s.phase == FINISH):
         report.notes += await _finish_adoption(
             conn, lock, [s for s in plan.steps if s.phase in (INDEX, VALIDATE)]
         )
-        await conn.execute(_q("adoption_completed"))
+        await _run(conn, finish)
     migrations_to_run = [s for s in plan.steps if s.phase == MIGRATION]
     if migrations_to_run:
         await conn.execute(_q("create_ledger"))
