@@ -1,22 +1,34 @@
 """Adoption: bring a database that already holds the platform's tables (restored from its backup,
 written by other services every second) up to the contract, without rewriting a legacy row.
 
-What the migrations 0001-0002 declare for the platform's tables is declared again here as data
-(`PLATFORM`): the columns the engine reads or writes, what types are compatible, what to add when
-a column is missing, and the rules (CHECK constraints) the engine adds. Everything else in the
-migrations (the engine's own tables, functions, views) is reused statement by statement.
+The migrations (0001, 0002) are the one declaration of the schema: adoption reuses their statements for every engine object (table, function, trigger, index) and
+runs 0003-0005 as they are. What the migrations cannot say is declared here as data (`PLATFORM`):
+which legacy types the engine can read and write for each platform column (a varchar(255) email
+is fine, numeric(20,2) money is not), which columns carry the platform's data and must be there,
+the column declaration to add when one is missing (a nullable or constant-default form of the
+migration's, so adding it rewrites no row), and the migration's CHECKs split into named rules that
+legacy rows are reported against. `PLATFORM` is held to the migrations by a test
+(tests/migration/test_platform_declaration.py): it builds the migrations' tables and fails when a
+column, its type, default or nullability, or a CHECK there differs from what `PLATFORM` says. A
+test rather than deriving the declarations at run time: reading them back from the migrations
+would need a scratch schema (a CREATE privilege the engine's role may not have) or a SQL parser,
+and the test catches the same drift before release. The assets come from engine/assets.py.
+The schema migrations' statements are split and classified by their first words
+(`split_statements`, `_STATEMENT_HEAD`): a table's CREATE cannot be read back from a catalogue,
+so the migration text stays the one declaration of the engine's objects.
 
-The order is what keeps the platform running (docs/operations.md, "Installing on the platform's
-existing database"):
+`steps` is the one walk of an adoption: `simctl migrate --plan` prints its steps, `simctl migrate`
+runs them (store/migrate.py). The order is what keeps the platform running (docs/operations.md,
+"Installing on the platform's existing database"):
 1. check every column, refuse (nothing changed) on any incompatibility;
-2. one transaction under `lock_timeout`, retried a bounded number of times: the engine's tables,
-   the opening snapshot (`sim_baseline`, before any strong lock is taken), then the catalogue-only
+2. one transaction under `lock_timeout`, retried a bounded number of times: the opening snapshot
+   (`sim_baseline`, before any strong lock is taken), the engine's tables, the catalogue-only
    changes to the platform's tables (columns with constant defaults, rules `NOT VALID`), the
    views, the `admin_audit` row and the `schema_migrations` rows. All or nothing;
 3. the indexes the engine needs on existing tables, `CREATE INDEX CONCURRENTLY`;
 4. each rule validated where no legacy row breaks it; the rows that do are reported and kept.
 Steps 3 and 4 are resumable: `sim_adoption.completed_at` stays NULL until they are done, and the
-next `simctl migrate` finishes them.
+next `simctl migrate` finishes them (`finishing_steps`).
 """
 
 from __future__ import annotations
@@ -24,14 +36,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import asyncpg
-
+from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import MigrationError
+from store.sqlfiles import Migration, query
 
-ASSETS = ("btc", "eth", "usdt", "usdc", "xrp", "ada")
-ASSET_LIST = "('BTC', 'ETH', 'USDT', 'USDC', 'XRP', 'ADA')"
+# The portfolio's holding columns and the asset names a rule accepts.
+_HOLDINGS = tuple(a.lower() for a in ASSETS)
+_ASSET_LIST = "(" + ", ".join(f"'{a}'" for a in ASSETS) + ")"
 
 # Column kinds: what a legacy column must be for the engine to read and write it.
 ID, INT, TEXT, MONEY, BOOL, TS, JSONB = "id", "int", "text", "money", "bool", "ts", "jsonb"
@@ -136,12 +150,12 @@ PLATFORM: tuple[Table, ...] = (
         "portfolio",
         (
             Col("user_id", ID),
-            *(_money(a, "numeric(18,8) NOT NULL DEFAULT 0") for a in ASSETS),
+            *(_money(a, "numeric(18,8) NOT NULL DEFAULT 0") for a in _HOLDINGS),
             _money("usd_value", "numeric(20,8) NOT NULL DEFAULT 0"),
             Col("updated_at", TS, _TS_NOW),
         ),
-        tuple(Rule(f"sim_portfolio_{a}_nonneg", f"{a} >= 0", f"{a} >= 0") for a in ASSETS),
-        (*ASSETS, "usd_value"),
+        tuple(Rule(f"sim_portfolio_{a}_nonneg", f"{a} >= 0", f"{a} >= 0") for a in _HOLDINGS),
+        (*_HOLDINGS, "usd_value"),
     ),
     Table(
         "transactions",
@@ -190,7 +204,7 @@ PLATFORM: tuple[Table, ...] = (
         ),
         (
             Rule("sim_trades_side", "trade_type IN ('buy', 'sell')", "trade_type is buy or sell"),
-            Rule("sim_trades_asset", f"asset IN {ASSET_LIST}", "asset is a known asset"),
+            Rule("sim_trades_asset", f"asset IN {_ASSET_LIST}", "asset is a known asset"),
             Rule("sim_trades_amount_pos", "amount > 0", "amount > 0"),
             Rule("sim_trades_price_pos", "price_usd > 0", "price_usd > 0"),
             Rule("sim_trades_fee_nonneg", "fee_usd >= 0", "fee_usd >= 0"),
@@ -212,7 +226,7 @@ PLATFORM: tuple[Table, ...] = (
             Col("updated_at", TS, _TS_NOW),
         ),
         (
-            Rule("sim_withdrawals_asset", f"asset IN {ASSET_LIST}", "asset is a known asset"),
+            Rule("sim_withdrawals_asset", f"asset IN {_ASSET_LIST}", "asset is a known asset"),
             Rule("sim_withdrawals_amount_pos", "amount > 0", "amount > 0"),
             Rule(
                 "sim_withdrawals_status",
@@ -255,6 +269,10 @@ def all_rules() -> dict[str, tuple[str, Rule]]:
 
 
 # -- the catalogue ------------------------------------------------------------------------------
+def _q(name: str) -> str:
+    return query(name, "migrate.sql")
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
     type_name: str
@@ -269,71 +287,32 @@ class Catalogue:
     # index name -> valid
     indexes: dict[str, bool]
     constraints: set[str]
+    # CHECKs still NOT VALID: name -> table
+    unvalidated: dict[str, str]
     functions: set[str]
     triggers: set[str]
     portfolio_unique_user: bool
 
 
 async def read_catalogue(conn: Conn) -> Catalogue:
-    """What the public schema holds now: tables, columns with their types, indexes, rules."""
-    tables = {
-        r["relname"]
-        for r in await conn.fetch(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v')"
-        )
-    }
-    columns = {
-        (r["relname"], r["attname"]): ColumnInfo(r["typname"], r["atttypmod"], r["attnotnull"])
-        for r in await conn.fetch(
-            "SELECT c.relname, a.attname, t.typname, a.atttypmod, a.attnotnull "
-            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
-            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
-            "AND a.attnum > 0 AND NOT a.attisdropped"
-        )
-    }
-    indexes = {
-        r["relname"]: r["indisvalid"]
-        for r in await conn.fetch(
-            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema()"
-        )
-    }
-    constraints = {
-        r["conname"]
-        for r in await conn.fetch(
-            "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
-            "WHERE n.nspname = current_schema()"
-        )
-    }
-    functions = {
-        r["proname"]
-        for r in await conn.fetch(
-            "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = current_schema()"
-        )
-    }
-    triggers = {
-        r["tgname"]
-        for r in await conn.fetch(
-            "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND NOT t.tgisinternal"
-        )
-    }
-    # ON CONFLICT (user_id) needs a unique index on exactly that column.
-    portfolio_unique_user = bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
-            "WHERE n.nspname = current_schema() AND c.relname = 'portfolio' AND i.indisunique "
-            "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indisvalid AND a.attname = 'user_id')"
-        )
-    )
+    """What the current schema holds now: tables, columns with their types, indexes, rules."""
+    constraints = await conn.fetch(_q("catalogue_constraints"))
     return Catalogue(
-        tables, columns, indexes, constraints, functions, triggers, portfolio_unique_user
+        tables={r["relname"] for r in await conn.fetch(_q("catalogue_tables"))},
+        columns={
+            (r["relname"], r["attname"]): ColumnInfo(r["typname"], r["atttypmod"], r["attnotnull"])
+            for r in await conn.fetch(_q("catalogue_columns"))
+        },
+        indexes={r["relname"]: r["indisvalid"] for r in await conn.fetch(_q("catalogue_indexes"))},
+        constraints={r["conname"] for r in constraints},
+        unvalidated={
+            r["conname"]: r["tbl"]
+            for r in constraints
+            if r["contype"] == "c" and not r["convalidated"]
+        },
+        functions={r["proname"] for r in await conn.fetch(_q("catalogue_functions"))},
+        triggers={r["tgname"] for r in await conn.fetch(_q("catalogue_triggers"))},
+        portfolio_unique_user=bool(await conn.fetchval(_q("portfolio_unique_user"))),
     )
 
 
@@ -371,11 +350,15 @@ def compatible(col: Col, info: ColumnInfo) -> bool:
 
 
 def incompatibilities(cat: Catalogue) -> list[str]:
-    """One line per platform column the engine cannot use: table.column, found, needed."""
-    problems: list[str] = []
+    """One line per platform table or column the engine cannot use: what, found, needed."""
+    problems = [
+        f"{t}: missing table; needs the platform's {t} table"
+        for t in CORE_TABLES
+        if t not in cat.tables
+    ]
     for table in PLATFORM:
         if table.name not in cat.tables:
-            continue  # created from the migrations
+            continue
         for col in table.columns:
             info = cat.columns.get((table.name, col.name))
             if info is None:
@@ -397,23 +380,69 @@ def incompatibilities(cat: Catalogue) -> list[str]:
     return problems
 
 
-# -- the plan -----------------------------------------------------------------------------------
+# -- the steps ----------------------------------------------------------------------------------
+# Where a step runs. BASELINE and LOCKED: in the adoption's transaction, BASELINE before any lock
+# that holds back the platform's writes, LOCKED after (timed). INDEX: a concurrent build, one by
+# one, outside a transaction. VALIDATE: a rule validated in its own statement. FINISH: the
+# adoption marked complete. MIGRATION: a migration file, in a transaction of its own.
+BASELINE, LOCKED, INDEX, VALIDATE, FINISH, MIGRATION = (
+    "baseline", "locked", "index", "validate", "finish", "migration",
+)  # fmt: skip
+IN_TRANSACTION = (BASELINE, LOCKED)
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    sql: str
-    # "tx": inside the adoption's transaction; "concurrent": an index built outside it;
-    # "validate": a rule validated after it, in its own statement.
     phase: str
+    # What it is, for --plan and for a refusal.
+    what: str
+    sql: str
+    args: tuple[Any, ...] = ()
     table: str | None = None
+    # The index an INDEX step builds, the constraint a VALIDATE step validates.
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyRows:
+    """Legacy rows that break a rule the engine adds: left as they are, reported."""
+
+    table: str
+    rule: str
+    says: str
+    rows: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"table": self.table, "rule": self.rule, "says": self.says, "rows": self.rows}
+
+    def __str__(self) -> str:
+        return (
+            f"legacy rows: {self.table}: {self.says} ({self.rule}): {self.rows} row(s) left as "
+            "they are; the rule holds for new rows"
+        )
 
 
 @dataclass(slots=True)
-class Plan:
-    tx: list[Step] = field(default_factory=list)
-    concurrent: list[Step] = field(default_factory=list)
-    rules: list[tuple[str, Rule]] = field(default_factory=list)
-    # Tables that existed before adoption (their new rules are added NOT VALID).
-    legacy_tables: set[str] = field(default_factory=set)
+class Adoption:
+    steps: list[Step] = field(default_factory=list)
+    legacy: list[LegacyRows] = field(default_factory=list)
+    # The migrations it stands in for (recorded in schema_migrations).
+    covers: list[str] = field(default_factory=list)
+
+
+# Adoption stands in for these migrations: 0001 and 0002 statement by statement (the engine's
+# objects; the platform's columns from PLATFORM), 0003 and 0004 as they are, 0005 first (the
+# baseline is taken before any strong lock). Later migrations run as on any database.
+SCHEMA = ("0001", "0002")
+AS_IS = ("0003", "0004")
+BASELINE_VERSION = "0005"
+
+
+def _by_version(todo: Sequence[Migration], version: str) -> Migration:
+    for mig in todo:
+        if mig.version == version:
+            return mig
+    raise MigrationError(f"adoption needs migration {version}, which is missing")
 
 
 _STATEMENT_HEAD = re.compile(
@@ -457,73 +486,78 @@ def _strip_comments(stmt: str) -> str:
     return "\n".join(line for line in stmt.splitlines() if not line.lstrip().startswith("--"))
 
 
-def plan_engine_objects(cat: Catalogue, migration_sql: Sequence[str], plan: Plan) -> None:
+def engine_objects(cat: Catalogue, todo: Sequence[Migration]) -> tuple[list[Step], list[Step]]:
     """The statements of the schema migrations (0001, 0002) that still apply to this database:
-    what creates a missing table, function or trigger, and the indexes on tables that existed
-    (built concurrently after the transaction). Platform tables themselves are adopted by
-    `plan_platform`, never re-created."""
+    in the transaction, what creates a missing table, function or trigger (with the indexes and
+    rows of a table it creates); after it, the missing indexes on tables that existed, built
+    concurrently. Platform tables themselves are adopted from PLATFORM, never re-created."""
     created: set[str] = set()
-    for sql in migration_sql:
-        for stmt in split_statements(sql):
+    tx: list[Step] = []
+    concurrent: list[Step] = []
+    for version in SCHEMA:
+        for stmt in split_statements(_by_version(todo, version).sql):
             head = _STATEMENT_HEAD.match(stmt)
             if head is None:
                 raise MigrationError(f"adoption cannot classify a migration statement: {stmt[:60]}")
             verb = " ".join(head["verb"].upper().split())
             name = head["name"].lower()
             on = (head["on"] or "").lower()
-            body = _strip_comments(stmt)
+            body = _strip_comments(stmt).strip()
+            what = f"{version}: {verb.lower()} {name}"
             if verb == "CREATE TABLE":
                 if name not in cat.tables:
-                    plan.tx.append(Step(body, "tx", name))
+                    tx.append(Step(LOCKED, what, body, table=name))
                     created.add(name)
             elif verb in ("CREATE INDEX", "CREATE UNIQUE INDEX"):
                 if cat.indexes.get(name):
                     continue
                 if on in created:
-                    plan.tx.append(Step(body, "tx", on))
+                    tx.append(Step(LOCKED, what, body, table=on, name=name))
                 else:
-                    concurrent = re.sub(
+                    build = re.sub(
                         r"^(CREATE\s+(?:UNIQUE\s+)?INDEX)\s+",
                         r"\1 CONCURRENTLY ",
-                        body.strip(),
+                        body,
                         flags=re.IGNORECASE,
                     )
-                    plan.concurrent.append(Step(concurrent, "concurrent", on))
+                    concurrent.append(Step(INDEX, f"index {name} on {on}", build, (), on, name))
             elif verb == "CREATE FUNCTION":
                 if name not in cat.functions:
-                    plan.tx.append(Step(body, "tx"))
+                    tx.append(Step(LOCKED, what, body))
             elif verb == "CREATE TRIGGER":
                 if name not in cat.triggers:
-                    plan.tx.append(Step(body, "tx", on))
-            elif verb == "INSERT INTO" or verb == "ALTER TABLE":
+                    tx.append(Step(LOCKED, what, body, table=on))
+            elif verb in ("INSERT INTO", "ALTER TABLE"):
                 if name in created:
-                    plan.tx.append(Step(body, "tx", name))
+                    tx.append(Step(LOCKED, what, body, table=name))
                 # On an existing (platform) table the columns come from PLATFORM.
             else:
                 raise MigrationError(f"adoption does not expect {verb} in a schema migration")
+    return tx, concurrent
 
 
-def plan_platform(cat: Catalogue, plan: Plan) -> None:
+def platform_changes(cat: Catalogue) -> tuple[list[Step], list[tuple[str, Rule]]]:
     """Missing columns with their defaults, per legacy table; the rules the engine adds there."""
+    steps: list[Step] = []
+    rules: list[tuple[str, Rule]] = []
     for table in PLATFORM:
         if table.name not in cat.tables:
             continue
-        plan.legacy_tables.add(table.name)
         adds = [
             f"ADD COLUMN {col.name} {col.add}"
             for col in table.columns
             if (table.name, col.name) not in cat.columns and col.add is not None
         ]
         if adds:
-            plan.tx.append(
-                Step(f"ALTER TABLE {table.name}\n    " + ",\n    ".join(adds), "tx", table.name)
-            )
-        rules = list(table.rules)
+            sql = f"ALTER TABLE {table.name}\n    " + ",\n    ".join(adds)
+            steps.append(Step(LOCKED, f"{table.name}: missing columns", sql, table=table.name))
+        table_rules = list(table.rules)
         for name in table.not_null:
             info = cat.columns.get((table.name, name))
             if info is not None and not info.not_null:
-                rules.append(not_null_rule(table.name, name))
-        plan.rules += [(table.name, r) for r in rules if r.name not in cat.constraints]
+                table_rules.append(not_null_rule(table.name, name))
+        rules += [(table.name, r) for r in table_rules if r.name not in cat.constraints]
+    return steps, rules
 
 
 def rule_column(table: str, rule: Rule) -> str:
@@ -537,9 +571,10 @@ def rule_column(table: str, rule: Rule) -> str:
 
 async def count_breaking(
     conn: Conn, cat: Catalogue, rules: Sequence[tuple[str, Rule]]
-) -> dict[str, int]:
-    """Legacy rows that break each rule (a CHECK passes NULL, so rows where it is false), one
-    scan per table. A rule on a column adoption adds is kept by that column's default: 0."""
+) -> tuple[dict[str, int], dict[str, int | None]]:
+    """Legacy rows that break each rule (a CHECK passes NULL, so rows where it is false), and the
+    last id of each table that has some, one scan per table. A rule on a column adoption adds is
+    kept by that column's default: 0."""
     counts: dict[str, int] = {}
     by_table: dict[str, list[Rule]] = {}
     for table, rule in rules:
@@ -547,13 +582,15 @@ async def count_breaking(
             by_table.setdefault(table, []).append(rule)
         else:
             counts[rule.name] = 0
+    last_id: dict[str, int | None] = {}
     for table, table_rules in by_table.items():
         # Identifiers and checks come from PLATFORM (constants), never from input.
         columns = ", ".join(f"count(*) FILTER (WHERE ({r.check}) IS FALSE)" for r in table_rules)
-        row = await conn.fetchrow(f"SELECT {columns} FROM {table}")  # noqa: S608
+        row = await conn.fetchrow(f"SELECT max(id), {columns} FROM {table}")  # noqa: S608
         assert row is not None
-        counts.update({r.name: int(row[i]) for i, r in enumerate(table_rules)})
-    return counts
+        counts.update({r.name: int(row[i + 1]) for i, r in enumerate(table_rules)})
+        last_id[table] = row[0]
+    return counts, last_id
 
 
 def constraint_sql(table: str, rule: Rule, legacy_upto: int | None) -> str:
@@ -565,21 +602,96 @@ def constraint_sql(table: str, rule: Rule, legacy_upto: int | None) -> str:
     return f"ALTER TABLE {table} ADD CONSTRAINT {rule.name} CHECK ({check}) NOT VALID"
 
 
+def _validate(table: str, name: str) -> Step:
+    sql = f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}"
+    return Step(VALIDATE, f"rule {name}", sql, table=table, name=name)
+
+
+def finishing_steps(cat: Catalogue, todo: Sequence[Migration]) -> list[Step]:
+    """What follows an adoption's transaction, here or in a later run after one that stopped:
+    the missing indexes built concurrently, each rule still NOT VALID validated, the adoption
+    marked complete."""
+    _, concurrent = engine_objects(cat, todo)
+    known = all_rules()
+    validate = [
+        _validate(table, name) for name, table in sorted(cat.unvalidated.items()) if name in known
+    ]
+    return [*concurrent, *validate, Step(FINISH, "adoption complete", _q("adoption_completed"))]
+
+
+async def steps(conn: Conn, cat: Catalogue, todo: Sequence[Migration]) -> Adoption:
+    """Every step of adopting this database, in order; MigrationError (nothing changed) when a
+    platform column is incompatible. Reads only: run inside the adoption's transaction, its
+    counts of legacy rows are those the rules' exemptions are written from."""
+    problems = incompatibilities(cat)
+    if problems:
+        raise MigrationError(
+            "refused to adopt this database (nothing changed):\n" + "\n".join(problems)
+        )
+    objects, concurrent = engine_objects(cat, todo)
+    columns, rules = platform_changes(cat)
+    breaking, last_id = await count_breaking(conn, cat, rules)
+    legacy = [
+        LegacyRows(table, rule.name, rule.says, breaking[rule.name])
+        for table, rule in rules
+        if breaking[rule.name]
+    ]
+    constraints = [
+        Step(
+            LOCKED,
+            f"rule {rule.name}",
+            constraint_sql(table, rule, last_id.get(table) if breaking[rule.name] else None),
+            table=table,
+        )
+        for table, rule in rules
+    ]
+    covers = [m for m in todo if m.version <= BASELINE_VERSION]
+    details = {
+        "added": [s.sql.splitlines()[0] for s in (*objects, *columns)],
+        "indexes_to_build": [s.sql.splitlines()[0] for s in concurrent],
+        "rules": [r.name for _, r in rules],
+        "legacy_rows": [r.as_json() for r in legacy],
+        "migrations": [m.version for m in covers],
+    }
+    baseline = _by_version(todo, BASELINE_VERSION)
+    in_tx = [
+        Step(BASELINE, f"migration {baseline.version}_{baseline.name} as it is", baseline.sql),
+        Step(BASELINE, "the opening state", query("take_baseline")),
+        # From here on the statements take locks that hold the platform's writes back
+        # (ALTER TABLE, foreign keys, triggers) until the commit: catalogue changes only.
+        *objects,
+        *columns,
+        *(
+            Step(LOCKED, f"migration {m.version}_{m.name} as it is", m.sql)
+            for m in (_by_version(todo, v) for v in AS_IS)
+        ),
+        *constraints,
+        Step(
+            LOCKED,
+            "the admin_audit 'adopt' row and sim_adoption",
+            _q("record_adoption"),
+            (details, [r.as_json() for r in legacy]),
+        ),
+        Step(LOCKED, "schema_migrations", _q("create_ledger")),
+        *(
+            Step(
+                LOCKED,
+                f"schema_migrations: {m.version}",
+                _q("record_migration"),
+                (m.version, m.name, m.checksum),
+            )
+            for m in covers
+        ),
+    ]
+    validate = [_validate(table, rule.name) for table, rule in rules]
+    finish = Step(FINISH, "adoption complete", _q("adoption_completed"))
+    return Adoption([*in_tx, *concurrent, *validate, finish], legacy, [m.version for m in covers])
+
+
 async def lock_blockers(conn: Conn, tables: Sequence[str]) -> str:
     """Who holds locks on these tables now (pid, state, how long): for the refusal's one line."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT a.pid, a.state, extract(epoch FROM now() - a.xact_start)::int AS xact_s "
-        "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-        "JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE c.relname = ANY($1::text[]) AND l.pid <> pg_backend_pid() AND l.granted "
-        "ORDER BY 1 LIMIT 3",
-        list(tables),
-    )
+    rows = await conn.fetch(_q("lock_holders"), list(tables))
     if not rows:
         return "no holder seen now"
     return ", ".join(f"pid {r['pid']} ({r['state']}, in a transaction for {r['xact_s']} s)"
                      for r in rows)  # fmt: skip
-
-
-def is_lock_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.LockNotAvailableError)

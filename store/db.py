@@ -157,3 +157,34 @@ async def retrying(
 def record_dict(record: Any) -> dict[str, Any]:
     """A row as a plain dict."""
     return dict(record.items())
+
+
+# -- schema changes: the driver's errors by what they mean, and the retry on lock timeouts -------
+def is_lock_timeout(exc: BaseException) -> bool:
+    """A statement gave up waiting for a lock (lock_timeout): nothing of it was applied."""
+    return isinstance(exc, asyncpg.LockNotAvailableError)
+
+
+def is_check_violation(exc: BaseException) -> bool:
+    """A row breaks a CHECK constraint (for instance one being validated)."""
+    return isinstance(exc, asyncpg.CheckViolationError)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """An error the server reported for a statement (not a lost connection)."""
+    return isinstance(exc, asyncpg.PostgresError)
+
+
+async def retrying_lock_timeouts(fn: Callable[[], Awaitable[T]], *, attempts: int) -> T:
+    """Run `fn` again when it gave up waiting for a lock, and on nothing else: a schema change
+    under `lock_timeout` waits a little, jittered, so the platform's writes are not queued behind
+    it. The last lock timeout is raised when the attempts are spent."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_lock_timeout),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    ):
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable")  # pragma: no cover

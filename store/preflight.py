@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from store.db import Conn
 from store.errors import Misconfigured
+from store.sqlfiles import query
 
 # What the scheduler and the workers do to each table (see sql/queries.sql).
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -26,12 +27,8 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 
 async def check_engine_schema(conn: Conn) -> None:
     """Misconfigured naming the first missing table or privilege; None when all is there."""
-    # to_regclass first: has_table_privilege raises on a table that does not exist.
-    rows = await conn.fetch(
-        """SELECT t.name, to_regclass(t.name) IS NOT NULL AS present
-             FROM unnest($1::text[]) AS t(name)""",
-        list(_NEEDS),
-    )
+    # Presence first: has_table_privilege raises on a table that does not exist.
+    rows = await conn.fetch(query("tables_present", "migrate.sql"), list(_NEEDS))
     missing = [r["name"] for r in rows if not r["present"]]
     if missing:
         raise Misconfigured(
@@ -42,13 +39,10 @@ async def check_engine_schema(conn: Conn) -> None:
         *((table, p) for table, needed in _NEEDS.items() for p in needed), strict=True
     )
     refused = await conn.fetch(
-        """SELECT t, p FROM unnest($1::text[], $2::text[]) AS x(t, p)
-            WHERE NOT has_table_privilege(current_user, t, p)""",
-        list(tables),
-        list(privileges),
+        query("privileges_refused", "migrate.sql"), list(tables), list(privileges)
     )
     if refused:
-        role = await conn.fetchval("SELECT current_user")
+        role = await conn.fetchval(query("current_role", "migrate.sql"))
         first = refused[0]
         raise Misconfigured(
             f"role {role} lacks {first['p']} on {first['t']} "

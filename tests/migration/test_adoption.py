@@ -317,3 +317,35 @@ async def test_a_held_lock_makes_migrate_give_up_with_nothing_changed(
     assert await pg.fetchval("SELECT to_regclass('schema_migrations')") is None
     # Once the transaction is gone, the same command adopts.
     assert simctl(["migrate"], env).returncode == 0
+
+
+async def test_an_interrupted_adoption_is_finished_by_the_next_migrate(
+    pg: asyncpg.Connection,
+) -> None:
+    from store.migrate import migrate
+
+    assert (await migrate(pg)).adopted_users
+    # As if the run stopped after its transaction: an index not built, a rule not validated.
+    await pg.execute("UPDATE sim_adoption SET completed_at = NULL")
+    await pg.execute("DROP INDEX idx_users_sim_due")
+    await pg.execute("ALTER TABLE trades DROP CONSTRAINT sim_trades_fee_nonneg")
+    await pg.execute(
+        "ALTER TABLE trades ADD CONSTRAINT sim_trades_fee_nonneg CHECK (fee_usd >= 0) NOT VALID"
+    )
+    plan = await migrate(pg, plan_only=True)
+    assert plan.applied == [] and plan.adopted_users is None
+    assert any("CREATE INDEX CONCURRENTLY idx_users_sim_due" in s for s in plan.plan)
+    assert "ALTER TABLE trades VALIDATE CONSTRAINT sim_trades_fee_nonneg;" in plan.plan
+    assert await pg.fetchval("SELECT to_regclass('idx_users_sim_due')") is None
+
+    again = await migrate(pg)
+    assert again.applied == [] and again.adopted_users is None
+    assert any("1 index(es) built CONCURRENTLY" in n for n in again.notes)
+    assert await pg.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_users_sim_due'::regclass"
+    )
+    assert await pg.fetchval(
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'sim_trades_fee_nonneg'"
+    )
+    assert await pg.fetchval("SELECT completed_at IS NOT NULL FROM sim_adoption")
+    assert (await migrate(pg)).notes == []  # complete: nothing left to finish
