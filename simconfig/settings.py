@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     sim_scheduler_interval_ms: int = Field(
         default=500, ge=10, le=60_000, description="Pause between scheduler passes."
     )
+    sim_claim_stall_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="A scheduler's /readyz reports not ready when none of its claim attempts got the claim lock (or found the queue full) for this long.",
+    )
     sim_max_queued_jobs: int = Field(
         default=32, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth."
     )
@@ -121,8 +127,11 @@ class Settings(BaseSettings):
         description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
     )
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
-    sim_queue_name: str = Field(
-        default="simengine:queue", min_length=1, description="arq queue name."
+    sim_queue_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="arq queue name; unset, `simengine:` and the first 12 hex digits of the database's identity (every deployment its own queue, even on a shared Redis).",
     )
     sim_metrics_port: int = Field(
         default=0,
@@ -201,6 +210,20 @@ class Settings(BaseSettings):
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone, e.g. 2024-01-01T00:00:00Z")
         return value
+
+    def queue_name(self, deployment_id: str) -> str:
+        """The arq queue of the deployment whose database identity is `deployment_id`
+        (store.runs.deployment_id): SIM_QUEUE_NAME when set, else derived from the identity.
+        Every enqueuer and consumer (scheduler, worker, `simctl run`, `status`, bench) asks
+        here, so they agree."""
+        if self.sim_queue_name is not None:
+            return self.sim_queue_name
+        return "simengine:" + deployment_id.replace("-", "")[:12]
+
+    def with_queue(self, deployment_id: str) -> Settings:
+        """These settings with the queue name resolved for `deployment_id` (processes resolve
+        it once at start, then read `sim_queue_name`)."""
+        return self.model_copy(update={"sim_queue_name": self.queue_name(deployment_id)})
 
     def market_params(
         self, seed: int | None = None, model_version: int = CURRENT_MODEL

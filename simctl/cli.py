@@ -283,8 +283,8 @@ def run(
         from store.db import connection
         from store.errors import Refused
         from store.ops import make_due_now, resolve_user, run_of_slot
-        from store.runs import Claim
-        from workers.enqueue import JOB_NAME, connect_redis, encode_claims, job_id, redis_error
+        from store.runs import Claim, deployment_id
+        from workers.enqueue import connect_redis, encode_claims, enqueue_batch, redis_error
 
         # Redis first: a run refused for want of Redis changes nothing in Postgres.
         redis = await connect_redis(s)
@@ -295,13 +295,10 @@ def run(
                 await conn.add_listener("sim_run", lambda *a: queue.put_nowait(a[3]))
                 slot, lease_until = await make_due_now(conn, uid)
                 ids, slots = encode_claims([Claim(uid, slot)])
+                deployment = await deployment_id(conn)
                 try:
-                    await redis.enqueue_job(
-                        JOB_NAME,
-                        ids,
-                        slots,
-                        _job_id=job_id(ids, slots, lease_until),
-                        _queue_name=s.sim_queue_name,
+                    await enqueue_batch(
+                        redis, s.queue_name(deployment), deployment, ids, slots, None, lease_until
                     )
                 except (OSError, RedisError) as exc:
                     # The slot is due now: a scheduler enqueues it once Redis answers (after
@@ -358,14 +355,16 @@ def status(
 
         from store.db import connection
         from store.ops import status as read_status
+        from store.runs import deployment_id
         from workers.queue import pending_jobs
 
         async with connection(s.database_url) as conn:
             data = await read_status(conn)
+            queue_name = s.queue_name(await deployment_id(conn))
         client = Redis.from_url(s.redis_url)
         try:
             # Jobs really waiting: a killed worker's jobs and lapsed ones are not counted.
-            data["queue_depth"] = await pending_jobs(client, s.sim_queue_name, s.sim_lease_s)
+            data["queue_depth"] = await pending_jobs(client, queue_name, s.sim_lease_s)
         except (OSError, RedisError):
             data["queue_depth"] = None
         finally:

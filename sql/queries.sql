@@ -55,7 +55,10 @@ SELECT l.id AS lease_id, l.user_ids, l.slots_us, l.until, e.recovered
  ORDER BY l.id
 
 -- try_claim_lock --
-SELECT pg_try_advisory_xact_lock($1)
+-- One scheduler claims at a time: the 'claim' row of sim_locks (migration 0008), tried, never
+-- waited for. A row lock needs UPDATE privilege on sim_locks, which only the engine has; one row
+-- or none.
+SELECT name FROM sim_locks WHERE name = 'claim' FOR UPDATE SKIP LOCKED
 
 -- release_lease --
 -- A batch that ran nothing (every user skipped) gives its lease back; apply_batch does it for
@@ -67,10 +70,16 @@ SELECT count(*) AS leases, coalesce(sum(cardinality(user_ids)), 0) AS users
   FROM sim_leases WHERE until > now()
 
 -- batch_prelude --
--- Shared lock against `prices import` (which takes it exclusively), the imported spans, and the
--- newest stored market version (a change is seen by the next batch; it only prices ticks after a
--- lead time, so a batch that started before it was stored never needs it).
-SELECT pg_advisory_xact_lock_shared($1) AS locked,
+-- The runs' side of the fence against `prices import`: ROW EXCLUSIVE on sim_price_fence
+-- (migration 0008), taken when this statement is planned by its DELETE, which matches nothing
+-- and writes nothing; the import takes EXCLUSIVE. Then the imported spans, the newest stored
+-- market version (a change is seen by the next batch; it only prices ticks after a lead time,
+-- so a batch that started before it was stored never needs it), and the transaction's now():
+-- no slot later than it runs, and no model tick later than it is written.
+WITH fence AS (
+    DELETE FROM sim_price_fence WHERE false
+)
+SELECT now() AS db_now,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(asset, first_at, last_at)), '[]'::jsonb)
           FROM price_import_spans) AS spans,
        (SELECT max(version) FROM sim_market) AS market_version
@@ -164,7 +173,8 @@ WITH run_in AS (
 ), prices AS (
     INSERT INTO price_history (asset, at, price_usd, source)
     SELECT *, 'model' FROM unnest(string_to_array($22, ','), string_to_array($23, ',')::timestamptz[],
-                                  string_to_array($24, ',')::numeric[])
+                                  string_to_array($24, ',')::numeric[]) AS x(a, t, p)
+     WHERE x.t <= now()  -- never a tick later than now, whatever the caller computed
     ON CONFLICT (asset, at) DO NOTHING
 ), advanced AS (
     UPDATE users u
@@ -230,6 +240,7 @@ SELECT count(*) FROM u
 -- The market ticker: model ticks for other services to read; idempotent on (asset, at).
 INSERT INTO price_history (asset, at, price_usd, source)
 SELECT a, t, p, 'model' FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS x(a, t, p)
+ WHERE t <= now()  -- never a tick later than now, whatever the caller's clock says
 ON CONFLICT (asset, at) DO NOTHING
 
 -- make_due_now --
@@ -674,3 +685,37 @@ SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
 -- A user's money movements (sim_contributions), oldest first, for `simctl report`.
 SELECT at, asset, quantity, value_usd, kind FROM sim_contributions
  WHERE user_id = $1 ORDER BY at
+
+
+-- ---------------------------------------------------------------------------------------------
+-- Engine locks, the deployment's identity, and the audit of time (migration 0008).
+-- ---------------------------------------------------------------------------------------------
+
+-- lock_market --
+-- Serialises the first store of the market definition and every change: the 'market' row of
+-- sim_locks, waited for (a row lock needs UPDATE privilege, which only the engine has).
+SELECT name FROM sim_locks WHERE name = 'market' FOR UPDATE
+
+-- lock_price_fence --
+-- `prices import`'s side of the fence (see batch_prelude): EXCLUSIVE conflicts with the
+-- batches' ROW EXCLUSIVE, so it waits for the running ones and the next ones wait for it.
+LOCK TABLE sim_price_fence IN EXCLUSIVE MODE
+
+-- deployment_id --
+SELECT id::text FROM sim_deployment
+
+-- audit_future_runs --
+-- Runs whose slot is later than their commit (the run's finished_at, stamped by
+-- clock_timestamp() in the statement that wrote it): a run that happened before it was due.
+SELECT id, user_id, scheduled_for, finished_at FROM sim_runs
+ WHERE scheduled_for > finished_at AND ($1::bigint IS NULL OR user_id = $1)
+ ORDER BY id
+
+-- audit_future_prices --
+-- Stored prices later than now: a model tick written ahead of its time (imports refuse them).
+-- One backward probe of the primary key (asset, at) per asset.
+SELECT h.asset, h.at, h.price_usd, h.source
+  FROM (VALUES ('BTC'), ('ETH'), ('USDT'), ('USDC'), ('XRP'), ('ADA')) AS a(asset)
+  CROSS JOIN LATERAL (SELECT p.asset, p.at, p.price_usd, p.source FROM price_history p
+                       WHERE p.asset = a.asset AND p.at > now() ORDER BY p.at) h
+ ORDER BY h.asset, h.at

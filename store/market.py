@@ -24,9 +24,8 @@ from simconfig import Settings
 from store.db import Conn, retrying
 from store.errors import Refused
 from store.runs import audit
+from store.sqlfiles import query
 
-# Serialises the first store and every change (any constant; distinct from the migrate lock).
-_MARKET_LOCK = 0x4D61_726B_6574  # "Market"
 _GENESIS_TICK = -(2**62)  # version 1 is in force from the beginning of time
 LEGACY_SEED = 42  # what SIM_SEED defaulted to before the market was stored
 MIN_LEAD_S = 300
@@ -163,7 +162,7 @@ async def ensure_market(
     the model it was priced with: version 1 of the model, and SIM_SEED or its old default 42."""
     created = False
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MARKET_LOCK)
+        await _lock_market(conn)
         if not await conn.fetchval("SELECT exists (SELECT 1 FROM sim_market)"):
             legacy = await conn.fetchval(
                 "SELECT exists (SELECT 1 FROM sim_runs) "
@@ -191,13 +190,41 @@ async def ensure_market(
     return await load_market(conn, settings), created
 
 
-def _public(params: MarketParams) -> dict[str, Any]:
-    """A definition as audit rows and output show it: everything but the secret seed."""
+async def _lock_market(conn: Conn) -> None:
+    """Serialise the first store and every change for this transaction (the market row of
+    sim_locks: a lock only a role that may write the engine's tables can take)."""
+    await conn.execute(query("lock_market"))
+
+
+def _public(params: MarketParams, *, ahead: bool = False) -> dict[str, Any]:
+    """A definition as audit rows and output show it: everything but the secret seed. `ahead`:
+    the version starts at a tick later than now, so its volatile assets' start prices (the
+    model's prices at that tick) are not shown: no price of a tick to come is."""
+    assets = _assets_json(params)
+    if ahead:
+        for entry in assets.values():
+            if not entry["stable"]:
+                entry["start_price_usd"] = None
     return {
         "model_version": params.model_version,
         "tick_s": params.tick_s,
         "epoch": params.epoch.isoformat(),
-        "assets": _assets_json(params),
+        "assets": assets,
+    }
+
+
+async def prices_now(conn: Conn) -> dict[str, Any]:
+    """Each asset's model price at the tick containing Postgres's now() (the latest tick that
+    has begun), with that tick's start: what `market show` and `market change` may show."""
+    market = _build(await _versions(conn))
+    now: datetime = await conn.fetchval("SELECT now()")
+    return _prices_at_tick(market, market.tick_of(now))
+
+
+def _prices_at_tick(market: Market, tick: int) -> dict[str, Any]:
+    return {
+        "at": market.tick_time(tick).isoformat(),
+        "prices_usd": {a: str(market.price(a, tick)) for a in ASSETS},
     }
 
 
@@ -225,8 +252,10 @@ async def describe(conn: Conn) -> list[dict[str, Any]]:
         raise MarketMismatch("configuration error: the database has no stored market")
     out = []
     market = _build(versions)
+    now_tick = market.tick_of(await conn.fetchval("SELECT now()"))
     for v in versions:
-        entry: dict[str, Any] = {"version": v.version, **_public(v.params)}
+        ahead = v.effective_tick > now_tick
+        entry: dict[str, Any] = {"version": v.version, **_public(v.params, ahead=ahead)}
         entry["effective_from"] = (
             None if v.version == 1 else market.tick_time(v.effective_tick).isoformat()
         )
@@ -257,7 +286,7 @@ async def change_market(
         if not vol.is_finite() or not Decimal(0) < vol <= Decimal(5):
             raise Refused(f"volatility of {asset} must be above 0 and at most 5, got {vol}")
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MARKET_LOCK)
+        await _lock_market(conn)
         versions = await _versions(conn)
         if not versions:
             raise MarketMismatch("configuration error: the database has no stored market")
@@ -284,7 +313,7 @@ async def change_market(
         version = versions[-1].version + 1
         await _insert(conn, version, tick, params, actor)
         details = {
-            **_public(params),
+            **_public(params, ahead=True),
             "version": version,
             "effective_from": market.tick_time(tick).isoformat(),
             "reseeded": reseed,
@@ -292,4 +321,4 @@ async def change_market(
             "reason": reason,
         }
         await audit(conn, actor, "market_change", None, details)
-    return details
+    return {**details, "prices_now": _prices_at_tick(market, market.tick_of(now))}

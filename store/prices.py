@@ -12,7 +12,7 @@ from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import Refused
 from store.ops import Discrepancy
-from store.runs import PRICE_IMPORT_LOCK, audit
+from store.runs import audit
 from store.sqlfiles import query
 
 
@@ -93,11 +93,11 @@ class ImportReport:
 async def import_ticks(
     conn: Conn, ticks: list[Tick], tick_s: int, *, actor: str, sha256: str, name: str
 ) -> ImportReport:
-    """Import in one transaction under the exclusive price-import lock (runs take it shared),
+    """Import in one transaction holding the price fence exclusively (runs hold it shared),
     with its admin_audit row. Imports are history: a tick later than now is refused, so nobody
     can set the price of a slot that has not happened yet."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PRICE_IMPORT_LOCK)
+        await conn.execute(query("lock_price_fence"))
         now: datetime = await conn.fetchval("SELECT now()")
         for t in ticks:
             if t.at > now:

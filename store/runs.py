@@ -9,15 +9,14 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import asyncpg
+
 from engine.accounting import RunResult, slot_from_us
 from engine.assets import ASSETS
-from store.db import Conn
+from store.db import Conn, retrying
+from store.errors import Misconfigured
 from store.sqlfiles import query
 
-# Taken shared by every batch and exclusively by `prices import` (see import_prices).
-PRICE_IMPORT_LOCK = 0x5072_6963_6573  # "Prices"
-# Tried by every claim: one scheduler claims at a time, so no user is leased twice.
-CLAIM_LOCK = 0x436C_6169_6D73  # "Claims"
 _ZERO = Decimal(0)
 # Shared by every user without an open withdrawal (most of them); read-only.
 NO_RESERVATIONS: Mapping[str, Decimal] = MappingProxyType({a: _ZERO for a in ASSETS})
@@ -84,10 +83,11 @@ async def materialize_null_slots(conn: Conn, limit: int) -> int:
 async def claim_due(conn: Conn, limit: int, lease_s: int, batch_size: int = 400) -> Lease:
     """Lease up to `limit` due users for `lease_s` seconds, oldest slot first, in batches of
     `batch_size` (each batch one sim_leases row; ids sorted within a batch). Claims are taken
-    one at a time across schedulers (a transaction-scoped advisory lock, tried, never waited
-    for): a scheduler that finds another one claiming claims nothing this time."""
+    one at a time across schedulers (the claim row of sim_locks, locked for the transaction,
+    tried, never waited for): a scheduler that finds another one claiming claims nothing this
+    time."""
     async with conn.transaction():
-        if not await conn.fetchval(query("try_claim_lock"), CLAIM_LOCK):
+        if await conn.fetchval(query("try_claim_lock")) is None:
             return Lease([], [], None, locked=False)
         rows = await conn.fetch(query("claim_due"), limit, float(lease_s), batch_size)
     batches = tuple(
@@ -116,20 +116,55 @@ async def release_lease(conn: Conn, lease_id: int | None) -> None:
         await conn.execute(query("release_lease"), lease_id)
 
 
-async def batch_prelude(conn: Conn) -> list[Span]:
-    """Take the shared price-import lock for this transaction; return the imported spans."""
-    return (await prelude(conn))[0]
+@dataclass(frozen=True, slots=True)
+class BatchStart:
+    """What a batch's transaction reads first, holding the runs' side of the import fence."""
+
+    spans: list[Span]
+    market_version: int | None  # the newest stored (a process reloads its market when it changed)
+    now: datetime  # the transaction's now() in Postgres: no slot later than it runs
 
 
-async def prelude(conn: Conn) -> tuple[list[Span], int | None]:
-    """batch_prelude, and the newest stored market version (a process reloads its market when
-    it changed)."""
-    row = await conn.fetchrow(query("batch_prelude"), PRICE_IMPORT_LOCK)
+async def begin_batch(conn: Conn) -> BatchStart:
+    """Take the runs' side of the price-import fence for this transaction (it never waits for
+    another batch) and read the imported spans, the market version and Postgres's now()."""
+    row = await conn.fetchrow(query("batch_prelude"))
     assert row is not None
     spans = [
         Span(a, datetime.fromisoformat(f), datetime.fromisoformat(t)) for a, f, t in row["spans"]
     ]
-    return spans, row["market_version"]
+    return BatchStart(spans, row["market_version"], row["db_now"])
+
+
+async def batch_prelude(conn: Conn) -> list[Span]:
+    """begin_batch's imported spans."""
+    return (await begin_batch(conn)).spans
+
+
+async def prelude(conn: Conn) -> tuple[list[Span], int | None]:
+    """begin_batch's imported spans and newest stored market version."""
+    start = await begin_batch(conn)
+    return start.spans, start.market_version
+
+
+async def deployment_id(conn: Conn) -> str:
+    """The database's identity (migration 0008): jobs carry it, the default queue is named
+    after it."""
+    found: str | None = await conn.fetchval(query("deployment_id"))
+    if found is None:
+        raise Misconfigured("the database has no deployment identity: run `simctl migrate`")
+    return found
+
+
+async def deployment_id_retrying(pool: asyncpg.Pool) -> str:
+    """deployment_id on a pool connection, again if the connection is lost (a process starting
+    while Postgres restarts)."""
+
+    async def once() -> str:
+        async with pool.acquire() as conn:
+            return await deployment_id(conn)
+
+    return await retrying(once)
 
 
 async def lock_batch(conn: Conn, user_ids: Sequence[int]) -> list[LoadedUser]:

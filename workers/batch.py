@@ -40,6 +40,7 @@ class BatchOutcome:
 
     applied: list[tuple[int, int]] = field(default_factory=list)  # (run_id, user_id)
     skipped: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # slot later than Postgres's now()
     failed: list[int] = field(default_factory=list)
     trades: int = 0
     by_asset_side: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -50,6 +51,7 @@ class BatchOutcome:
     def merge(self, other: BatchOutcome) -> None:
         self.applied += other.applied
         self.skipped += other.skipped
+        self.refused += other.refused
         self.failed += other.failed
         self.trades += other.trades
         self.by_asset_side.update(other.by_asset_side)
@@ -123,20 +125,38 @@ class BatchRunner:
         outcome = BatchOutcome()
         started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
-            spans, market_version = await store.prelude(conn)
-            self.market = await current_market(conn, self.market, market_version)
+            start = await store.begin_batch(conn)
+            self.market = await current_market(conn, self.market, start.market_version)
             rows = await store.lock_batch(conn, [c.user_id for c in claims])
             slot_of = {c.user_id: c.slot for c in claims}
+            # Runs happen when due, and only then: a slot later than this transaction's now()
+            # (Postgres's clock, the one claims compared the slot with) writes nothing, whoever
+            # enqueued it. No allowance for skew: a claimed slot was due at the claim's now(),
+            # which committed before this transaction began, on the same clock.
+            outcome.refused = sorted(uid for uid, slot in slot_of.items() if slot > start.now)
+            for uid in outcome.refused:
+                log.warning(
+                    "run.refused_not_due",
+                    user_id=uid,
+                    slot=slot_of[uid].isoformat(),
+                    db_now=start.now.isoformat(),
+                )
             # The fence: a stale, duplicate or no-longer-eligible job writes nothing.
-            due = [u for u in rows if u.eligible and u.next_run_at == slot_of[u.user_id]]
-            outcome.skipped = sorted(set(slot_of) - {u.user_id for u in due})
+            due = [
+                u
+                for u in rows
+                if u.eligible
+                and u.next_run_at == slot_of[u.user_id]
+                and slot_of[u.user_id] <= start.now
+            ]
+            outcome.skipped = sorted(set(slot_of) - {u.user_id for u in due} - set(outcome.refused))
             if not due:
                 await store.release_lease(conn, lease_id)
                 return outcome
             missing = [u.user_id for u in due if not u.has_portfolio]
             await store.ensure_portfolios(conn, missing)
             book = PriceBook(
-                self.market, (ImportSpan(s.asset, s.first_at, s.last_at) for s in spans)
+                self.market, (ImportSpan(s.asset, s.first_at, s.last_at) for s in start.spans)
             )
             strategies: dict[int, Strategy | SimError] = {}
             times: set[datetime] = set()

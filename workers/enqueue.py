@@ -9,6 +9,7 @@ from datetime import datetime
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job
 from redis.exceptions import RedisError
 
 from engine.accounting import slot_to_us
@@ -58,3 +59,26 @@ def job_id(user_ids: Sequence[int], slots_us: Sequence[int], lease_until: dateti
     again after its lease expired gets a new job even if the old one is stuck in Redis."""
     key = f"{lease_until}|{list(user_ids)}|{list(slots_us)}"
     return "sim:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+async def enqueue_batch(
+    redis: ArqRedis,
+    queue_name: str,
+    deployment: str,
+    user_ids: Sequence[int],
+    slots_us: Sequence[int],
+    lease_id: int | None,
+    lease_until: datetime | None,
+) -> Job | None:
+    """Enqueue one batch's job for the deployment whose database identity is `deployment`
+    (store.runs.deployment_id; a worker of another database never runs it), named after its
+    lease (job_id); None if that job is already queued."""
+    return await redis.enqueue_job(
+        JOB_NAME,
+        list(user_ids),
+        list(slots_us),
+        lease_id,
+        deployment=deployment,
+        _job_id=job_id(user_ids, slots_us, lease_until),
+        _queue_name=queue_name,
+    )

@@ -10,11 +10,12 @@ from typing import Any
 import asyncpg
 import structlog
 from arq.connections import RedisSettings
+from arq.worker import Retry
 
 from engine.accounting import slot_from_us
 from engine.market import Market
 from simconfig import Settings
-from store.runs import Claim
+from store.runs import Claim, deployment_id_retrying
 from workers import metrics
 from workers.batch import BatchRunner
 from workers.codec import CODEC
@@ -33,12 +34,51 @@ def decode_claims(user_ids: Sequence[int], slots_us: Sequence[int]) -> list[Clai
     return [Claim(uid, slots[us]) for uid, us in zip(user_ids, slots_us, strict=True)]
 
 
+def _foreign(ctx: dict[str, Any], deployment: str | None) -> dict[str, int]:
+    """A job of another database (or of none): never run here. Logged at warning and counted
+    once per job on this worker. A job naming a deployment goes back on the queue after a short
+    defer, so a worker of that deployment (sharing this Redis and queue name) runs it; one
+    naming none belongs to nobody and is dropped (its slots, if any, come back through their
+    lease)."""
+    jid = str(ctx.get("job_id"))
+    seen: dict[str, None] = ctx["foreign_seen"]
+    if jid not in seen:
+        if len(seen) >= _FOREIGN_SEEN_MAX:
+            del seen[next(iter(seen))]
+        seen[jid] = None
+        metrics.FOREIGN_JOBS.inc()
+        log.warning(
+            "job.foreign",
+            job_id=jid,
+            job_deployment=deployment,
+            deployment=ctx["deployment"],
+            action="dropped" if deployment is None else "put back",
+        )
+    if deployment is None:
+        return {"foreign": 1}
+    raise Retry(defer=FOREIGN_DEFER_S)
+
+
+FOREIGN_DEFER_S = 0.5
+_FOREIGN_SEEN_MAX = 10_000
+
+
 async def run_batch(
-    ctx: dict[str, Any], user_ids: list[int], slots_us: list[int], lease_id: int | None = None
+    ctx: dict[str, Any],
+    user_ids: list[int],
+    slots_us: list[int],
+    lease_id: int | None = None,
+    deployment: str | None = None,
 ) -> dict[str, int]:
     """The arq job: apply one batch of claimed slots and give back its lease (a job without
-    one, from `simctl run` or an older scheduler, leaves leases to end by themselves)."""
+    one, from `simctl run`, leaves leases to end by themselves). `deployment` is the identity
+    of the database the job was enqueued for: another database's job is never run here."""
     runner: BatchRunner = ctx["runner"]
+    ours = ctx.get("deployment")
+    if ours is None:  # read by the first job, not at start: arq starts while Postgres is away
+        ctx["deployment"] = ours = await deployment_id_retrying(runner.pool)
+    if deployment != ours:
+        return _foreign(ctx, deployment)
     started = time.perf_counter()
     # Every event of this job (split, failures, retries) names it; the task's context only.
     structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), batch_size=len(user_ids))
@@ -48,6 +88,7 @@ async def run_batch(
     metrics.RUNS.labels("applied").inc(len(outcome.applied))
     metrics.RUNS.labels("skipped").inc(len(outcome.skipped))
     metrics.RUNS.labels("failed").inc(len(outcome.failed))
+    metrics.RUNS_REFUSED.inc(len(outcome.refused))
     metrics.AUTO_PAUSES.inc(outcome.auto_paused)
     metrics.FEES_USD.inc(float(outcome.fees_usd))  # monitoring only; the ledger keeps Decimals
     for (asset, side), count in outcome.by_asset_side.items():
@@ -65,6 +106,7 @@ async def run_batch(
         "applied": len(outcome.applied),
         "skipped": len(outcome.skipped),
         "failed": len(outcome.failed),
+        "refused": len(outcome.refused),
         "trades": outcome.trades,
     }
 
@@ -75,6 +117,7 @@ def worker_settings(settings: Settings, pool: asyncpg.Pool, market: Market) -> d
     comes back."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["foreign_seen"] = {}  # job ids already reported by _foreign, oldest first
         ctx["runner"] = BatchRunner(
             pool,
             settings,

@@ -32,6 +32,19 @@ LAG_SECONDS = Histogram(
     "Batch start minus the slot it runs.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
 )
+RUNS_REFUSED = Counter(
+    "simengine_runs_refused",
+    "Slots a worker refused because they had not come (later than Postgres's now()): a forged "
+    "or replayed job, or a clock that jumped.",
+)
+FOREIGN_JOBS = Counter(
+    "simengine_foreign_jobs",
+    "Jobs of another database (or of none) met on this worker's queue; not run, put back.",
+)
+CLAIM_AGE = Gauge(
+    "simengine_claim_age_seconds",
+    "Seconds since this scheduler's last claim attempt that got the claim lock (scheduler only).",
+)
 CLAIMED = Counter("simengine_claimed", "Slots leased by the scheduler.")
 CLAIM_SECONDS = Histogram(
     "simengine_claim_seconds",

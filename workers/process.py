@@ -24,6 +24,7 @@ from engine.market import Market
 from simconfig import Settings
 from store.errors import first_line
 from store.market import load_market_retrying
+from store.runs import deployment_id_retrying
 from workers.deps import (
     Backoff,
     open_pool,
@@ -90,6 +91,8 @@ async def _serve(settings: Settings, *, burst: bool, jobs: JobsFactory) -> None:
         if proc.pool is not None:
             # The stored market (MarketMismatch, exit 2, if a market setting here differs).
             market = await load_market_retrying(proc.pool, settings)
+            # The queue of this database's deployment (SIM_QUEUE_NAME, or named after its id).
+            proc.settings = settings.with_queue(await deployment_id_retrying(proc.pool))
             await _work(proc, proc.pool, market, burst=burst, jobs=jobs)
         log.info("worker.stopped")
     finally:

@@ -36,7 +36,7 @@ from workers.deps import (
     readiness,
     serve_health,
 )
-from workers.jobs import JOB_NAME, job_id
+from workers.enqueue import enqueue_batch
 from workers.logs import get_logger
 from workers.queue import drop_lapsed_jobs, pending_jobs
 
@@ -79,6 +79,11 @@ class Scheduler:
         self._last_tick: int | None = None
         self._leases_vacuumed_at = 0.0  # time.monotonic() of the last VACUUM of sim_leases
         self._claim_batches = 1  # the next claim's size in batches (see run_pass)
+        self.deployment: str | None = None  # the database's identity, read by the first pass
+        # time.monotonic() of the last claim attempt that got the claim lock or found the queue
+        # full: claims that stall, whatever the cause, show in /readyz and the gauge.
+        self._claim_ok_at = time.monotonic()
+        metrics.CLAIM_AGE.set_function(lambda: time.monotonic() - self._claim_ok_at)
 
     async def _pg(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on
@@ -113,15 +118,32 @@ class Scheduler:
     async def queue_depth(self) -> int:
         """Jobs really waiting: not taken by a (possibly dead) worker, lease not lapsed."""
         s = self.settings
-        return await self._redis(pending_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
+        return await self._redis(pending_jobs(self.redis, self.queue_name, s.sim_lease_s))
+
+    @property
+    def queue_name(self) -> str:
+        name = self.settings.sim_queue_name
+        assert name is not None, "resolved by the first pass (Settings.with_queue)"
+        return name
+
+    def claim_stalled(self) -> str | None:
+        """Why claims look stalled (no claim attempt got the lock or found the queue full for
+        SIM_CLAIM_STALL_S), or None."""
+        age_s = time.monotonic() - self._claim_ok_at
+        if age_s > self.settings.sim_claim_stall_s:
+            return f"claims stalled: no claim attempt went through for {age_s:.0f} s"
+        return None
 
     async def run_pass(self) -> PassReport:
         """Lease and enqueue due users until none is left or the queue is deep enough."""
         report = PassReport()
+        if self.deployment is None:
+            self.deployment = await self._pg(store.deployment_id)
+            self.settings = self.settings.with_queue(self.deployment)
         s = self.settings
         await self._pg(self._tick)
         await self._pg(lambda conn: store.materialize_null_slots(conn, 10_000))
-        await self._redis(drop_lapsed_jobs(self.redis, s.sim_queue_name, s.sim_lease_s))
+        await self._redis(drop_lapsed_jobs(self.redis, self.queue_name, s.sim_lease_s))
         # Claims grow 1, 2, 4, ... batches within a pass: the first job of a burst is on the
         # queue a few milliseconds after its slot instead of after one claim of thousands. A
         # pass that looked starts the next one at twice what it claimed (see _next_claim), so
@@ -135,6 +157,7 @@ class Scheduler:
             metrics.QUEUE_DEPTH.set(report.queue_depth)
             room = s.sim_max_queued_jobs - report.queue_depth
             if room <= 0:
+                self._claim_ok_at = time.monotonic()  # claims work; the workers are behind
                 break  # backpressure: leases stay short-lived and the claim walk stays small
             limit = min(room, batches) * s.sim_batch_size
             batches = min(batches * 2, _MAX_BATCHES_PER_CLAIM)
@@ -151,6 +174,8 @@ class Scheduler:
             report.claim_ms += elapsed * 1000
             metrics.CLAIM_SECONDS.observe(elapsed)
             looked = looked or lease.locked
+            if lease.locked:
+                self._claim_ok_at = time.monotonic()
             claimed = len(lease.user_ids)
             metrics.CLAIMED.inc(claimed)
             if lease.recovered:
@@ -159,13 +184,14 @@ class Scheduler:
             report.claimed += claimed
             for batch in lease.batches:
                 job = await self._redis(
-                    self.redis.enqueue_job(
-                        JOB_NAME,
+                    enqueue_batch(
+                        self.redis,
+                        self.queue_name,
+                        self.deployment,
                         batch.user_ids,
                         batch.slots_us,
                         batch.lease_id,
-                        _job_id=job_id(batch.user_ids, batch.slots_us, batch.until),
-                        _queue_name=s.sim_queue_name,
+                        batch.until,
                     )
                 )
                 if job is not None:
@@ -265,7 +291,7 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     deps = _Deps()
-    health = await serve_health(settings, lambda: readiness(deps.pool, deps.redis))
+    health = await serve_health(settings, deps.ready)
     try:
         deps.pool = await open_pool(settings, 2, stopping, wait=not once)
         if deps.pool is None:
@@ -275,6 +301,7 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
             return
         market = await load_market_retrying(deps.pool, settings)
         scheduler = Scheduler(settings, deps.pool, deps.redis, market, stopping)
+        deps.scheduler = scheduler
         log.info("scheduler.started", once=once)
         await scheduler.loop(once=once)
         log.info("scheduler.stopped")
@@ -291,3 +318,11 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
 class _Deps:
     pool: asyncpg.Pool | None = None
     redis: ArqRedis | None = None
+    scheduler: Scheduler | None = None
+
+    async def ready(self) -> str | None:
+        """Postgres and Redis answer, and claims go through."""
+        reason = await readiness(self.pool, self.redis)
+        if reason is None and self.scheduler is not None:
+            reason = self.scheduler.claim_stalled()
+        return reason
