@@ -36,8 +36,8 @@ from bench.shapes import Shape
 from simconfig import Settings
 from store import bench as sql
 from store.db import connect
+from store.ledger import reconcile
 from store.migrate import migrate
-from store.ops import reconcile
 
 Say = Callable[[str], None]
 RUN_BATCH = 200  # user-runs per ceiling.pgb statement

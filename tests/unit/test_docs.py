@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from simconfig import Settings
-from simctl.cli import register_all
+from simctl.app import register_all
 from tests.support.services import ROOT
 
 README = (ROOT / "README.md").read_text()

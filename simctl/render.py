@@ -1,33 +1,28 @@
-"""simctl report: a user's tear sheet. P&L over time with deposits, withdrawals and adjustments
-marked as events, drawdown under it, holdings by asset, the market with the trades at their
-prices, and a header with the figures; optionally one self-contained HTML file with every trade.
+"""A user's tear sheet drawn: P&L over time with deposits, withdrawals and adjustments marked as
+events, drawdown under it, holdings by asset, the market with the trades at their prices, and a
+header with the figures; and one self-contained HTML page with the chart and every trade.
 
-The numbers come from engine.equity over the rows store.reports reads; this module only draws.
-matplotlib is imported when the command runs (Agg backend, no display needed)."""
+The numbers come from engine.equity over the rows store.tearsheet reads; this module only draws.
+matplotlib is imported when a chart is drawn (Agg backend, no display needed)."""
 
 from __future__ import annotations
 
 import base64
 import html
-import importlib.util
 import json
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from engine.assets import ASSETS, STABLECOINS
-from engine.equity import Curve, since
-from simctl.common import Exit, out, run_async, settings
+from engine.equity import Curve
 from simctl.fmt import percent, plain, span, usd, utc
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from store.reports import ReportData
+    from store.tearsheet import ReportData
 
 TRADE_ROWS = 1_000  # the HTML's trade table shows the latest this many, and says so
 EVENT_LABELS = 12  # events annotated one by one on the chart; more are counted in the legend
@@ -48,99 +43,6 @@ ASSET_COLOURS = {
     "XRP": "#444444",
     "ADA": "#0d1e7e",
 }
-_DURATION = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """`--since`: an ISO 8601 date or time (UTC unless it says otherwise) or a duration back from
-    now (`90m`, `24h`, `7d`, `4w`)."""
-    value = text.strip()
-    match = _DURATION.match(value.lower())
-    if match:
-        n, unit = int(match.group(1)), match.group(2)
-        minutes = {"m": 1, "min": 1, "h": 60, "d": 1440, "w": 10080}[unit] * n
-        return now - timedelta(minutes=minutes)
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise Exit(
-            2, f"--since must be an ISO 8601 time or a duration like 24h or 7d, not {text!r}"
-        ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def report(
-    user: Annotated[str, typer.Argument(help="User id or email.")],
-    out_file: Annotated[Path, typer.Option("--out", help="Chart to write: a .png or .svg file.")],
-    html_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--html",
-            help="Also write one self-contained HTML file: the chart, the header and the trades "
-            "(the latest 1,000, the total stated).",
-        ),
-    ] = None,
-    since_text: Annotated[
-        str | None,
-        typer.Option(
-            "--since",
-            help="Only the runs from this time on: ISO 8601 (UTC unless stated) or a duration "
-            "back from now (90m, 24h, 7d, 4w).",
-        ),
-    ] = None,
-) -> None:
-    """Write a user's tear sheet: P&L over time (value minus net contributions, as sim_pnl
-    defines it) with deposits, withdrawals and adjustments marked as events, the drawdown from
-    the running peak, holdings by asset, and the market's moves with the trades at their prices,
-    under a header with the strategy, period, runs, trades, fees, P&L, max drawdown and the
-    market's own move. Times are UTC. A user without runs is refused (exit 1).
-
-    Needs the report extra (matplotlib): pip install 'simengine[report]'
-
-    Examples:
-
-    \b
-      simctl report 42 --out report-42.png
-      simctl report ana@example.com --out report.svg --html report.html
-      simctl report 42 --out last-day.png --since 24h
-    """
-    if importlib.util.find_spec("matplotlib") is None:
-        raise Exit(2, "simctl report needs matplotlib: pip install 'simengine[report]'")
-    s = settings()
-    suffix = out_file.suffix.lower()
-    if suffix not in (".png", ".svg"):
-        raise Exit(2, f"--out must name a .png or .svg file, not {out_file.name!r}")
-    start = parse_since(since_text, datetime.now(UTC)) if since_text is not None else None
-
-    async def go() -> ReportData:
-        from store.db import connection
-        from store.ops import resolve_user
-        from store.reports import report_data
-
-        async with connection(s.database_url) as conn:
-            return await report_data(conn, await resolve_user(conn, user))
-
-    data = run_async(go)
-    if not data.runs:
-        raise Exit(1, f"user {data.user_id} has no runs yet: nothing to report")
-    curve = data.curve()
-    if start is not None:
-        curve = since(curve, start)
-        if not curve.points:
-            raise Exit(1, f"user {data.user_id} has no runs since {utc(start)} UTC")
-    sheet = Sheet(data, curve, s.sim_default_strategy, start)
-    try:
-        image = render(sheet, out_file)
-        if html_file is not None:
-            html_file.write_text(html_page(sheet, image, suffix), encoding="utf-8")
-    except OSError as exc:
-        raise Exit(2, f"cannot write the report: {exc.strerror}: {exc.filename}") from None
-    wrote = f"wrote {out_file}" + (f" and {html_file}" if html_file is not None else "")
-    now = curve.pnl_usd if data.pnl_now_usd is None else data.pnl_now_usd
-    out.print(
-        f"{wrote}: user {data.user_id}, {len(curve.points)} run(s); P&L now {plain(now)} USD",
-        markup=False,
-    )
 
 
 @dataclass(frozen=True, slots=True)
