@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final
 
 from engine.errors import Rejected
-
-Step = Literal["process", "complete", "fail"]
-Status = Literal["pending", "processing", "completed", "failed"]
 
 STATUSES: Final = ("pending", "processing", "completed", "failed")
 # The statuses each step starts from, and the one it ends in.

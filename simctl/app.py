@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _commands() -> None:
     # A group even when only one command is registered (typer would run a lone command as the
@@ -37,8 +36,8 @@ def _commands() -> None:
     pass
 
 
-# Every command, in the order --help lists them (a group's module exports a Typer `app`):
-# name -> (its module under simctl.commands, the command function or "app").
+# Every command, in registration order (--help lists the commands, then the groups):
+# name -> (its module under simctl.commands, the command function, or "app" for a group).
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("migrate", "migrate"),
     "seed-demo": ("seed", "seed_demo"),

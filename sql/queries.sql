@@ -709,3 +709,12 @@ SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypass
 
 -- current_database --
 SELECT current_database()
+
+-- now --
+SELECT now()
+
+-- max_user_id --
+SELECT coalesce(max(id), 0) FROM users
+
+-- fee_rules --
+SELECT asset, fee_bps, min_notional_usd FROM fee_config

@@ -26,6 +26,8 @@ T = TypeVar("T")
 Conn = asyncpg.Connection | PoolConnectionProxy
 Pool = asyncpg.Pool
 Record = asyncpg.Record
+# The table a statement reads does not exist (SQLSTATE 42P01): a database never migrated.
+UndefinedTable = asyncpg.UndefinedTableError
 
 _CONNECTION_LOST = (
     asyncpg.ConnectionDoesNotExistError,
