@@ -2,8 +2,8 @@
 or configuration. Every refusal is one line on stderr, mapped from the project's errors here
 (exit_for) and nowhere else.
 
-Each command or command group lives in its own module under simctl.commands, imported only when
-a command line names it: a short command such as `simctl run` loads only what it uses, so an
+Each command or command group lives in its own module of this package (COMMANDS), imported only
+when a command line names it: a short command such as `simctl run` loads only what it uses, so an
 operator's script calling it in a loop does not take a core from the engine. `--help` and a
 command line that names no known command import them all, to list them."""
 
@@ -37,7 +37,7 @@ def _commands() -> None:
 
 
 # Every command, in registration order (--help lists the commands, then the groups):
-# name -> (its module under simctl.commands, the command function, or "app" for a group).
+# name -> (its module in simctl, the command function, or "app" for a group).
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("migrate", "migrate"),
     "seed-demo": ("seed", "seed_demo"),
@@ -64,7 +64,7 @@ def _register(only: str | None = None) -> None:
             continue
         _registered.add(name)
         module_name, attribute = COMMANDS[name]
-        found = getattr(importlib.import_module(f"simctl.commands.{module_name}"), attribute)
+        found = getattr(importlib.import_module(f"simctl.{module_name}"), attribute)
         if isinstance(found, typer.Typer):
             app.add_typer(found, name=name)
         else:

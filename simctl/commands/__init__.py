@@ -1,1 +1,0 @@
-"""One module per simctl command or command group; simctl.app imports each only when needed."""
