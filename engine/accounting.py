@@ -7,7 +7,7 @@ rather than returning a result that would need to be trusted.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
@@ -246,8 +246,3 @@ def check_result(state: UserState, result: RunResult) -> None:
             raise InvariantViolation(f"user {state.user_id}: balance would go negative")
     if balance != result.balance_usd or holdings != dict(result.holdings):
         raise InvariantViolation(f"user {state.user_id}: result does not follow from its fills")
-
-
-def ledger_amounts(result: RunResult) -> Sequence[Decimal]:
-    """The signed USD ledger entry of each fill, in order."""
-    return [fill.delta for fill in result.fills]

@@ -15,3 +15,8 @@ class InvalidUserState(SimError):
 
 class UnknownStrategy(SimError):
     """A strategy name or its parameters are not recognised."""
+
+
+class Rejected(SimError):
+    """A request or a value breaks a rule (a bad amount, an illegal state change): the caller's
+    to fix, never a bug."""

@@ -37,11 +37,6 @@ def usd_half_even(value: Decimal) -> Decimal:
     return value.quantize(EIGHT_DP, context=CTX)
 
 
-def mul(a: Decimal, b: Decimal) -> Decimal:
-    """Exact product for 8-dp operands (50 digits of precision)."""
-    return CTX.multiply(a, b)
-
-
 def fee_for(total_usd: Decimal, fee_bps: int) -> Decimal:
     """The fee on a notional: fee_bps of it, rounded up to 8 decimals."""
     return fee_up(CTX.divide(CTX.multiply(total_usd, Decimal(fee_bps)), BPS))

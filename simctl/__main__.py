@@ -1,3 +1,3 @@
-from simctl.cli import main
+from simctl.app import main
 
 main()

@@ -52,10 +52,6 @@ class LazyConsole:
 err = LazyConsole(stderr=True)
 out = LazyConsole(stderr=False)
 
-# SQLSTATEs of a database without the schema this command reads: undefined table, column,
-# function; invalid schema name.
-_NO_SCHEMA = ("42P01", "42703", "42883", "3F000")
-
 
 class Exit(Exception):
     """Stop with a one-line message and an exit code."""
@@ -75,56 +71,9 @@ def settings() -> Settings:
 
 
 def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine, mapping the project's errors to exit codes and one line."""
-    try:
-        return asyncio.run(coro_fn())
-    except Exit:
-        raise
-    except Exception as exc:
-        mapped = exit_for(exc)
-        if mapped is None:
-            raise
-        raise mapped from None
-
-
-def exit_for(exc: BaseException) -> Exit | None:
-    """The one-line exit for an error an operator fixes or waits out; None for a bug. Imports
-    lazily: only a failing command pays for them."""
-    from redis.exceptions import RedisError
-
-    from store.errors import Misconfigured, StoreError, Unavailable, first_line
-    from store.market import MarketMismatch
-    from workers.deps import RedisUnavailable
-    from workers.metrics import MetricsPortError
-
-    if isinstance(
-        exc, Unavailable | Misconfigured | RedisUnavailable | MetricsPortError | MarketMismatch
-    ):
-        return Exit(2, str(exc))
-    if isinstance(exc, StoreError):  # NotFound, Refused, MigrationError, ...
-        return Exit(1, str(exc))
-    if isinstance(exc, RedisError):
-        return Exit(2, f"cannot reach Redis: {first_line(exc)}")
-    sqlstate = getattr(exc, "sqlstate", None)
-    if type(exc).__module__.startswith("asyncpg"):
-        if sqlstate in _NO_SCHEMA:
-            return Exit(
-                2,
-                f"the database has no simengine schema or an older one ({first_line(exc)}): "
-                "run `simctl migrate`",
-            )
-        if sqlstate == "42501":
-            return Exit(
-                2,
-                f"{first_line(exc)}: the role in DATABASE_URL lacks a privilege this command needs",
-            )
-        if (isinstance(sqlstate, str) and sqlstate.startswith("22")) or isinstance(exc, ValueError):
-            return Exit(1, f"refused by the database: {first_line(exc)}")
-        from store.db import is_retryable
-
-        if is_retryable(exc):
-            return Exit(2, f"database connection lost: {first_line(exc)}")
-    return None
+    """Run a coroutine to its end; what it raises reaches simctl.app.main, which maps the
+    project's errors to an exit code and one line."""
+    return asyncio.run(coro_fn())
 
 
 def _json_default(value: object) -> str:

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from simconfig import Settings
 from simconfig.settings import parse_asset_map
 from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
 
-T = TypeVar("T")
 app = typer.Typer(
     help="The market definition stored by the first migrate (prices are a pure function of it).",
     no_args_is_help=True,
 )
-
-
-def require_market(s: Settings) -> None:
-    """Exit 2 with one line unless the database stores a market that this process's settings
-    agree with (every process that prices checks this before it starts)."""
-
-    async def go() -> None:
-        from store.db import connection
-        from store.market import load_market
-
-        async with connection(s.database_url) as conn:
-            await load_market(conn, s)
-
-    from store.market import MarketMismatch
-
-    try:
-        run_async(go)
-    except MarketMismatch as exc:
-        raise Exit(2, str(exc)) from None
 
 
 @app.command()
@@ -53,7 +31,7 @@ def show() -> None:
         async with connection(s.database_url) as conn:
             return await describe(conn)
 
-    print_json(run_priced(go))
+    print_json(run_async(go))
 
 
 @app.command()
@@ -105,14 +83,4 @@ def change(
                 conn, actor, volatility=vols, reseed=reseed, lead_s=lead_s, reason=reason
             )
 
-    print_json(run_priced(go))
-
-
-def run_priced(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """run_async for commands that load the stored market: a mismatch is configuration (2)."""
-    from store.market import MarketMismatch
-
-    try:
-        return run_async(fn)
-    except MarketMismatch as exc:
-        raise Exit(2, str(exc)) from None
+    print_json(run_async(go))

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
-from simctl.market import run_priced
 from store.db import connection
 from store.errors import Refused
 
@@ -66,7 +65,7 @@ def import_(
             except Refused as exc:
                 raise Refused(f"{file}: {exc}; nothing imported") from None
 
-    report = run_priced(go)
+    report = run_async(go)
     print_json(
         {
             "sha256": digest,
@@ -93,7 +92,7 @@ def show(
     \b
       simctl prices show BTC --since 2026-11-25T00:00:00+00:00 --limit 10
     """
-    from store.admin import parse_asset
+    from engine.values import parse_asset
     from store.prices import show_prices
 
     s = settings()

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
 from simctl.fmt import plain, print_table
 from store.db import Conn, connection
+
+if TYPE_CHECKING:
+    from store.users import UserListing
 
 app = typer.Typer(
     help="Create, show, list and steer users. USER is a numeric id or an email.\n\n"
@@ -32,7 +35,7 @@ def _change(user: str, key: str | None, action: Callable[[Conn, str, int], Await
     actor = admin_fingerprint(s, key)
 
     async def go() -> Any:
-        from store.ops import resolve_user
+        from store.users import resolve_user
 
         async with connection(s.database_url) as conn:
             uid = await resolve_user(conn, user)
@@ -64,7 +67,8 @@ def create(
     \b
       simctl users create ana@example.com --name "Ana Silva" --deposit 2500
     """
-    from store.admin import create_user, parse_amount
+    from engine.values import parse_amount
+    from store.users import create_user
 
     s = settings()
     actor = admin_fingerprint(s, admin_key)
@@ -93,8 +97,7 @@ def show(user: UserArg) -> None:
     s = settings()
 
     async def go() -> dict[str, Any]:
-        from store.admin import show_user
-        from store.ops import resolve_user
+        from store.users import resolve_user, show_user
 
         async with connection(s.database_url) as conn:
             return await show_user(conn, await resolve_user(conn, user))
@@ -129,8 +132,8 @@ def list_(
     """
     s = settings()
 
-    async def go() -> list[dict[str, Any]]:
-        from store.admin import list_users
+    async def go() -> list[UserListing]:
+        from store.users import list_users
 
         async with connection(s.database_url) as conn:
             return await list_users(conn, search, enabled, paused, deleted, limit, offset)
@@ -177,7 +180,7 @@ def list_(
 
 def _flag_command(name: str, doc: str, **flags: Any) -> None:
     def command(user: UserArg, admin_key: KeyOpt = None) -> None:
-        from store.admin import set_flags
+        from store.users import set_flags
 
         _change(user, admin_key, lambda c, a, u: set_flags(c, a, name, u, **flags))
 
@@ -216,7 +219,7 @@ def set_interval(
     \b
       simctl users set-interval 42 600
     """
-    from store.admin import set_flags
+    from store.users import set_flags
 
     _change(user, admin_key, lambda c, a, u: set_flags(c, a, "set_interval", u, interval_s=seconds))
 
@@ -237,7 +240,7 @@ def set_strategy(
     \b
       simctl users set-strategy 42 dca --params '{"usd": "50", "assets": ["BTC"]}'
     """
-    from store.admin import set_flags
+    from store.users import set_flags
 
     try:
         parsed = json.loads(params)
@@ -266,7 +269,8 @@ def deposit(
     \b
       simctl users deposit 42 1000.50
     """
-    from store.admin import move_usd, parse_amount
+    from engine.values import parse_amount
+    from store.moves import move_usd
 
     value = parse_amount(amount, "amount")
     _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "deposit", None))
@@ -289,7 +293,8 @@ def adjust(
       simctl users adjust 42 --usd -12.5 --reason "duplicate deposit"
       simctl users adjust 42 --asset BTC --amount 0.01 --reason "airdrop"
     """
-    from store.admin import adjust_holding, move_usd, parse_amount, parse_asset
+    from engine.values import parse_amount, parse_asset
+    from store.moves import adjust_holding, move_usd
 
     if not reason.strip():
         raise Exit(2, "--reason must not be empty")
@@ -315,6 +320,6 @@ def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
     \b
       simctl users delete ana@example.com
     """
-    from store.admin import soft_delete
+    from store.users import soft_delete
 
     _change(user, admin_key, soft_delete)

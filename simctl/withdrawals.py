@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
 from simctl.fmt import plain, print_table, utc
 from store.db import connection
+
+if TYPE_CHECKING:
+    from store.withdrawals import WithdrawalRow
 
 app = typer.Typer(
     help="Crypto withdrawals: pending → processing → completed | failed. A request reserves the "
@@ -35,8 +38,9 @@ def request(
     \b
       simctl withdrawals request 42 BTC 0.01 --address bc1qexample
     """
-    from store.admin import parse_amount, parse_asset, request_withdrawal
-    from store.ops import resolve_user
+    from engine.values import parse_amount, parse_asset
+    from store.users import resolve_user
+    from store.withdrawals import request_withdrawal
 
     s = settings()
     actor = admin_fingerprint(s, admin_key)
@@ -59,7 +63,7 @@ def _step(
     tx_hash: str | None = None,
     error: str | None = None,
 ) -> None:
-    from store.admin import move_withdrawal
+    from store.withdrawals import move_withdrawal
 
     s = settings()
     actor = admin_fingerprint(s, key)
@@ -139,14 +143,15 @@ def list_(
       simctl withdrawals list --status pending
       simctl withdrawals list --user 42 --json
     """
-    from store.admin import list_withdrawals
-    from store.ops import resolve_user
+    from engine.withdrawals import STATUSES
+    from store.users import resolve_user
+    from store.withdrawals import list_withdrawals
 
-    if status is not None and status not in ("pending", "processing", "completed", "failed"):
+    if status is not None and status not in STATUSES:
         raise Exit(2, f"--status must be pending, processing, completed or failed, not {status!r}")
     s = settings()
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[WithdrawalRow]:
         async with connection(s.database_url) as conn:
             uid = None if user is None else await resolve_user(conn, user)
             return await list_withdrawals(conn, uid, status, limit)

@@ -719,3 +719,47 @@ SELECT h.asset, h.at, h.price_usd, h.source
   CROSS JOIN LATERAL (SELECT p.asset, p.at, p.price_usd, p.source FROM price_history p
                        WHERE p.asset = a.asset AND p.at > now() ORDER BY p.at) h
  ORDER BY h.asset, h.at
+
+-- user_exists --
+SELECT 1 FROM users WHERE id = $1
+
+-- withdrawal_fee --
+SELECT withdrawal_fee FROM fee_config WHERE asset = $1
+
+-- role_state --
+-- Everything that would make a role more than a reader: attributes, memberships, ownership and
+-- privileges (tables, views, sequences, columns, schemas, this database) beyond the reader's own.
+SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypassrls,
+       r.rolcanlogin, shobj_description(r.oid, 'pg_authid') AS comment,
+       (SELECT array_agg(g.rolname::text ORDER BY g.rolname)
+          FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+         WHERE m.member = r.oid) AS member_of,
+       (SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text)
+          FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+         WHERE a.grantee = r.oid AND c.relowner <> r.oid
+           AND NOT (c.relnamespace = 'public'::regnamespace AND c.relname = ANY($2::text[])
+                    AND a.privilege_type = 'SELECT')) AS relation_privileges,
+       (SELECT count(*) FROM pg_attribute t CROSS JOIN LATERAL aclexplode(t.attacl) a
+         WHERE a.grantee = r.oid) AS column_privileges,
+       (SELECT count(*) FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+         WHERE a.grantee = r.oid AND n.nspowner <> r.oid
+           AND NOT (n.nspname = 'public' AND a.privilege_type = 'USAGE')) AS schema_privileges,
+       (SELECT count(*) FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a
+         WHERE d.datname = current_database() AND a.grantee = r.oid AND d.datdba <> r.oid
+           AND a.privilege_type <> 'CONNECT') AS database_privileges,
+       (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) AS owned_relations,
+       (SELECT count(*) FROM pg_database d WHERE d.datdba = r.oid) AS owned_databases
+  FROM pg_roles r
+ WHERE r.rolname = $1
+
+-- current_database --
+SELECT current_database()
+
+-- now --
+SELECT now()
+
+-- max_user_id --
+SELECT coalesce(max(id), 0) FROM users
+
+-- fee_rules --
+SELECT asset, fee_bps, min_notional_usd FROM fee_config

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -24,6 +24,10 @@ T = TypeVar("T")
 
 # A plain connection or one borrowed from a pool: every store function takes either.
 Conn = asyncpg.Connection | PoolConnectionProxy
+Pool = asyncpg.Pool
+Record = asyncpg.Record
+# The table a statement reads does not exist (SQLSTATE 42P01): a database never migrated.
+UndefinedTable = asyncpg.UndefinedTableError
 
 _CONNECTION_LOST = (
     asyncpg.ConnectionDoesNotExistError,
@@ -128,6 +132,51 @@ def translate(exc: BaseException) -> StoreError:
     return StoreError(f"database error: {first_line(exc)}")
 
 
+# SQLSTATEs of a database without the schema a statement reads: undefined table, column,
+# function; invalid schema name.
+_NO_SCHEMA = ("42P01", "42703", "42883", "3F000")
+
+
+def driver_error(exc: BaseException) -> StoreError | None:
+    """The project's error for a driver error that reached a command unhandled, None for one
+    that is a bug: no schema or a missing privilege (Misconfigured), a value the database
+    refuses (Refused), a lost connection (Unavailable)."""
+    if not type(exc).__module__.startswith("asyncpg"):
+        return None
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _NO_SCHEMA:
+        return Misconfigured(
+            f"the database has no simengine schema or an older one ({first_line(exc)}): "
+            "run `simctl migrate`"
+        )
+    if sqlstate == "42501":
+        return Misconfigured(
+            f"{first_line(exc)}: the role in DATABASE_URL lacks a privilege this command needs"
+        )
+    if (isinstance(sqlstate, str) and sqlstate.startswith("22")) or isinstance(exc, ValueError):
+        return Refused(f"refused by the database: {first_line(exc)}")
+    if is_retryable(exc):
+        return Unavailable(f"database connection lost: {first_line(exc)}")
+    return None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether waiting for the server may fix `exc`: Unavailable, a retryable error, or asyncpg's
+    InternalClientError ("cannot switch to state ..."), which a connection cut while asyncpg
+    starts an operation on it raises: the server went away, the work was fine."""
+    return isinstance(exc, Unavailable | asyncpg.InternalClientError) or is_retryable(exc)
+
+
+@contextmanager
+def refused_on(violation: Literal["unique", "check"], message: str) -> Iterator[None]:
+    """Refused(message) for the named constraint violation raised inside the block."""
+    kind = asyncpg.UniqueViolationError if violation == "unique" else asyncpg.CheckViolationError
+    try:
+        yield
+    except kind:
+        raise Refused(message) from None
+
+
 async def retrying(
     fn: Callable[[], Awaitable[T]],
     *,
@@ -154,9 +203,32 @@ async def retrying(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def record_dict(record: Any) -> dict[str, Any]:
-    """A row as a plain dict."""
-    return dict(record.items())
+async def pooled(
+    pool: Pool,
+    fn: Callable[[Conn], Awaitable[T]],
+    *,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on the
+    connection that just broke would fail the same way). Unavailable once the retries give up
+    on a lost server; the project's error for anything else the driver raises."""
+
+    async def attempt() -> T:
+        async with pool.acquire() as conn:
+            return await fn(conn)
+
+    try:
+        return await retrying(attempt, on_retry=on_retry)
+    except StoreError:
+        raise
+    except asyncpg.InternalClientError as exc:
+        # A connection cut in the middle of a statement can leave asyncpg's protocol in a
+        # state it reports this way; the pool replaces the connection on the next acquire.
+        raise Unavailable(f"postgres: {first_line(exc)}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        if is_retryable(exc) or isinstance(exc, TimeoutError):
+            raise Unavailable(f"postgres: {first_line(exc)}") from exc
+        raise translate(exc) from exc
 
 
 # -- schema changes: the driver's errors by what they mean, and the retry on lock timeouts -------

@@ -1,6 +1,9 @@
 """Errors of the data-access layer, translated from the driver's."""
 
-from engine.errors import SimError
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from engine.errors import Rejected, SimError
 
 
 def first_line(exc: BaseException) -> str:
@@ -30,5 +33,16 @@ class NotFound(StoreError):
     """The row asked for does not exist."""
 
 
-class Refused(StoreError):
+class Refused(StoreError, Rejected):
     """The request breaks a rule (a constraint, an illegal state change, a bad value)."""
+
+
+@contextmanager
+def refusing() -> Iterator[None]:
+    """Refused for a rule the core rejects inside the block: a store caller sees one refusal."""
+    try:
+        yield
+    except Rejected as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(str(exc)) from None

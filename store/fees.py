@@ -6,11 +6,12 @@ from engine.accounting import FeeRule
 from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import StoreError
+from store.sqlfiles import query
 
 
 async def load_fees(conn: Conn) -> dict[str, FeeRule]:
     """Every asset's trading fee and minimum notional; StoreError if one is missing."""
-    rows = await conn.fetch("SELECT asset, fee_bps, min_notional_usd FROM fee_config")
+    rows = await conn.fetch(query("fee_rules"))
     fees = {r["asset"]: FeeRule(r["fee_bps"], r["min_notional_usd"]) for r in rows}
     missing = [a for a in ASSETS if a not in fees]
     if missing:

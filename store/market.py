@@ -15,13 +15,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
 from engine.assets import ASSETS
 from engine.errors import SimError
 from engine.market import AssetParams, Market, MarketParams
 from simconfig import Settings
-from store.db import Conn, retrying
+from store.db import Conn, Pool, Record, UndefinedTable, retrying
 from store.errors import Refused
 from store.runs import audit
 from store.sqlfiles import query
@@ -55,7 +53,7 @@ def _assets_json(params: MarketParams) -> dict[str, dict[str, Any]]:
     }
 
 
-def _params(row: asyncpg.Record) -> MarketParams:
+def _params(row: Record) -> MarketParams:
     assets = {
         a: AssetParams(Decimal(v["start_price_usd"]), Decimal(v["annual_vol"]), bool(v["stable"]))
         for a, v in row["assets"].items()
@@ -72,7 +70,7 @@ def _params(row: asyncpg.Record) -> MarketParams:
 async def _versions(conn: Conn) -> list[MarketVersion]:
     try:
         rows = await conn.fetch("SELECT * FROM sim_market ORDER BY version")
-    except asyncpg.UndefinedTableError:
+    except UndefinedTable:
         raise MarketMismatch(
             "configuration error: the database has no stored market: run `simctl migrate` first"
         ) from None
@@ -133,7 +131,7 @@ async def load_market(conn: Conn, settings: Settings) -> Market:
     return _build(versions)
 
 
-async def load_market_retrying(pool: asyncpg.Pool, settings: Settings) -> Market:
+async def load_market_retrying(pool: Pool, settings: Settings) -> Market:
     """load_market on a pool connection, again if the connection is lost (a process starting
     while Postgres restarts)."""
 

@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import Refused
-from store.ops import Discrepancy
+from store.ledger import Discrepancy
 from store.runs import audit
 from store.sqlfiles import query
 

@@ -99,8 +99,8 @@ async def seed_demo(
     rng = random.Random(seed)
     created = 0
     async with conn.transaction():
-        now: datetime = await conn.fetchval("SELECT now()")
-        offset: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM users")
+        now: datetime = await conn.fetchval(query("now"))
+        offset: int = await conn.fetchval(query("max_user_id"))
         tag = f"{seed:x}"
         for start in range(0, users, CHUNK):
             count = min(CHUNK, users - start)

@@ -17,11 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from arq.connections import ArqRedis
 
 from simconfig import Settings, redact_url
-from store.db import create_pool, is_retryable
+from store.db import Pool, create_pool, is_outage
 from store.errors import Misconfigured, Unavailable, first_line
 from store.preflight import check_engine_schema
 from workers.enqueue import RedisUnavailable, connect_redis, redis_error, redis_settings
@@ -65,7 +64,7 @@ async def pause(stopping: asyncio.Event, seconds: float) -> bool:
 
 async def open_pool(
     settings: Settings, size: int, stopping: asyncio.Event, *, wait: bool
-) -> asyncpg.Pool | None:
+) -> Pool | None:
     """A pool on a migrated database this role may run the engine on; waits for Postgres when
     `wait`. Misconfigured (exit 2) for what waiting cannot fix; None if stopped while waiting."""
     backoff = Backoff()
@@ -87,12 +86,9 @@ async def open_pool(
         except Misconfigured:
             raise
         except Exception as exc:
-            # InternalClientError: a connection cut while asyncpg was starting an operation on
-            # it (seen when a restart terminates the backends of a worker still starting up)
-            # fails as "cannot switch to state ...": the server went away, so wait and retry.
-            if not (
-                isinstance(exc, Unavailable | asyncpg.InternalClientError) or is_retryable(exc)
-            ):
+            # A restart that terminates the backends of a process still starting up is an
+            # outage too (store.db.is_outage): wait and retry.
+            if not is_outage(exc):
                 raise
             if not wait:
                 if isinstance(exc, Unavailable):
@@ -121,7 +117,7 @@ async def open_redis(settings: Settings, stopping: asyncio.Event, *, wait: bool)
                 return None
 
 
-async def readiness(pool: asyncpg.Pool | None, redis: Any) -> str | None:
+async def readiness(pool: Pool | None, redis: Any) -> str | None:
     """Why this process is not ready (Postgres or Redis does not answer), or None."""
     if pool is None:
         return "postgres: not connected yet"

@@ -15,14 +15,13 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
-import asyncpg
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from engine.market import Market
 from simconfig import Settings
 from store import runs as store
-from store.db import Conn, is_retryable, retrying, translate
+from store.db import Conn, Pool, pooled
 from store.errors import StoreError, Unavailable, first_line
 from store.market import load_market_retrying
 from store.ticker import write_ticks
@@ -66,7 +65,7 @@ class Scheduler:
     def __init__(
         self,
         settings: Settings,
-        pool: asyncpg.Pool,
+        pool: Pool,
         redis: ArqRedis,
         market: Market,
         stopping: asyncio.Event | None = None,
@@ -86,26 +85,9 @@ class Scheduler:
         metrics.CLAIM_AGE.set_function(lambda: time.monotonic() - self._claim_ok_at)
 
     async def _pg(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """`fn` on a pooled connection, retried on a fresh connection each attempt (a retry on
-        the connection that just broke would fail the same way). Unavailable once the retries
-        give up on a lost server; the project's error for anything else."""
-
-        async def attempt() -> T:
-            async with self.pool.acquire() as conn:
-                return await fn(conn)
-
-        try:
-            return await retrying(attempt, on_retry=_count_retry)
-        except StoreError:
-            raise
-        except asyncpg.InternalClientError as exc:
-            # A connection cut in the middle of a statement can leave asyncpg's protocol in a
-            # state it reports this way; the pool replaces the connection on the next acquire.
-            raise Unavailable(f"postgres: {first_line(exc)}") from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if is_retryable(exc) or isinstance(exc, TimeoutError):
-                raise Unavailable(f"postgres: {first_line(exc)}") from exc
-            raise translate(exc) from exc
+        """`fn` on a pooled connection with store.db.pooled's retries: Unavailable once they give
+        up on a lost server, the project's error for anything else."""
+        return await pooled(self.pool, fn, on_retry=_count_retry)
 
     async def _redis(self, call: Awaitable[T]) -> T:
         """A Redis call; RedisUnavailable when Redis does not answer (told apart from Postgres:
@@ -316,7 +298,7 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
 
 @dataclass
 class _Deps:
-    pool: asyncpg.Pool | None = None
+    pool: Pool | None = None
     redis: ArqRedis | None = None
     scheduler: Scheduler | None = None
 

@@ -29,8 +29,8 @@ from simtools.bench.results import (
 from simtools.bench.shapes import Shape
 from simtools.harness.procs import Proc, module_argv, simctl_argv, stop
 from store.db import connect
+from store.ledger import reconcile
 from store.migrate import migrate
-from store.ops import reconcile
 
 Say = Callable[[str], None]
 RUN_BATCH = 200  # user-runs per ceiling.pgb statement

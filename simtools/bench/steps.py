@@ -26,8 +26,8 @@ from simtools.bench.databases import scratch_database
 from simtools.bench.procs import BenchError
 from simtools.bench.results import Reconcile
 from store.db import connect
+from store.ledger import reconcile
 from store.market import load_market
-from store.ops import reconcile
 from store.runs import claim_due
 from store.sqlfiles import queries
 from workers.batch import BatchRunner

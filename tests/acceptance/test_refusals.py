@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from store.admin import set_flags
 from store.errors import Refused
+from store.users import set_flags
 from tests.acceptance.test_cli import one_line_refusal
 from tests.support.procs import seed_due, simctl, wait_until
 from tests.support.services import _admin, free_port, url_for

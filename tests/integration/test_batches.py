@@ -15,7 +15,7 @@ import pytest
 from engine.market import Market
 from simconfig import Settings
 from store.db import Conn, create_pool
-from store.ops import reconcile
+from store.ledger import reconcile
 from store.runs import Claim, claim_due
 from store.sqlfiles import query
 from tests.support.procs import no_partial_runs, seed_due, simctl, spawn, stop_when_done

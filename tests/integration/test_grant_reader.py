@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from store.reader import READ_VIEWS
+from store.roles import READ_VIEWS
 from tests.support.procs import simctl
 from tests.support.services import url_for
 

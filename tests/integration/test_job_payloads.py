@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from engine.market import Market
 from simconfig import Settings
 from simtools.bench.naive import naive_worker_settings
-from store.ops import reconcile
+from store.ledger import reconcile
 from tests.support.procs import no_partial_runs, run_counts, seed_due, simctl, wait_until
 from workers.jobs import worker_settings
 

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 
 from simconfig import Settings
 from store.db import create_pool
+from store.ledger import reconcile
 from store.market import load_market_retrying
-from store.ops import reconcile
 from tests.integration.test_observability import get
 from tests.support.pgcluster import PgCluster
 from tests.support.procs import (

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from store.ops import reconcile
+from store.ledger import reconcile
 from tests.support.procs import no_partial_runs, run_counts, seed_due, simctl
 from tests.support.services import free_port, server_url
 

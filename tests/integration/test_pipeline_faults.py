@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from store.ops import reconcile
+from store.ledger import reconcile
 from store.prices import audit_prices
 from tests.support.procs import (
     no_partial_runs,

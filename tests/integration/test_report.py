@@ -18,16 +18,11 @@ import pytest
 
 from engine.market import Market
 from simconfig import Settings
-from store.admin import (
-    adjust_holding,
-    create_user,
-    move_usd,
-    move_withdrawal,
-    request_withdrawal,
-    set_flags,
-)
 from store.db import Conn, create_pool
-from store.reports import report_data
+from store.moves import adjust_holding, move_usd
+from store.tearsheet import report_data
+from store.users import create_user, set_flags
+from store.withdrawals import move_withdrawal, request_withdrawal
 from tests.support.procs import simctl
 from tests.support.runs import drive, fast_forward
 from tests.support.services import create_database, drop_database, url_for

@@ -18,8 +18,8 @@ from engine.accounting import slot_to_us
 from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
+from store.ledger import reconcile
 from store.market import change_market, describe, load_market
-from store.ops import reconcile
 from store.ticker import write_ticks
 from tests.support.procs import no_partial_runs, seed_due, simctl
 from workers.batch import BatchRunner

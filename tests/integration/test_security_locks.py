@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from simconfig import Settings
 from store.db import create_pool
 from store.market import load_market_retrying
-from store.reader import grant_reader, scram_verifier
+from store.roles import grant_reader, scram_verifier
 from tests.support.procs import run_counts, seed_due, simctl
 from tests.support.services import url_for
 from workers.enqueue import connect_redis

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from simconfig import Settings
-from simctl.cli import register_all
+from simctl.app import register_all
 from tests.support.services import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -71,7 +71,7 @@ def test_the_docs_cite_nothing_a_reader_of_the_repository_cannot_look_up() -> No
 def test_bench_tables_are_appended_under_a_section_that_expects_them() -> None:
     # `simctl bench --docs` appends at the end of its file: the last section must be the one that
     # says what to do with the tables it receives, not the end of some other section.
-    source = (ROOT / "simctl" / "cli.py").read_text()
+    source = (ROOT / "simctl" / "bench.py").read_text()
     found = re.search(r'bench_docs = Path\("([^"]+)"\)', source)
     assert found is not None
     target = (ROOT / found.group(1)).read_text()

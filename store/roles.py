@@ -1,4 +1,4 @@
-"""The reader role: a new login role with SELECT on the read views and nothing else.
+"""Roles: the reader, a new login role with SELECT on the read views and nothing else.
 
 It never strips an existing role: a role that exists is refused unless it already is exactly a
 reader made here (then the grants are renewed), or the operator adopts it explicitly, and then
@@ -16,39 +16,13 @@ from dataclasses import dataclass, field
 
 from store.db import Conn
 from store.errors import Refused
+from store.sqlfiles import query
 
 READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity", "sim_run_log")
 # Marks a role made by simctl grant-reader (a comment on the role, shared by the cluster).
 READER_COMMENT = "simengine reader: SELECT on the read views only (simctl grant-reader)"
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SCRAM_ITERATIONS = 4096  # Postgres' default scram_iterations
-
-# Everything that would make a role more than a reader: attributes, memberships, ownership and
-# privileges (tables, views, sequences, columns, schemas, this database) beyond the reader's own.
-_ROLE_STATE = """
-SELECT r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolreplication, r.rolbypassrls,
-       r.rolcanlogin, shobj_description(r.oid, 'pg_authid') AS comment,
-       (SELECT array_agg(g.rolname::text ORDER BY g.rolname)
-          FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-         WHERE m.member = r.oid) AS member_of,
-       (SELECT array_agg(DISTINCT c.relname::text ORDER BY c.relname::text)
-          FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
-         WHERE a.grantee = r.oid AND c.relowner <> r.oid
-           AND NOT (c.relnamespace = 'public'::regnamespace AND c.relname = ANY($2::text[])
-                    AND a.privilege_type = 'SELECT')) AS relation_privileges,
-       (SELECT count(*) FROM pg_attribute t CROSS JOIN LATERAL aclexplode(t.attacl) a
-         WHERE a.grantee = r.oid) AS column_privileges,
-       (SELECT count(*) FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
-         WHERE a.grantee = r.oid AND n.nspowner <> r.oid
-           AND NOT (n.nspname = 'public' AND a.privilege_type = 'USAGE')) AS schema_privileges,
-       (SELECT count(*) FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a
-         WHERE d.datname = current_database() AND a.grantee = r.oid AND d.datdba <> r.oid
-           AND a.privilege_type <> 'CONNECT') AS database_privileges,
-       (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) AS owned_relations,
-       (SELECT count(*) FROM pg_database d WHERE d.datdba = r.oid) AS owned_databases
-  FROM pg_roles r
- WHERE r.rolname = $1
-"""
 
 
 @dataclass(frozen=True)
@@ -97,7 +71,7 @@ def scram_verifier(password: str, salt: bytes | None = None) -> str:
 
 async def role_state(conn: Conn, role: str) -> RoleState:
     """Whether `role` exists and, if so, how it differs from a reader made by grant_reader."""
-    row = await conn.fetchrow(_ROLE_STATE, role, list(READ_VIEWS))
+    row = await conn.fetchrow(query("role_state"), role, list(READ_VIEWS))
     if row is None:
         return RoleState(False)
     found = [
@@ -175,7 +149,7 @@ async def grant_reader(
             action = "adopted"
         else:
             raise Refused(refusal(role, state))
-        db = await conn.fetchval("SELECT current_database()")
+        db = await conn.fetchval(query("current_database"))
         await _run(conn, "GRANT CONNECT ON DATABASE %I TO %I", db, role)
         await _run(conn, "GRANT USAGE ON SCHEMA public TO %I", role)
         for view in READ_VIEWS:

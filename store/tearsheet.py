@@ -1,5 +1,5 @@
-"""Data for `simctl report`: a user's runs (with the prices they used), trades and flows, read in
-one snapshot. The series themselves are computed by engine.equity."""
+"""The rows of a user's tear sheet (`simctl report`): runs (with the prices they used), trades
+and flows, read in one snapshot. The series themselves are computed by engine.equity."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import typer
 from simctl.common import Exit, err, out, run_async, settings
 from store.db import connection
 from store.errors import Refused
-from store.reader import check_role_name, refusal, role_state, scram_verifier
-from store.reader import grant_reader as do_grant
+from store.roles import check_role_name, refusal, role_state, scram_verifier
+from store.roles import grant_reader as do_grant
 
 
 def grant_reader(
