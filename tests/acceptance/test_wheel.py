@@ -5,6 +5,7 @@ way an image installs it, migrates an empty database and runs users with no sour
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -127,6 +128,41 @@ def test_the_wheel_carries_the_sql_and_the_code_imports_from_the_venv(installed:
         check=True,
     ).stdout.split()
     assert all(Path(p).is_relative_to(installed.venv) for p in where)
+
+
+def test_the_wheels_top_level_names_collide_with_nothing_installed_beside_it(
+    installed: Installed,
+) -> None:
+    """The wheel keeps generic top-level names (engine, store, sql, ...): safe only while no
+    package of the venv it is deployed into installs the same name."""
+    ours = {
+        n.split("/")[0]
+        for n in zipfile.ZipFile(installed.wheel).namelist()
+        if "/" in n and not n.split("/")[0].endswith(".dist-info")
+    }
+    assert {"engine", "store", "sql", "workers", "simctl", "simconfig", "simtools"} <= ours
+    script = (
+        "import importlib.metadata as m, json\n"
+        "names = {}\n"
+        "for d in m.distributions():\n"
+        "    if d.metadata['Name'].lower() == 'simengine':\n"
+        "        continue\n"
+        "    tops = {str(f).split('/')[0].removesuffix('.py') for f in (d.files or [])}\n"
+        "    names[d.metadata['Name']] = sorted(tops)\n"
+        "print(json.dumps(names))\n"
+    )
+    out = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-c", script],
+        cwd=installed.home,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    theirs = json.loads(out)
+    assert "asyncpg" in theirs  # the listing sees the dependencies
+    clashes = {dist: sorted(ours & set(tops)) for dist, tops in theirs.items() if ours & set(tops)}
+    assert clashes == {}
 
 
 async def test_an_installed_wheel_migrates_an_empty_database_and_runs_users(
