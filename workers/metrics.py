@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from engine.errors import SimError
 from workers.logs import get_logger
 
 log = get_logger("simengine.metrics")
@@ -144,7 +145,7 @@ class HealthServer:
         return "404 Not Found", "text/plain", b"not found\n"
 
 
-class MetricsPortError(Exception):
+class MetricsPortError(SimError):
     """SIM_METRICS_PORT cannot be bound (in use, not allowed): a configuration error."""
 
 
