@@ -1,4 +1,5 @@
-"""The floors of issue 15, judged on a run's result, and the markdown table a run prints (and
+"""The floors a run must meet (the engine against baselines measured on the same machine, so
+that a slower server moves both), judged on its result, and the markdown table it prints (and
 appends to docs/benchmarks.md with --docs): both shapes side by side, then each floor."""
 
 from __future__ import annotations
