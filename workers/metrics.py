@@ -69,7 +69,8 @@ LOOP_ALIVE = Gauge(
 class HealthServer:
     """A tiny asyncio HTTP server: /metrics, /livez (this loop is alive), /readyz (Postgres and
     Redis answer). It lives as long as the process: it answers 503 with the reason while a
-    dependency is away, never a refused connection. /healthz is kept as /livez's old name."""
+    dependency is away, never a refused connection. /healthz answers as /livez does, for probes
+    set up with that name."""
 
     def __init__(self, host: str, port: int, check: Callable[[], Awaitable[str | None]]) -> None:
         self.host, self.port, self.check = host, port, check

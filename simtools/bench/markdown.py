@@ -133,7 +133,7 @@ def _reconcile_floor(s: ShapeResult) -> Floor:
 
 
 def floors(result: BenchResult) -> list[Floor]:
-    """Every floor of the issue, in the issue's order; the pinned ones unmeasured without
+    """Every floor, pinned shape first; the pinned ones unmeasured without
     --pinned, the 1M-user ones measured at --quick's sizes (their names say which)."""
     out = _pinned_floors(result.pinned)
     if result.pinned is not None:

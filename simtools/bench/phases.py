@@ -315,8 +315,8 @@ async def _sustained(shape: Shape, url: str, plan: BenchPlan, peak: float, say: 
         )
         mark = await sql.top_run_id(conn)
         # Slots spread from a start a few seconds ahead: slots from now() would already be late
-        # by the time the update of the whole population commits (measured: about 1 s, which
-        # was then the p99 of the whole phase). spread() vacuums the peaks' dead rows first.
+        # by the time the update of the whole population commits (measured: about 1 s, as much
+        # as the whole phase's p99 would be). spread() vacuums the peaks' dead rows first.
         start = await sql.spread(conn, interval_s, 3.0)
         ahead_s = await sql.seconds_until(conn, start)
         if ahead_s < 0:

@@ -6,7 +6,9 @@ under a small supervisor (a killed or exited process is started again, as system
 would), and injects, at moments drawn from --seed: worker SIGKILLs aimed at workers inside a
 transaction, scheduler SIGKILLs, Redis FLUSHALL, Redis restarts, Postgres crash-restarts and
 concurrent duplicate `simctl run`s. Then it lets the system drain, stops everything, and checks
-the invariants of CONTRACT §3 with the queries of drill.sql and `simctl reconcile`.
+what no fault may break (each slot runs once and never early, a lost slot runs again within the
+recovery bound, no run is half-written, the ledger reconciles) with the queries of drill.sql and
+`simctl reconcile`.
 
 Usage: python -m simtools.drill --size ci   (scripts/drill wraps it; --help lists every option)
 """
@@ -101,7 +103,8 @@ class DrillPlan:
 
     @property
     def bound_s(self) -> float:
-        """CONTRACT §3 "Recovery bound": a lost slot runs within SIM_LEASE_S plus one pass."""
+        """How late a lost slot may run: its lease expires (SIM_LEASE_S), then the next scheduler
+        pass claims it again."""
         return self.lease_s + self.pass_s
 
 
