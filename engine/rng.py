@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 _U64 = struct.Struct("<8Q")
-_TWO64 = float(2**64)
 
 
 def key_bytes(*parts: int | str) -> bytes:

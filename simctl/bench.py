@@ -103,8 +103,8 @@ def bench(
         )
     if pinned and (reason := refusal()) is not None:
         raise Exit(2, f"bench: {reason}")
+    from simtools.bench.markdown import markdown
     from simtools.bench.procs import pgbench_binary
-    from simtools.bench.report import markdown
     from simtools.bench.run import run_bench
 
     command = "simctl bench" + (" --quick" if quick else "") + (" --pinned" if pinned else "")

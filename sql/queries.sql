@@ -65,10 +65,6 @@ SELECT name FROM sim_locks WHERE name = 'claim' FOR UPDATE SKIP LOCKED
 -- the others in the same statement as their writes.
 DELETE FROM sim_leases WHERE id = $1
 
--- live_leases --
-SELECT count(*) AS leases, coalesce(sum(cardinality(user_ids)), 0) AS users
-  FROM sim_leases WHERE until > now()
-
 -- batch_prelude --
 -- The runs' side of the fence against `prices import`: ROW EXCLUSIVE on sim_price_fence
 -- (migration 0008), taken when this statement is planned by its DELETE, which matches nothing
@@ -680,11 +676,6 @@ SELECT price_usd FROM price_history WHERE asset = $1 ORDER BY at DESC LIMIT 1
 -- user_pnl --
 SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
   FROM sim_pnl WHERE user_id = $1
-
--- user_contributions --
--- A user's money movements (sim_contributions), oldest first, for `simctl report`.
-SELECT at, asset, quantity, value_usd, kind FROM sim_contributions
- WHERE user_id = $1 ORDER BY at
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Any
 from engine.assets import ASSETS
 from store.db import Conn
 from store.errors import MigrationError
-from store.sqlfiles import Migration, query
+from store.sqlfiles import Migration, migrate_query, query
 
 # The portfolio's holding columns and the asset names a rule accepts.
 _HOLDINGS = tuple(a.lower() for a in ASSETS)
@@ -269,10 +269,6 @@ def all_rules() -> dict[str, tuple[str, Rule]]:
 
 
 # -- the catalogue ------------------------------------------------------------------------------
-def _q(name: str) -> str:
-    return query(name, "migrate.sql")
-
-
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
     type_name: str
@@ -296,23 +292,26 @@ class Catalogue:
 
 async def read_catalogue(conn: Conn) -> Catalogue:
     """What the current schema holds now: tables, columns with their types, indexes, rules."""
-    constraints = await conn.fetch(_q("catalogue_constraints"))
+    constraints = await conn.fetch(migrate_query("catalogue_constraints"))
     return Catalogue(
-        tables={r["relname"] for r in await conn.fetch(_q("catalogue_tables"))},
+        tables={r["relname"] for r in await conn.fetch(migrate_query("catalogue_tables"))},
         columns={
             (r["relname"], r["attname"]): ColumnInfo(r["typname"], r["atttypmod"], r["attnotnull"])
-            for r in await conn.fetch(_q("catalogue_columns"))
+            for r in await conn.fetch(migrate_query("catalogue_columns"))
         },
-        indexes={r["relname"]: r["indisvalid"] for r in await conn.fetch(_q("catalogue_indexes"))},
+        indexes={
+            r["relname"]: r["indisvalid"]
+            for r in await conn.fetch(migrate_query("catalogue_indexes"))
+        },
         constraints={r["conname"] for r in constraints},
         unvalidated={
             r["conname"]: r["tbl"]
             for r in constraints
             if r["contype"] == "c" and not r["convalidated"]
         },
-        functions={r["proname"] for r in await conn.fetch(_q("catalogue_functions"))},
-        triggers={r["tgname"] for r in await conn.fetch(_q("catalogue_triggers"))},
-        portfolio_unique_user=bool(await conn.fetchval(_q("portfolio_unique_user"))),
+        functions={r["proname"] for r in await conn.fetch(migrate_query("catalogue_functions"))},
+        triggers={r["tgname"] for r in await conn.fetch(migrate_query("catalogue_triggers"))},
+        portfolio_unique_user=bool(await conn.fetchval(migrate_query("portfolio_unique_user"))),
     )
 
 
@@ -423,7 +422,10 @@ class LegacyRows:
 
 
 @dataclass(slots=True)
-class Adoption:
+class AdoptionPlan:
+    """What adopting a database takes, from one walk of it: the steps in the order they run,
+    the legacy rows left as they are, the migrations it stands in for."""
+
     steps: list[Step] = field(default_factory=list)
     legacy: list[LegacyRows] = field(default_factory=list)
     # The migrations it stands in for (recorded in schema_migrations).
@@ -616,10 +618,14 @@ def finishing_steps(cat: Catalogue, todo: Sequence[Migration]) -> list[Step]:
     validate = [
         _validate(table, name) for name, table in sorted(cat.unvalidated.items()) if name in known
     ]
-    return [*concurrent, *validate, Step(FINISH, "adoption complete", _q("adoption_completed"))]
+    return [
+        *concurrent,
+        *validate,
+        Step(FINISH, "adoption complete", migrate_query("adoption_completed")),
+    ]
 
 
-async def steps(conn: Conn, cat: Catalogue, todo: Sequence[Migration]) -> Adoption:
+async def steps(conn: Conn, cat: Catalogue, todo: Sequence[Migration]) -> AdoptionPlan:
     """Every step of adopting this database, in order; MigrationError (nothing changed) when a
     platform column is incompatible. Reads only: run inside the adoption's transaction, its
     counts of legacy rows are those the rules' exemptions are written from."""
@@ -669,28 +675,30 @@ async def steps(conn: Conn, cat: Catalogue, todo: Sequence[Migration]) -> Adopti
         Step(
             LOCKED,
             "the admin_audit 'adopt' row and sim_adoption",
-            _q("record_adoption"),
+            migrate_query("record_adoption"),
             (details, [r.as_json() for r in legacy]),
         ),
-        Step(LOCKED, "schema_migrations", _q("create_ledger")),
+        Step(LOCKED, "schema_migrations", migrate_query("create_ledger")),
         *(
             Step(
                 LOCKED,
                 f"schema_migrations: {m.version}",
-                _q("record_migration"),
+                migrate_query("record_migration"),
                 (m.version, m.name, m.checksum),
             )
             for m in covers
         ),
     ]
     validate = [_validate(table, rule.name) for table, rule in rules]
-    finish = Step(FINISH, "adoption complete", _q("adoption_completed"))
-    return Adoption([*in_tx, *concurrent, *validate, finish], legacy, [m.version for m in covers])
+    finish = Step(FINISH, "adoption complete", migrate_query("adoption_completed"))
+    return AdoptionPlan(
+        [*in_tx, *concurrent, *validate, finish], legacy, [m.version for m in covers]
+    )
 
 
 async def lock_blockers(conn: Conn, tables: Sequence[str]) -> str:
     """Who holds locks on these tables now (pid, state, how long): for the refusal's one line."""
-    rows = await conn.fetch(_q("lock_holders"), list(tables))
+    rows = await conn.fetch(migrate_query("lock_holders"), list(tables))
     if not rows:
         return "no holder seen now"
     return ", ".join(f"pid {r['pid']} ({r['state']}, in a transaction for {r['xact_s']} s)"

@@ -27,16 +27,13 @@ from store.db import (
     retrying_lock_timeouts,
 )
 from store.errors import MigrationError, first_line
-from store.sqlfiles import Migration, migrations, query
+from store.sqlfiles import Migration, migrations
+from store.sqlfiles import migrate_query as _q
 
 T = TypeVar("T")
 
 # Any constant works; two `simctl migrate` serialise on it, the second then finds nothing to do.
 _MIGRATE_LOCK = 0x51_6D_65_6E_67_69_6E_65
-
-
-def _q(name: str) -> str:
-    return query(name, "migrate.sql")
 
 
 @dataclass(slots=True)

@@ -9,11 +9,9 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import asyncpg
-
 from engine.accounting import RunResult, slot_from_us
 from engine.assets import ASSETS
-from store.db import Conn, retrying
+from store.db import Conn, Pool, retrying
 from store.errors import Misconfigured
 from store.sqlfiles import query
 
@@ -156,7 +154,7 @@ async def deployment_id(conn: Conn) -> str:
     return found
 
 
-async def deployment_id_retrying(pool: asyncpg.Pool) -> str:
+async def deployment_id_retrying(pool: Pool) -> str:
     """deployment_id on a pool connection, again if the connection is lost (a process starting
     while Postgres restarts)."""
 

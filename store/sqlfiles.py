@@ -63,3 +63,8 @@ def named_blocks(text: str) -> dict[str, str]:
 def query(name: str, file: str = "queries.sql") -> str:
     """One named query; KeyError names the missing one."""
     return queries(file)[name]
+
+
+def migrate_query(name: str) -> str:
+    """One named query of sql/migrate.sql: the statements migrate and adoption run."""
+    return query(name, "migrate.sql")

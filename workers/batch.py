@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import asyncpg
-
 from engine.accounting import FeeRule, RunResult, UserState, apply_run, run_stream
 from engine.errors import SimError
 from engine.market import Market
@@ -23,7 +21,7 @@ from engine.pricing import ImportSpan, PriceBook
 from engine.strategies import MarketView, Strategy, make_strategy
 from simconfig import Settings
 from store import runs as store
-from store.db import Conn, is_retryable, retrying, translate
+from store.db import Conn, Pool, is_retryable, retrying, translate
 from store.errors import first_line
 from store.fees import load_fees
 from store.market import current_market
@@ -65,7 +63,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         settings: Settings,
         market: Market,
         on_retry: Callable[[BaseException], None] | None = None,

@@ -47,7 +47,9 @@ def loads(data: bytes) -> Any:
 CODEC: dict[str, Any] = {"job_serializer": dumps, "job_deserializer": loads}
 
 
-async def connect_redis(redis_url: str) -> ArqRedis:
-    """An arq Redis pool that enqueues JSON jobs (the only way this project enqueues)."""
+async def redis_from_url(redis_url: str) -> ArqRedis:
+    """An arq Redis pool that enqueues JSON jobs (the only way this project enqueues), for a
+    caller holding only a URL (the bench, tests); the processes use
+    workers.enqueue.connect_redis(settings), which names the failure in one line."""
     pool: ArqRedis = await create_pool(RedisSettings.from_dsn(redis_url), **CODEC)
     return pool

@@ -13,6 +13,7 @@ from arq.jobs import Job
 from redis.exceptions import RedisError
 
 from engine.accounting import slot_to_us
+from engine.errors import SimError
 from simconfig import Settings, redact_url
 from store.errors import first_line
 from store.runs import Claim
@@ -21,7 +22,7 @@ from workers.codec import CODEC
 JOB_NAME = "run_batch"
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(SimError):
     """Redis does not answer (the message is one line, without the URL's password)."""
 
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import structlog
 from arq.connections import RedisSettings
 from arq.worker import Retry
@@ -15,6 +14,7 @@ from arq.worker import Retry
 from engine.accounting import slot_from_us
 from engine.market import Market
 from simconfig import Settings
+from store.db import Pool
 from store.runs import Claim, deployment_id_retrying
 from workers import metrics
 from workers.batch import BatchRunner
@@ -111,7 +111,7 @@ async def run_batch(
     }
 
 
-def worker_settings(settings: Settings, pool: asyncpg.Pool, market: Market) -> dict[str, Any]:
+def worker_settings(settings: Settings, pool: Pool, market: Market) -> dict[str, Any]:
     """Keyword arguments for arq's Worker, built from our Settings. The Postgres pool is the
     process's (workers/process.py): it outlives the arq Worker, which is made again after Redis
     comes back."""

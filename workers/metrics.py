@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from engine.errors import SimError
 from workers.logs import get_logger
 
 log = get_logger("simengine.metrics")
@@ -68,7 +69,8 @@ LOOP_ALIVE = Gauge(
 class HealthServer:
     """A tiny asyncio HTTP server: /metrics, /livez (this loop is alive), /readyz (Postgres and
     Redis answer). It lives as long as the process: it answers 503 with the reason while a
-    dependency is away, never a refused connection. /healthz is kept as /livez's old name."""
+    dependency is away, never a refused connection. /healthz answers as /livez does, for probes
+    set up with that name."""
 
     def __init__(self, host: str, port: int, check: Callable[[], Awaitable[str | None]]) -> None:
         self.host, self.port, self.check = host, port, check
@@ -144,7 +146,7 @@ class HealthServer:
         return "404 Not Found", "text/plain", b"not found\n"
 
 
-class MetricsPortError(Exception):
+class MetricsPortError(SimError):
     """SIM_METRICS_PORT cannot be bound (in use, not allowed): a configuration error."""
 
 

@@ -15,13 +15,13 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from engine.market import Market
 from simconfig import Settings
+from store.db import Pool
 from store.errors import first_line
 from store.market import load_market_retrying
 from store.runs import deployment_id_retrying
@@ -41,7 +41,7 @@ log = get_logger("simengine.worker")
 
 # arq Worker arguments from the settings, the process's pool and its market: the engine's
 # (workers.jobs.worker_settings) unless a caller brings others (the bench's naive baseline).
-JobsFactory = Callable[[Settings, asyncpg.Pool, Market], dict[str, Any]]
+JobsFactory = Callable[[Settings, Pool, Market], dict[str, Any]]
 
 
 def run_worker(
@@ -56,7 +56,7 @@ class _Process:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stopping = asyncio.Event()
-        self.pool: asyncpg.Pool | None = None
+        self.pool: Pool | None = None
         self.worker: Worker | None = None
         self.graceful = True
         # A client of its own for /readyz: the arq Worker's comes and goes with Redis.
@@ -104,7 +104,7 @@ async def _serve(settings: Settings, *, burst: bool, jobs: JobsFactory) -> None:
 
 
 async def _work(
-    proc: _Process, pool: asyncpg.Pool, market: Market, *, burst: bool, jobs: JobsFactory
+    proc: _Process, pool: Pool, market: Market, *, burst: bool, jobs: JobsFactory
 ) -> None:
     settings = proc.settings
     backoff = Backoff()

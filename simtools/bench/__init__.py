@@ -9,7 +9,7 @@ on a core of its own, everything else on the others).
     databases.py  one scratch database per phase, made and dropped by a context manager
     procs.py      pgbench, and the CPU and memory of processes from /proc
     phases.py     ceiling, TPC-B, naive, engine (peak, sustained), claim time, worker RSS
-    results.py    the typed results; report.py the floors and the markdown table
+    results.py    the typed results; markdown.py the floors and the markdown table
     run.py        a whole run; steps.py `--steps`; core.py the pure core's micro-benchmark
     naive.py      the naive baseline (one job, one transaction per run), `python -m` it for a worker
     queries.py    its data access, with the named queries of bench.sql

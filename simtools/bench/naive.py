@@ -17,7 +17,7 @@ from engine.market import Market
 from engine.pricing import PriceBook
 from engine.strategies import make_strategy
 from simconfig import Settings
-from simtools.harness.sqlfiles import query as tool_query
+from simtools.bench.queries import bench_query
 from store.fees import load_fees
 from store.sqlfiles import query
 from workers.codec import CODEC
@@ -27,21 +27,17 @@ NAIVE_JOB = "naive_run"
 NAIVE_MODULE = "simtools.bench.naive"  # `python -m` this: a worker of the naive design
 
 
-def _q(name: str) -> str:
-    return tool_query("simtools.bench", "bench.sql", name)
-
-
 async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
     """Apply one user's slot, row by row, in its own transaction; returns trades written."""
     settings: Settings = ctx["settings"]
     claim = decode_claims([user_id], [slot_us])[0]
     started = datetime.now(UTC)
     async with ctx["pool"].acquire() as conn, conn.transaction():
-        user = await conn.fetchrow(_q("naive_lock_user"), user_id)
+        user = await conn.fetchrow(bench_query("naive_lock_user"), user_id)
         if user is None or not user["eligible"] or user["sim_next_run_at"] != claim.slot:
             return 0
         held = await conn.fetchrow(query("holdings_row"), user_id)
-        rows = await conn.fetch(_q("naive_reserved"), user_id)
+        rows = await conn.fetch(bench_query("naive_reserved"), user_id)
         reserved = {r["asset"]: r["amount"] for r in rows}
         fees = ctx.get("fees") or await load_fees(conn)
         ctx["fees"] = fees
@@ -58,11 +54,11 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
             slippage_bps=settings.sim_slippage_bps,
         )
         run_id = await conn.fetchval(
-            _q("naive_insert_run"), user_id, claim.slot, started, len(result.fills)
+            bench_query("naive_insert_run"), user_id, claim.slot, started, len(result.fills)
         )
         for f in result.fills:
             trade_id = await conn.fetchval(
-                _q("naive_insert_trade"),
+                bench_query("naive_insert_trade"),
                 user_id,
                 f.side,
                 f.asset,
@@ -76,11 +72,15 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
                 claim.slot,
             )
             await conn.execute(
-                _q("naive_insert_transaction"), user_id, f.side, f.delta, f"trade:{trade_id}"
+                bench_query("naive_insert_transaction"),
+                user_id,
+                f.side,
+                f.delta,
+                f"trade:{trade_id}",
             )
         h = result.holdings
         await conn.execute(
-            _q("naive_update_portfolio"),
+            bench_query("naive_update_portfolio"),
             user_id,
             h["BTC"],
             h["ETH"],
@@ -91,10 +91,14 @@ async def naive_run(ctx: dict[str, Any], user_id: int, slot_us: int) -> int:
             result.value_usd,
         )
         await conn.execute(
-            _q("naive_update_user"), user_id, result.balance_usd, result.value_usd, claim.slot
+            bench_query("naive_update_user"),
+            user_id,
+            result.balance_usd,
+            result.value_usd,
+            claim.slot,
         )
         await conn.execute(
-            _q("naive_notify"),
+            bench_query("naive_notify"),
             f'{{"user_id": {user_id}, "run_id": {run_id}, "scheduled_for": "{claim.slot.isoformat()}", '
             f'"trades_count": {len(result.fills)}}}',
         )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from simconfig import Settings
 from simtools.bench import queries as sql
 from simtools.bench.databases import scratch_database
-from simtools.bench.plan import Plan, ceiling_file
+from simtools.bench.plan import BenchPlan, ceiling_file
 from simtools.bench.procs import BenchError, cpu_s, pgbench, pgbench_init, rss_kb
 from simtools.bench.results import (
     Ceiling,
@@ -61,7 +61,7 @@ def _simctl_env(
     return env
 
 
-async def ceiling(shape: Shape, prefix: str, plan: Plan, say: Say) -> Ceiling:
+async def ceiling(shape: Shape, prefix: str, plan: BenchPlan, say: Say) -> Ceiling:
     """ceiling.pgb under pgbench at each client count, each from a fully due population with
     no runs yet; the Postgres CPU of each run is the cluster's over pgbench's run."""
     runs: dict[str, CeilingRun] = {}
@@ -112,7 +112,7 @@ async def ceiling(shape: Shape, prefix: str, plan: Plan, say: Say) -> Ceiling:
     )
 
 
-async def tpcb(shape: Shape, prefix: str, plan: Plan, say: Say) -> Tpcb:
+async def tpcb(shape: Shape, prefix: str, plan: BenchPlan, say: Say) -> Tpcb:
     """pgbench's TPC-B at each client count for a fixed time: context, not a floor."""
     results: dict[str, float] = {}
     async with scratch_database(shape.admin_url, f"{prefix}_tpcb") as url:
@@ -156,19 +156,19 @@ async def wait_runs(url: str, target: int, limit_s: float) -> float:
         await conn.close()
 
 
-async def naive(shape: Shape, prefix: str, plan: Plan, settings: Settings, say: Say) -> Naive:
+async def naive(shape: Shape, prefix: str, plan: BenchPlan, settings: Settings, say: Say) -> Naive:
     """The naive design: every user leased, one arq job each, workers applying one run per
     transaction row by row, timed until every run is written."""
     from simtools.bench.naive import NAIVE_JOB, NAIVE_MODULE
     from store.runs import claim_due
-    from workers.codec import connect_redis
+    from workers.codec import redis_from_url
     from workers.jobs import encode_claims
 
     queue = f"{prefix}:naive"
     async with scratch_database(
         shape.admin_url, f"{prefix}_naive", users=plan.naive_users, settings=settings
     ) as url:
-        redis = await connect_redis(shape.redis_url)
+        redis = await redis_from_url(shape.redis_url)
         try:
             await redis.delete(queue)
             conn = await connect(url)
@@ -242,7 +242,9 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
     return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3)
 
 
-async def engine(shape: Shape, prefix: str, plan: Plan, settings: Settings, say: Say) -> Engine:
+async def engine(
+    shape: Shape, prefix: str, plan: BenchPlan, settings: Settings, say: Say
+) -> Engine:
     """simengine as deployed (one scheduler, `plan.workers` workers, real processes). Peak:
     every user due at once, until all ran, `plan.peaks` times (the best reported). Sustained:
     the population spread to come due at half the best peak's rate for `plan.sustained_s`; lag
@@ -304,7 +306,7 @@ async def engine(shape: Shape, prefix: str, plan: Plan, settings: Settings, say:
     )
 
 
-async def _sustained(shape: Shape, url: str, plan: Plan, peak: float, say: Say) -> Sustained:
+async def _sustained(shape: Shape, url: str, plan: BenchPlan, peak: float, say: Say) -> Sustained:
     conn = await connect(url)
     try:
         interval_s = max(2, int(plan.engine_users / (peak / 2)))
@@ -313,8 +315,8 @@ async def _sustained(shape: Shape, url: str, plan: Plan, peak: float, say: Say) 
         )
         mark = await sql.top_run_id(conn)
         # Slots spread from a start a few seconds ahead: slots from now() would already be late
-        # by the time the update of the whole population commits (measured: about 1 s, which
-        # was then the p99 of the whole phase). spread() vacuums the peaks' dead rows first.
+        # by the time the update of the whole population commits (measured: about 1 s, as much
+        # as the whole phase's p99 would be). spread() vacuums the peaks' dead rows first.
         start = await sql.spread(conn, interval_s, 3.0)
         ahead_s = await sql.seconds_until(conn, start)
         if ahead_s < 0:
@@ -333,7 +335,7 @@ async def _sustained(shape: Shape, url: str, plan: Plan, peak: float, say: Say) 
     )
 
 
-async def claim_times(shape: Shape, prefix: str, plan: Plan, say: Say) -> Claims:
+async def claim_times(shape: Shape, prefix: str, plan: BenchPlan, say: Say) -> Claims:
     """Median time of one 200-user claim (rolled back) on populations of each size, all due."""
     out: dict[str, float] = {}
     async with scratch_database(shape.admin_url, f"{prefix}_claim") as url:
@@ -348,7 +350,9 @@ async def claim_times(shape: Shape, prefix: str, plan: Plan, say: Say) -> Claims
     return Claims(ms_per_claim_by_users=out)
 
 
-async def worker_rss(shape: Shape, prefix: str, plan: Plan, settings: Settings, say: Say) -> Rss:
+async def worker_rss(
+    shape: Shape, prefix: str, plan: BenchPlan, settings: Settings, say: Say
+) -> Rss:
     """One worker's RSS after its first 10,000 runs and after `plan.rss_runs` runs (the
     population made due again as often as needed)."""
     users = min(plan.rss_runs, 200_000)

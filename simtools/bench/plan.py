@@ -22,7 +22,7 @@ def ceiling_file() -> Path:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BenchPlan:
     """Sizes of each phase; --quick shrinks them to a smoke run of a few minutes."""
 
     ceiling_users: int
@@ -39,7 +39,7 @@ class Plan:
     tpcb_clients: tuple[int, ...] = (1, 4, 16)
 
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool) -> BenchPlan:
         if quick:
             return cls(40_000, 1, 2, 2_000, 20_000, 8, (10_000, 50_000), 20_000, peaks=1)
         return cls(400_000, 10, 10, 10_000, 100_000, 60, (10_000, 100_000, 1_000_000), 1_000_000)

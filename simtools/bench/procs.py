@@ -10,10 +10,11 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from simtools.harness.errors import ToolError
 from simtools.harness.services import pinned
 
 
-class BenchError(Exception):
+class BenchError(ToolError):
     """The bench cannot run here (a missing tool, a phase that could not be set up): exit 2."""
 
 

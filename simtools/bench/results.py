@@ -141,8 +141,8 @@ class ShapeResult:
 
 @dataclass(frozen=True)
 class Floor:
-    """One floor of the issue: its target, what this run measured, met or not (None: the run
-    did not measure it)."""
+    """One floor the engine must meet: its target, what this run measured, met or not (None:
+    the run did not measure it)."""
 
     shape: str
     name: str

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from simconfig import Settings
 from simtools.bench import phases
 from simtools.bench.databases import drop_leftovers
+from simtools.bench.markdown import floors
 from simtools.bench.pinned import pinned_shape
-from simtools.bench.plan import Plan
-from simtools.bench.report import floors
+from simtools.bench.plan import BenchPlan
 from simtools.bench.results import BenchResult, Cpu, Ratios, ShapeResult
 from simtools.bench.shapes import Shape, shared_shape
 
@@ -34,7 +34,7 @@ def _sum(values: list[float | None]) -> float | None:
 
 
 async def measure(
-    shape: Shape, prefix: str, plan: Plan, settings: Settings, say: Say, *, scaling: bool
+    shape: Shape, prefix: str, plan: BenchPlan, settings: Settings, say: Say, *, scaling: bool
 ) -> ShapeResult:
     """Every phase in `shape`; `scaling` adds claim time by population and worker RSS over many
     runs (properties of the engine, not of where it runs: measured in the shared shape only)."""
@@ -82,9 +82,9 @@ async def drop_queues(redis_url: str, prefix: str) -> None:
     jobs queued), so a run leaves nothing behind in REDIS_URL."""
     from arq.constants import job_key_prefix
 
-    from workers.codec import connect_redis
+    from workers.codec import redis_from_url
 
-    redis = await connect_redis(redis_url)
+    redis = await redis_from_url(redis_url)
     try:
         async for queue in redis.scan_iter(match=f"{prefix}:*"):
             job_ids = await redis.zrange(queue, 0, -1)
@@ -99,7 +99,7 @@ async def drop_queues(redis_url: str, prefix: str) -> None:
 async def run_bench(
     settings: Settings, *, quick: bool, pinned: bool, command: str, say: Say
 ) -> BenchResult:
-    plan = Plan.make(quick)
+    plan = BenchPlan.make(quick)
     prefix = f"simbench_{os.getpid()}"
     started = time.monotonic()
     when = datetime.now(UTC).isoformat(timespec="seconds")

@@ -102,7 +102,7 @@ class _OnePool:
 
 
 @dataclass(frozen=True)
-class Step:
+class StepCost:
     server_us_per_run: float
     client_us_per_run: float
     calls: int
@@ -115,7 +115,7 @@ class Steps:
     runs: int
     seconds: float
     batch_size: int
-    steps: dict[str, Step]
+    steps: dict[str, StepCost]
     server_us_per_run: float
     worker_outside_statements_us_per_run: float
     reconcile: Reconcile
@@ -163,7 +163,7 @@ async def profile_steps(url: str, settings: Settings, say: Callable[[str], None]
     # The claim is the scheduler's; everything else ran inside the worker's BatchRunner.
     in_statements = sum(v[1] for k, v in totals.items() if k != "claim_due")
     steps = {
-        name: Step(
+        name: StepCost(
             server_us_per_run=round(server / runs * 1e6, 1),
             client_us_per_run=round(client / runs * 1e6, 1),
             calls=int(calls),

@@ -77,7 +77,7 @@ SELECT count(*) FROM (
 
 -- drill_slot_walk --
 -- Each user's runs in commit order (sim_runs.id), then the slot still pending, each against the
--- slot the previous run left (CONTRACT §3 "Next slot"):
+-- slot the previous run left (the rule every run follows, whatever faults it met):
 --   ok         the previous slot + interval (or the seeded first slot);
 --   catch_up   the previous run fell behind (slot + interval before its now()), so the next slot
 --              is its now() + interval; now() lies between its started_at and finished_at;

@@ -10,12 +10,13 @@ from typing import Any
 
 import asyncpg
 
+from simtools.harness.errors import ToolError
 from simtools.harness.procs import with_app_name
 from store.db import connect
 from store.errors import StoreError
 
 
-class DrillError(Exception):
+class DrillError(ToolError):
     """The drill could not set itself up (missing binary, a step that failed): exit 2."""
 
 

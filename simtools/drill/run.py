@@ -6,7 +6,9 @@ under a small supervisor (a killed or exited process is started again, as system
 would), and injects, at moments drawn from --seed: worker SIGKILLs aimed at workers inside a
 transaction, scheduler SIGKILLs, Redis FLUSHALL, Redis restarts, Postgres crash-restarts and
 concurrent duplicate `simctl run`s. Then it lets the system drain, stops everything, and checks
-the invariants of CONTRACT §3 with the queries of drill.sql and `simctl reconcile`.
+what no fault may break (each slot runs once and never early, a lost slot runs again within the
+recovery bound, no run is half-written, the ledger reconciles) with the queries of drill.sql and
+`simctl reconcile`.
 
 Usage: python -m simtools.drill --size ci   (scripts/drill wraps it; --help lists every option)
 """
@@ -67,7 +69,7 @@ FAULT_KINDS = ("worker_kill", "scheduler_kill", "redis_flush", "redis_restart", 
 
 
 @dataclass(frozen=True)
-class Plan:
+class DrillPlan:
     """Everything that sizes a drill; --size picks one of SIZES, options override fields."""
 
     users: int
@@ -101,12 +103,13 @@ class Plan:
 
     @property
     def bound_s(self) -> float:
-        """CONTRACT §3 "Recovery bound": a lost slot runs within SIM_LEASE_S plus one pass."""
+        """How late a lost slot may run: its lease expires (SIM_LEASE_S), then the next scheduler
+        pass claims it again."""
         return self.lease_s + self.pass_s
 
 
-SIZES: dict[str, Plan] = {
-    "full": Plan(
+SIZES: dict[str, DrillPlan] = {
+    "full": DrillPlan(
         users=50_000,
         interval_s=30,
         faults_s=300,
@@ -121,7 +124,7 @@ SIZES: dict[str, Plan] = {
         lease_s=60,
         warmup_s=20,
     ),
-    "ci": Plan(
+    "ci": DrillPlan(
         users=5_000,
         interval_s=10,
         faults_s=60,
@@ -141,13 +144,13 @@ SIZES: dict[str, Plan] = {
 
 # -- the fault schedule -----------------------------------------------------------------------
 @dataclass(frozen=True)
-class Planned:
+class PlannedFault:
     at_s: float  # seconds after the faults phase starts
     kind: str
     user_index: int = 0  # for a duplicate trigger: which seeded user (index into the ids)
 
 
-def schedule(plan: Plan) -> tuple[list[Planned], list[Planned]]:
+def schedule(plan: DrillPlan) -> tuple[list[PlannedFault], list[PlannedFault]]:
     """(faults, duplicate triggers), each sorted by time; a pure function of the plan's seed."""
     rng = random.Random(plan.seed)
     counts = {
@@ -158,12 +161,14 @@ def schedule(plan: Plan) -> tuple[list[Planned], list[Planned]]:
         "pg_crash": plan.pg_crashes,
     }
     faults = [
-        Planned(round(rng.uniform(0, plan.faults_s), 3), kind)
+        PlannedFault(round(rng.uniform(0, plan.faults_s), 3), kind)
         for kind in FAULT_KINDS
         for _ in range(counts[kind])
     ]
     triggers = [
-        Planned(round(rng.uniform(0, plan.faults_s), 3), "duplicate_run", rng.randrange(plan.users))
+        PlannedFault(
+            round(rng.uniform(0, plan.faults_s), 3), "duplicate_run", rng.randrange(plan.users)
+        )
         for _ in range(plan.triggers)
     ]
     return sorted(faults, key=lambda p: p.at_s), sorted(triggers, key=lambda p: p.at_s)
@@ -172,7 +177,7 @@ def schedule(plan: Plan) -> tuple[list[Planned], list[Planned]]:
 # -- the drill --------------------------------------------------------------------------------
 @dataclass
 class Drill:
-    plan: Plan
+    plan: DrillPlan
     say: Callable[[str], None]
     root: Path
     pg: PrivateCluster
@@ -201,7 +206,7 @@ class Drill:
             raise DrillError(f"simctl {args[0]} exited {done.returncode}: {done.stderr.strip()}")
 
     # faults
-    async def inject(self, planned: list[Planned], start: float, mon: Monitor) -> None:
+    async def inject(self, planned: list[PlannedFault], start: float, mon: Monitor) -> None:
         rng = random.Random(self.plan.seed + 1)  # targets: seeded, though who is busy is not
         assert self.sup is not None
         for n, p in enumerate(planned, 1):
@@ -285,7 +290,7 @@ class Drill:
             await asyncio.sleep(0.01)
 
     # duplicate triggers
-    async def trigger(self, planned: list[Planned], start: float, user_ids: list[int]) -> None:
+    async def trigger(self, planned: list[PlannedFault], start: float, user_ids: list[int]) -> None:
         """Each planned trigger: two concurrent `simctl run` of one user, niced, at most
         trigger_concurrency processes at once (their import CPU would starve the engine)."""
         gate = asyncio.Semaphore(self.plan.trigger_concurrency)
@@ -640,7 +645,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def child_env(pg_url: str, redis_url: str, plan: Plan) -> dict[str, str]:
+def child_env(pg_url: str, redis_url: str, plan: DrillPlan) -> dict[str, str]:
     """The children's environment: nothing of the operator's SIM_* or URLs leaks in."""
     base = {
         k: v
@@ -659,7 +664,7 @@ def child_env(pg_url: str, redis_url: str, plan: Plan) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def workspace(plan: Plan) -> Iterator[Path]:
+def workspace(plan: DrillPlan) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="simengine-drill-", dir=plan.workdir))
     if os.geteuid() == 0:
         root.chmod(0o711)  # the postgres OS user runs the cluster inside it
@@ -670,7 +675,7 @@ def workspace(plan: Plan) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run_drill(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+def run_drill(plan: DrillPlan, say: Callable[[str], None]) -> dict[str, Any]:
     """Set up, inject, drain, judge; every child and the temp cluster are gone afterwards,
     whatever happened (Ctrl-C and SIGTERM included)."""
     with workspace(plan) as root:
@@ -706,7 +711,7 @@ def _number(value: float) -> str:
 
 
 def _preset(name: str, help_text: str, *, min_value: float) -> Any:
-    """An option overriding a Plan field, its help ending with each preset's value of it."""
+    """An option overriding a DrillPlan field, its help ending with each preset's value of it."""
     values = ", ".join(f"{size} {_number(getattr(plan, name))}" for size, plan in SIZES.items())
     return _opt(f"{help_text} ({values}).", min_value=min_value)
 

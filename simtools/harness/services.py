@@ -21,8 +21,10 @@ import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from simtools.harness.errors import ToolError
 
-class ServiceError(Exception):
+
+class ServiceError(ToolError):
     """A private service could not be set up (a missing binary, a step that failed)."""
 
 

@@ -3,7 +3,8 @@ read with importlib.resources (so an installed wheel reads what a checkout reads
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from importlib.resources import files
 
 from store.sqlfiles import named_blocks
@@ -18,3 +19,9 @@ def queries(package: str, file: str) -> dict[str, str]:
 def query(package: str, file: str, name: str) -> str:
     """One named query; KeyError names the missing one."""
     return queries(package, file)[name]
+
+
+def query_file(package: str, file: str) -> Callable[[str], str]:
+    """The lookup of one file's named queries, for a tool to bind once: `bench_query =
+    query_file("simtools.bench", "bench.sql")`, then `bench_query("name")`."""
+    return partial(query, package, file)

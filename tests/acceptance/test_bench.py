@@ -104,12 +104,12 @@ async def test_a_bench_run_removes_its_queues_and_their_jobs_only(redis_url: str
     from arq.constants import job_key_prefix
 
     from simtools.bench.run import drop_queues
-    from workers.codec import connect_redis
+    from workers.codec import redis_from_url
 
     # Names of this test's own (the Redis is shared by the tests of one process).
     run, other_run = f"simbench_{os.getpid()}1", f"simbench_{os.getpid()}12"
     queues = [f"{run}:engine", f"{run}:naive", f"{other_run}:engine", f"not_{run}"]
-    pool = await connect_redis(redis_url)
+    pool = await redis_from_url(redis_url)
     try:
         jobs: dict[str, list[str]] = {q: [] for q in queues}
         for queue in queues:

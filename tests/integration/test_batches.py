@@ -340,8 +340,8 @@ async def test_a_claim_is_exact_to_the_microsecond_and_in_id_order(pg: asyncpg.C
 async def test_a_claim_writes_one_lease_row_per_batch_and_no_user_row(
     pg: asyncpg.Connection, runner: BatchRunner
 ) -> None:
-    # A lease per user was a second users row version per run; a claim now writes one
-    # sim_leases row per batch, and the batch's commit deletes it.
+    # A lease per user would write a second users row version per run: a claim writes one
+    # sim_leases row per batch instead, and the batch's commit deletes it.
     await seed_due(pg, 1_000, SLOT, holdings=False)
     await pg.execute("VACUUM users")
 

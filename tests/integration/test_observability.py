@@ -110,7 +110,10 @@ async def test_scheduler_stays_alive_and_turns_unready_while_redis_is_away(
         await wait_until(unready, 30, "/readyz to answer 503 naming Redis")
         # Liveness is the process, not its dependencies: a probe must not restart it now.
         assert get(port, "/livez") == (200, "alive\n")
-        assert get(port, "/healthz") == (200, "alive\n")  # the old name of /livez
+        assert get(port, "/healthz") == (
+            200,
+            "alive\n",
+        )  # /livez's alias, for probes set up with it
 
         async def reported() -> bool:
             return scheduler.output().count('"redis.unavailable"') >= 2

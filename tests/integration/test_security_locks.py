@@ -1,6 +1,6 @@
 """Only the engine can hold the engine's locks: the read role (made as `simctl grant-reader`
-makes it) tries every lock the engine coordinates through, by the old advisory keys and by the
-engine's own mechanism, and while it holds whatever it could take, a claim and a run still
+makes it) tries every lock the engine coordinates through, by advisory keys (which any role may take) and
+by the engine's own mechanism, and while it holds whatever it could take, a claim and a run still
 happen. And claims that stall, whatever the cause, turn a scheduler's readiness."""
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from workers.scheduler import Scheduler
 
 pytestmark = pytest.mark.timeout(180)
 
-# The keys the engine's advisory locks used: imports vs runs, claims, market changes.
+# Advisory-lock keys for imports vs runs, claims and market changes: any role may take an
+# advisory lock, which is why the engine locks rows of sim_locks instead, and a reader holding
+# these keys must not hold it up.
 OLD_ADVISORY_KEYS = (0x5072_6963_6573, 0x436C_6169_6D73, 0x4D61_726B_6574)
 # What a role could try against the engine's own locks (each must be refused to the reader).
 ENGINE_LOCK_ATTEMPTS = (

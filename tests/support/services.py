@@ -47,7 +47,8 @@ def in_thread(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 TEMPLATE_PREFIX = "simengine_tpl_"
-# Names these tests give databases: with a creation time, or the earlier time-less forms.
+# Names these tests give databases: with a creation time, or time-less (left by older checkouts'
+# runs, recognised so that they are dropped too).
 _OURS = re.compile(
     r"^simengine_(?:(?:tpl|t)_(?P<stamp>\d{10})_[0-9a-f]{8,12}|tpl_[0-9a-f]{12}|t_[0-9a-f]{16})$"
 )

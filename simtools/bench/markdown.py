@@ -1,4 +1,5 @@
-"""The floors of issue 15, judged on a run's result, and the markdown table a run prints (and
+"""The floors a run must meet (the engine against baselines measured on the same machine, so
+that a slower server moves both), judged on its result, and the markdown table it prints (and
 appends to docs/benchmarks.md with --docs): both shapes side by side, then each floor."""
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def _reconcile_floor(s: ShapeResult) -> Floor:
 
 
 def floors(result: BenchResult) -> list[Floor]:
-    """Every floor of the issue, in the issue's order; the pinned ones unmeasured without
+    """Every floor, pinned shape first; the pinned ones unmeasured without
     --pinned, the 1M-user ones measured at --quick's sizes (their names say which)."""
     out = _pinned_floors(result.pinned)
     if result.pinned is not None:
