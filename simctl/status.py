@@ -20,7 +20,8 @@ def status(
         float | None, typer.Option("--watch", min=0.5, help="Refresh every N seconds until Ctrl-C.")
     ] = None,
 ) -> None:
-    """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
+    """Due users, oldest lag, users backing off after a failed run (not due, and not lag,
+    until their backoff ends), queue depth, runs and failures in the last minute and hour,
     auto-pauses, and the last market tick per asset.
 
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are

@@ -1,0 +1,113 @@
+"""What operators see and run: reconcile names what ran or was written ahead of its time,
+`market show` shows only prices of ticks that have begun, `status` does not count a user in
+failure backoff as due, and malformed configuration is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.assets import ASSETS
+from store.market import change_market, prices_now
+from tests.support.procs import seed_due, simctl
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_reconcile_names_a_run_ahead_of_its_commit_and_a_price_ahead_of_now(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    await seed_due(pg, 1)
+    uid: int = await pg.fetchval("SELECT min(id) FROM users")
+    clean = simctl(["reconcile"], env)
+    assert clean.returncode == 0, clean.stderr
+    run_id: int = await pg.fetchval(
+        "INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome, "
+        "trades_count) VALUES ($1, now() + interval '2 days', now(), now(), 'applied', 0) "
+        "RETURNING id",
+        uid,
+    )
+    await pg.execute(
+        "INSERT INTO price_history (asset, at, price_usd, source) "
+        "VALUES ('ETH', date_trunc('minute', now()) + interval '1 day', 1, 'model')"
+    )
+    found = simctl(["reconcile"], env)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"run {run_id} of user {uid}" in found.stdout
+    assert "later than its commit" in found.stdout
+    assert "ETH price at" in found.stdout and "later than now" in found.stdout
+    as_json = simctl(["reconcile", "--json"], env)
+    assert as_json.returncode == 1
+    data = json.loads(as_json.stdout)
+    assert data["clean"] is False and len(data["ahead_of_time"]) == 2
+
+
+async def test_market_show_prints_the_prices_now_and_none_of_a_tick_to_come(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    await change_market(pg, "test", volatility={}, reseed=True, lead_s=3600, reason="rotation")
+    expected = await prices_now(pg)
+    shown = simctl(["market", "show", "--json"], env)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert set(data) == {"prices_now", "versions"}
+    assert data["prices_now"]["at"] == expected["at"]
+    assert set(data["prices_now"]["prices_usd"]) == set(ASSETS)
+    ahead = data["versions"][1]
+    assert all(a["start_price_usd"] is None for a in ahead["assets"].values() if not a["stable"])
+    text = simctl(["market", "show"], env)
+    assert text.returncode == 0, text.stderr
+    assert f"prices at {expected['at']}" in text.stdout
+    assert "seed" not in text.stdout.replace("reseed", "")
+    assert "prices" in simctl(["market", "show", "--help"], env).stdout
+
+
+async def test_status_does_not_count_a_user_in_failure_backoff_as_due(
+    pg: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    await seed_due(pg, 3)
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '10 minutes'")
+    # The user with the oldest slot failed and backs off for an hour.
+    backing: int = await pg.fetchval("SELECT min(id) FROM users")
+    await pg.execute(
+        "UPDATE users SET sim_next_run_at = now() - interval '2 hours', sim_fail_count = 1, "
+        "sim_claimed_until = now() + interval '1 hour' WHERE id = $1",
+        backing,
+    )
+    result = simctl(["status", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["due_now"] == 2
+    assert data["backing_off"] == 1
+    assert 600 <= data["oldest_lag_s"] < 3600
+
+
+def test_a_non_utf8_env_file_is_one_line_exit_2(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / ".env").write_bytes(b"SIM_SEED=\xff\xfe\n")
+    result = simctl(["status"], env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert ".env" in line and "UTF-8" in line
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5"])
+def test_a_malformed_demo_user_count_is_one_line_exit_2(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "simtools.demo.run"],
+        env={**os.environ, "SIMENGINE_DEMO_USERS": value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "SIMENGINE_DEMO_USERS" in line
