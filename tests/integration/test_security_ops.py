@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +16,9 @@ import pytest
 
 from engine.assets import ASSETS
 from store.market import change_market, prices_now
+from store.roles import grant_reader, scram_verifier
 from tests.support.procs import seed_due, simctl
+from tests.support.services import create_database, drop_database, url_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -111,3 +114,97 @@ def test_a_malformed_demo_user_count_is_one_line_exit_2(value: str) -> None:
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "SIMENGINE_DEMO_USERS" in line
+
+
+# -- the migrate lock ---------------------------------------------------------------------------
+# The advisory key migrate serialised on, and every table-lock mode a role could ask for.
+OLD_MIGRATE_KEY = 0x51_6D_65_6E_67_69_6E_65
+LOCK_MODES = (
+    "ACCESS SHARE",
+    "ROW SHARE",
+    "ROW EXCLUSIVE",
+    "SHARE UPDATE EXCLUSIVE",
+    "SHARE",
+    "SHARE ROW EXCLUSIVE",
+    "EXCLUSIVE",
+    "ACCESS EXCLUSIVE",
+)
+
+
+@pytest.fixture
+async def reader(pg: asyncpg.Connection, db_name: str) -> AsyncIterator[asyncpg.Connection]:
+    """A session of the read role, made the way `simctl grant-reader` makes it."""
+    role = f"migreader_{db_name[-12:]}"
+    password = "s3cret-Reader"
+    await grant_reader(pg, role, verifier=scram_verifier(password))
+    conn = await asyncpg.connect(url_for(db_name), user=role, password=password)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await pg.execute(f'DROP OWNED BY "{role}"')
+        await pg.execute(f'DROP ROLE "{role}"')
+
+
+async def test_the_read_role_holding_every_lock_it_can_take_does_not_stop_migrate(
+    reader: asyncpg.Connection, env: dict[str, str]
+) -> None:
+    assert await reader.fetchval("SELECT pg_try_advisory_lock($1)", OLD_MIGRATE_KEY)
+    # One open transaction keeping every mode on schema_migrations it was allowed.
+    tx = reader.transaction()
+    await tx.start()
+    try:
+        for mode in LOCK_MODES:
+            try:
+                async with reader.transaction():  # a savepoint: a refusal undoes only itself
+                    await reader.execute(f"LOCK TABLE schema_migrations IN {mode} MODE NOWAIT")
+            except asyncpg.PostgresError:
+                continue
+        result = simctl(["migrate"], env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "up to date" in result.stdout
+    finally:
+        await tx.rollback()
+
+
+# -- migrate's preflight: a database it would leave half-installed ---------------------------
+@pytest.fixture
+def fresh_url(db_url: str) -> Iterator[str]:
+    """An empty database (not the migrated template), dropped afterwards."""
+    del db_url
+    name = create_database("template0")
+    try:
+        yield url_for(name)
+    finally:
+        drop_database(name)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "named"),
+    [
+        ("CREATE TABLE sim_runs (id int)", "sim_runs"),
+        ("CREATE TABLE price_history (asset text, at timestamptz)", "price_history"),
+        ("CREATE VIEW sim_pnl AS SELECT 1 AS user_id, 0::numeric AS total_pnl_usd", "sim_pnl"),
+    ],
+)
+async def test_migrate_and_plan_refuse_a_database_with_a_foreign_engine_object(
+    fresh_url: str, env: dict[str, str], ddl: str, named: str
+) -> None:
+    conn = await asyncpg.connect(fresh_url)
+    try:
+        await conn.execute(ddl)
+        before = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1"
+        )
+        run_env = {**env, "DATABASE_URL": fresh_url}
+        for args in (["migrate", "--plan"], ["migrate"]):
+            result = simctl(args, run_env)
+            assert result.returncode == 1, (args, result.stdout, result.stderr)
+            [line] = result.stderr.strip().splitlines()
+            assert named in line, line
+        after = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1"
+        )
+        assert after == before  # nothing created, schema_migrations included
+    finally:
+        await conn.close()
