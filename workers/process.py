@@ -27,6 +27,7 @@ from store.market import load_market_retrying
 from store.runs import deployment_id_retrying
 from workers.deps import (
     Backoff,
+    is_redis_misconfigured,
     open_pool,
     pause,
     readiness,
@@ -134,7 +135,7 @@ async def _work(
                 raise
             return
         except (RedisError, OSError, TimeoutError) as exc:
-            if burst:
+            if burst or is_redis_misconfigured(exc):
                 raise redis_error(settings, exc) from None
             error = first_line(exc)
         finally:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import asyncpg
 import pytest
 
 from engine.assets import ASSETS
+from simtools.harness.services import free_port, redis_argv
 from store.market import change_market, prices_now
 from store.roles import grant_reader, scram_verifier
 from tests.support.procs import seed_due, simctl
@@ -208,3 +213,50 @@ async def test_migrate_and_plan_refuse_a_database_with_a_foreign_engine_object(
         assert after == before  # nothing created, schema_migrations included
     finally:
         await conn.close()
+
+
+# -- Redis misconfiguration is configuration -----------------------------------------------------
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[int]:
+    """A private redis-server that wants a password; its port."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="simengine-redis-") as folder:
+        argv = redis_argv(shutil.which("redis-server") or "redis-server", port, folder)
+        proc = subprocess.Popen(
+            [*argv, "--requirepass", "right-password"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with socket.socket() as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+            yield port
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("command", [["status"], ["scheduler"], ["worker"], ["run", "1"]])
+def test_a_redis_url_redis_refuses_is_exit_2_in_one_line_at_once(
+    locked_redis: int, redis_url: str, env: dict[str, str], command: list[str]
+) -> None:
+    base = {**env, "SIM_METRICS_PORT": "0"}
+    urls = {
+        "wrong password": f"redis://:wrong-password@127.0.0.1:{locked_redis}/0",
+        "no password": f"redis://127.0.0.1:{locked_redis}/0",
+        "no such database": redis_url.rsplit("/", 1)[0] + "/99",
+    }
+    for case, url in urls.items():
+        started = time.monotonic()
+        result = simctl(command, {**base, "REDIS_URL": url}, timeout=30)
+        assert result.returncode == 2, (case, result.stdout, result.stderr)
+        assert time.monotonic() - started < 20, case
+        assert "redis.unavailable" not in result.stderr, (case, result.stderr)
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert "REDIS_URL" in last and "wrong-password" not in last, (case, last)
