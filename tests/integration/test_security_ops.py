@@ -4,6 +4,7 @@ failure backoff as due, and malformed configuration is one line, exit 2."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from engine.assets import ASSETS
 from simtools.harness.services import free_port, redis_argv
 from store.market import change_market, prices_now
 from store.roles import grant_reader, scram_verifier
-from tests.support.procs import seed_due, simctl
+from tests.support.procs import seed_due, simctl, spawn, stop, wait_until
 from tests.support.services import create_database, drop_database, url_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -260,3 +262,38 @@ def test_a_redis_url_redis_refuses_is_exit_2_in_one_line_at_once(
         assert "Traceback" not in result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert "REDIS_URL" in last and "wrong-password" not in last, (case, last)
+
+
+# -- an idle worker polls Redis rarely, a busy one at SIM_WORKER_POLL_MS -----------------------
+async def _polls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    entry = stats.get("cmdstat_zrangebyscore", {"calls": 0})
+    return int(entry["calls"])
+
+
+async def test_an_idle_worker_backs_off_its_polls_and_a_job_is_still_picked_at_once(
+    pg: asyncpg.Connection, env: dict[str, str], redis_url: str
+) -> None:
+    await seed_due(pg, 1)
+    uid: int = await pg.fetchval("SELECT min(id) FROM users")
+    await pg.execute("UPDATE users SET sim_next_run_at = now() + interval '1 hour'")
+    redis = Redis.from_url(redis_url)
+    worker = spawn(["worker"], {**env, "SIM_METRICS_PORT": "0", "SIM_WORKER_POLL_MS": "5"})
+    try:
+        await wait_until(
+            lambda: asyncio.sleep(0, "worker.started" in worker.output()), 30, "worker.started"
+        )
+        await asyncio.sleep(1)  # past the back-off's first steps
+        before = await _polls(redis)
+        await asyncio.sleep(2)
+        idle = await _polls(redis) - before
+        # Every 5 ms would be hundreds; backed off to 200 ms it is about ten.
+        assert idle <= 20, idle
+        started = time.monotonic()
+        result = simctl(["run", str(uid), "--wait"], env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 10
+        assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE user_id = $1", uid) == 1
+    finally:
+        stop(worker)
+        await redis.aclose()
