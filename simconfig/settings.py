@@ -286,6 +286,11 @@ def load_settings() -> Settings:
     """Build the Settings, turning a validation error into one line naming the setting."""
     try:
         return Settings()
+    except UnicodeDecodeError as exc:
+        # Only the .env file is decoded here (the environment is already text).
+        raise SettingsError(
+            f"configuration error: .env: not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]).upper() if err["loc"] else "settings"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from simconfig.settings import parse_asset_map
-from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
+from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
 
 app = typer.Typer(
     help="The market definition stored by the first migrate (prices are a pure function of it).",
@@ -17,21 +17,43 @@ app = typer.Typer(
 
 
 @app.command()
-def show() -> None:
-    """Every stored version of the market definition (its seed is never shown).
+def show(
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Machine-readable: {"prices_now": {"at", "prices_usd"}, "versions"}.'
+        ),
+    ] = False,
+) -> None:
+    """The current prices (each asset's model price at the tick that has begun, by the
+    database's clock) and every stored version of the market definition, its seed never shown.
+    A version still ahead shows no start prices (they are the prices of a tick to come).
 
-    Example: simctl market show
+    Examples:
+
+      simctl market show
+
+      simctl market show --json
     """
     s = settings()
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from store.db import connection
-        from store.market import describe
+        from store.market import describe, prices_now
 
         async with connection(s.database_url) as conn:
-            return await describe(conn)
+            versions = await describe(conn)
+            return await prices_now(conn), versions
 
-    print_json(run_async(go))
+    now, versions = run_async(go)
+    if as_json:
+        print_json({"prices_now": now, "versions": versions})
+        return
+    out.print(f"prices at {now['at']}:", markup=False)
+    for asset, price in now["prices_usd"].items():
+        out.print(f"  {asset:<5} {price}", markup=False)
+    out.print("versions:", markup=False)
+    print_json(versions)
 
 
 @app.command()

@@ -29,7 +29,8 @@ def reconcile(
 ) -> None:
     """Rebuild every balance and holding from the ledger rows and compare; check every engine
     trade's price against its tick's stored price moved by SIM_SLIPPAGE_BPS, exactly, and every
-    portfolio value against the stored prices of the user's last run.
+    portfolio value against the stored prices of the user's last run. Any run whose slot is
+    later than its commit, and any stored price of a tick later than now, is named too.
 
     On an adopted database the ledger is judged from the adoption's baseline on (each user's
     opening balance and holdings). Exit 0 when clean, 1 with each discrepancy named (user,
@@ -43,7 +44,8 @@ def reconcile(
     """
     s = settings()
 
-    async def go() -> tuple[list[Discrepancy], list[LegacyGap] | None]:
+    async def go() -> tuple[list[Discrepancy], list[str], list[LegacyGap] | None]:
+        from store.audit import audit_time
         from store.db import connection
         from store.ledger import legacy_gap, was_adopted
         from store.ledger import reconcile as do_reconcile
@@ -54,18 +56,19 @@ def reconcile(
             uid = None if user is None else await resolve_user(conn, user)
             found = await do_reconcile(conn, uid)
             found += await audit_prices(conn, s.sim_slippage_bps, uid)
+            early = await audit_time(conn, uid)
             adopted = legacy and await was_adopted(conn)
             # None: never adopted, so no legacy ledger and no opening state to explain.
             gaps = await legacy_gap(conn, uid) if adopted else None
-            return found, gaps
+            return found, early, gaps
 
-    found, gaps = run_async(go)
+    found, early, gaps = run_async(go)
     if legacy:
         _print_legacy_gaps(gaps, as_json)
     if as_json:
         print_json(
             {
-                "clean": not found,
+                "clean": not found and not early,
                 "discrepancies": [
                     {
                         "user_id": d.user_id,
@@ -75,18 +78,21 @@ def reconcile(
                     }
                     for d in found
                 ],
+                "ahead_of_time": early,
             }
         )
     else:
         for d in found:
             out.print(str(d))
-        if not found:
+        for line in early:
+            out.print(line, markup=False)
+        if not found and not early:
             out.print(
                 "clean: every balance and holding matches the ledger, every trade and value "
                 "its stored prices"
             )
-    if found:
-        raise Exit(1, f"reconcile: {len(found)} discrepancy(ies)")
+    if found or early:
+        raise Exit(1, f"reconcile: {len(found) + len(early)} discrepancy(ies)")
 
 
 def _print_legacy_gaps(gaps: list[LegacyGap] | None, as_json: bool) -> None:

@@ -20,7 +20,8 @@ def status(
         float | None, typer.Option("--watch", min=0.5, help="Refresh every N seconds until Ctrl-C.")
     ] = None,
 ) -> None:
-    """Due users, oldest lag, queue depth, runs and failures in the last minute and hour,
+    """Due users, oldest lag, users backing off after a failed run (not due, and not lag,
+    until their backoff ends), queue depth, runs and failures in the last minute and hour,
     auto-pauses, and the last market tick per asset.
 
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
@@ -41,6 +42,7 @@ def status(
         from store.db import connection
         from store.runs import deployment_id
         from store.status import status as read_status
+        from workers.enqueue import is_redis_misconfigured, redis_error
         from workers.queue import pending_jobs
 
         async with connection(s.database_url) as conn:
@@ -50,7 +52,9 @@ def status(
         try:
             # Jobs really waiting: a killed worker's jobs and lapsed ones are not counted.
             data["queue_depth"] = await pending_jobs(client, queue_name, s.sim_lease_s)
-        except (OSError, RedisError):
+        except (OSError, RedisError) as exc:
+            if is_redis_misconfigured(exc):  # configuration, not an outage: exit 2
+                raise redis_error(s, exc) from None
             data["queue_depth"] = None
         finally:
             await client.aclose()

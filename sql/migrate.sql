@@ -4,11 +4,18 @@
 -- their identifiers come from the migration files and store/adopt.py's PLATFORM.
 
 -- migrate_lock --
--- Two `simctl migrate` serialise on it; the second then finds nothing to do.
-SELECT pg_advisory_lock($1)
+-- Two `simctl migrate` serialise on it, in the transaction that walks and applies; the second
+-- then finds nothing to do. SHARE ROW EXCLUSIVE conflicts with itself and with writes: taking it
+-- needs UPDATE, DELETE or TRUNCATE on schema_migrations (or owning it), which the read role has
+-- not; what that role can take (ACCESS SHARE, advisory locks) does not conflict with it.
+LOCK TABLE schema_migrations IN SHARE ROW EXCLUSIVE MODE
 
--- migrate_unlock --
-SELECT pg_advisory_unlock($1)
+-- engine_objects_present --
+-- Which of these names ($1) a relation in the current schema already has.
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+   AND c.relname = ANY($1::text[])
+ ORDER BY c.relname
 
 -- set_lock_timeout --
 -- $1 milliseconds; $2 true: for the current transaction only (SET LOCAL).
@@ -33,6 +40,9 @@ SELECT EXISTS (SELECT 1 FROM schema_migrations)
 
 -- applied_migrations --
 SELECT version, name, checksum FROM schema_migrations
+
+-- migration_applied --
+SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)
 
 -- record_migration --
 INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)

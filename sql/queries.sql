@@ -270,13 +270,20 @@ SELECT r.id, r.outcome, r.trades_count, r.scheduled_for, r.finished_at,
   FROM sim_runs r WHERE r.user_id = $1 AND r.scheduled_for = $2
 
 -- status --
+-- A user backing off after a failed run (sim_claimed_until ahead, record_failure) is not due
+-- until its backoff ends: counted apart, and its wait is not lag.
 SELECT
   (SELECT count(*) FROM users
     WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
-      AND (sim_next_run_at IS NULL OR sim_next_run_at <= now())) AS due_now,
+      AND (sim_next_run_at IS NULL OR sim_next_run_at <= now())
+      AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())) AS due_now,
   (SELECT extract(epoch FROM now() - min(sim_next_run_at))::float8 FROM users
     WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
-      AND sim_next_run_at <= now()) AS oldest_lag_s,
+      AND sim_next_run_at <= now()
+      AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())) AS oldest_lag_s,
+  (SELECT count(*) FROM users
+    WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+      AND sim_claimed_until > now()) AS backing_off,
   (SELECT count(*) FROM users
     WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL) AS eligible,
   (SELECT count(*) FROM sim_runs WHERE finished_at > now() - interval '1 minute') AS runs_1m,

@@ -6,12 +6,17 @@ Three starting points: an empty database (every migration in order), one simengi
 simengine (restored from the platform's backup): that one is adopted (store/adopt.py).
 
 `walk` is the one list of steps for all three: `--plan` prints it, `migrate` runs it. The walk
-reads only; `migrate` takes it inside the transaction that runs its first steps, so an
-adoption's counts of legacy rows are those its rules are written from.
+reads only (and refuses a database it cannot finish on, e.g. one holding an engine table that
+no migration of simengine created); `migrate` takes it inside the transaction that runs its
+steps, under a lock on `schema_migrations` that a role without write privileges on it cannot
+take, so an adoption's counts of legacy rows are those its rules are written from. Every
+migration runs in that one transaction unless an adoption's index builds must run between
+(outside any transaction): a migrate that fails changes nothing.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,8 +37,11 @@ from store.sqlfiles import migrate_query as _q
 
 T = TypeVar("T")
 
-# Any constant works; two `simctl migrate` serialise on it, the second then finds nothing to do.
-_MIGRATE_LOCK = 0x51_6D_65_6E_67_69_6E_65
+_CREATES = re.compile(
+    r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:UNLOGGED\s+)?(?:MATERIALIZED\s+)?"
+    r"(?:TABLE|VIEW|SEQUENCE)\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)",
+    re.IGNORECASE,
+)
 
 
 @dataclass(slots=True)
@@ -113,11 +121,34 @@ async def walk(conn: Conn, todo: list[Migration]) -> Walk:
             out.steps = adopt.finishing_steps(await adopt.read_catalogue(conn), todo)
     else:
         pending = list(todo)
+    if state != "managed":
+        await _refuse_foreign_engine_objects(conn, todo)
     out.steps += [
         Step(MIGRATION, f"migration {m.version}_{m.name}", m.sql, (m.version, m.name, m.checksum))
         for m in pending
     ]
     return out
+
+
+def engine_relations(todo: list[Migration]) -> list[str]:
+    """The tables, views and sequences the migrations create that are the engine's own (the
+    platform's tables are adopted instead)."""
+    names = {m.group(1).lower() for mig in todo for m in _CREATES.finditer(mig.sql)}
+    return sorted(names - adopt.PLATFORM_NAMES - {"schema_migrations"})
+
+
+async def _refuse_foreign_engine_objects(conn: Conn, todo: list[Migration]) -> None:
+    """MigrationError naming the engine's tables/views that exist though no migration of
+    simengine created them: a migration would fail on them half way, or adopt a stranger's."""
+    found = [
+        r["relname"] for r in await conn.fetch(_q("engine_objects_present"), engine_relations(todo))
+    ]
+    if found:
+        raise MigrationError(
+            f"the database holds {', '.join(found)} though simengine never migrated it "
+            "(no schema_migrations rows): rename or drop them, or point DATABASE_URL at "
+            "simengine's database; nothing was changed"
+        )
 
 
 async def migrate(
@@ -134,11 +165,7 @@ async def migrate(
     lock = policy or LockPolicy()
     if plan_only:
         return _plan(await walk(conn, todo))
-    await conn.execute(_q("migrate_lock"), _MIGRATE_LOCK)
-    try:
-        return await _apply(conn, todo, lock)
-    finally:
-        await conn.execute(_q("migrate_unlock"), _MIGRATE_LOCK)
+    return await _apply(conn, todo, lock)
 
 
 # -- applying -----------------------------------------------------------------------------------
@@ -167,14 +194,26 @@ async def _locked(
         ) from None
 
 
+async def _take_migrate_lock(conn: Conn, lock: LockPolicy) -> None:
+    """In the current transaction: schema_migrations (created here on a first migrate, so gone
+    again if the transaction rolls back) locked against every other migrate until commit. It
+    waits as long as another migrate runs; the statements after it wait `lock.timeout_ms`."""
+    await conn.execute(_q("set_lock_timeout"), 0, True)
+    await conn.execute(_q("create_ledger"))
+    await conn.execute(_q("migrate_lock"))
+    await conn.execute(_q("set_lock_timeout"), lock.timeout_ms, True)
+
+
 async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> MigrateReport:
     report = MigrateReport(applied=[], already=[])
     adopting = await _state(conn) == "legacy"
 
-    async def first_transaction() -> tuple[Walk, float]:
-        """The walk, and the adoption's transaction when there is one: all or nothing."""
+    async def first_transaction() -> tuple[Walk, float, list[str]]:
+        """The walk, the adoption's transaction when there is one, and every migration unless
+        an adoption's steps outside a transaction come first: all or nothing."""
+        applied: list[str] = []
         async with conn.transaction():
-            await conn.execute(_q("set_lock_timeout"), lock.timeout_ms, True)
+            await _take_migrate_lock(conn, lock)
             found = await walk(conn, todo)
             strong_from: float | None = None
             for step in found.steps:
@@ -185,48 +224,74 @@ async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> Migrate
                 await _run(conn, step)
             if found.adopting:
                 report.adopted_users = int(await conn.fetchval(_q("adopted_users")))
-        return found, strong_from or time.perf_counter()
+            if not any(s.phase == FINISH for s in found.steps):
+                for step in (s for s in found.steps if s.phase == MIGRATION):
+                    await _migration_step(conn, step)
+                    applied.append(step.args[0])
+        return found, strong_from or time.perf_counter(), applied
 
     try:
-        plan, strong_from = await _locked(
+        plan, strong_from, applied = await _locked(
             conn, lock, "adopting the platform's tables", adopt.CORE_TABLES, first_transaction
         )
     except Exception as exc:
-        if not (adopting and is_database_error(exc)):
-            raise
-        raise MigrationError(f"adoption failed (nothing changed): {first_line(exc)}") from None
+        if not _first_create_race(exc):
+            if not (adopting and is_database_error(exc)):
+                raise
+            raise MigrationError(f"adoption failed (nothing changed): {first_line(exc)}") from None
+        # Two first-ever migrates both created schema_migrations; the other one won: wait for
+        # it under the lock, then find nothing (or the rest) to do.
+        plan, strong_from, applied = await _locked(
+            conn, lock, "adopting the platform's tables", adopt.CORE_TABLES, first_transaction
+        )
     report.already = plan.already
     if plan.adopting:
         report.users_lock_ms = (time.perf_counter() - strong_from) * 1000
         report.legacy = plan.legacy
         report.applied += plan.covers
+    report.applied += applied
     for finish in (s for s in plan.steps if s.phase == FINISH):
         report.notes += await _finish_adoption(
             conn, lock, [s for s in plan.steps if s.phase in (INDEX, VALIDATE)]
         )
         await _run(conn, finish)
-    migrations_to_run = [s for s in plan.steps if s.phase == MIGRATION]
-    if migrations_to_run:
-        await conn.execute(_q("create_ledger"))
-    for step in migrations_to_run:
-        await _apply_migration(conn, lock, step)
-        report.applied.append(step.args[0])
+        for step in (s for s in plan.steps if s.phase == MIGRATION):
+            if await _apply_migration(conn, lock, step):
+                report.applied.append(step.args[0])
     return report
 
 
-async def _apply_migration(conn: Conn, lock: LockPolicy, step: Step) -> None:
-    async def apply() -> None:
-        async with conn.transaction():
-            await conn.execute(_q("set_lock_timeout"), lock.timeout_ms, True)
-            await conn.execute(step.sql)
-            await conn.execute(_q("record_migration"), *step.args)
+def _first_create_race(exc: BaseException) -> bool:
+    """A concurrent CREATE TABLE IF NOT EXISTS of schema_migrations that lost (unique_violation
+    on the catalogue, or duplicate_table)."""
+    return str(getattr(exc, "sqlstate", "")) in ("23505", "42P07")
 
+
+async def _migration_step(conn: Conn, step: Step) -> None:
+    """One migration in the caller's transaction, recorded; a failure is MigrationError naming
+    it (a lock timeout stays itself, for the caller's retry)."""
     try:
-        await _locked(conn, lock, step.what, adopt.CORE_TABLES, apply)
+        await conn.execute(step.sql)
+        await conn.execute(_q("record_migration"), *step.args)
     except Exception as exc:
-        if not is_database_error(exc):
+        if not is_database_error(exc) or is_lock_timeout(exc):
             raise
         raise MigrationError(f"{step.what} failed: {first_line(exc)}") from None
+
+
+async def _apply_migration(conn: Conn, lock: LockPolicy, step: Step) -> bool:
+    """One migration after an adoption's finishing steps, in its own transaction under the
+    migrate lock; False when another migrate applied it meanwhile."""
+
+    async def apply() -> bool:
+        async with conn.transaction():
+            await _take_migrate_lock(conn, lock)
+            if await conn.fetchval(_q("migration_applied"), step.args[0]):
+                return False
+            await _migration_step(conn, step)
+            return True
+
+    return await _locked(conn, lock, step.what, adopt.CORE_TABLES, apply)
 
 
 async def _finish_adoption(conn: Conn, lock: LockPolicy, steps: list[Step]) -> list[str]:

@@ -4,7 +4,7 @@ A scheduler or worker waits out an outage of either (a restart, a failover, "the
 is starting up", refused connections) with a capped, jittered backoff and one event per attempt:
 `postgres.unavailable` or `redis.unavailable`. Only what waiting cannot fix stops it at start,
 exit 2: a wrong password or user, an unknown database, a bad URL, a missing schema or privilege,
-a busy SIM_METRICS_PORT. One-shot runs (`--once`, `--burst`) do not wait: they fail at once with
+a busy SIM_METRICS_PORT, a Redis that refuses REDIS_URL's password or database number. One-shot runs (`--once`, `--burst`) do not wait: they fail at once with
 one line, as a script expects.
 """
 
@@ -23,11 +23,22 @@ from simconfig import Settings, redact_url
 from store.db import Pool, create_pool, is_outage
 from store.errors import Misconfigured, Unavailable, first_line
 from store.preflight import check_engine_schema
-from workers.enqueue import RedisUnavailable, connect_redis, redis_error, redis_settings
+from workers.enqueue import (
+    RedisUnavailable,
+    connect_redis,
+    is_redis_misconfigured,
+    redis_error,
+    redis_settings,
+)
 from workers.logs import get_logger
 from workers.metrics import HealthServer
 
-__all__ = ["RedisUnavailable", "redis_error", "redis_settings"]  # re-exported for the processes
+__all__ = [
+    "RedisUnavailable",
+    "is_redis_misconfigured",
+    "redis_error",
+    "redis_settings",
+]  # re-exported for the processes
 
 log = get_logger("simengine.deps")
 

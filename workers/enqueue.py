@@ -10,12 +10,18 @@ from datetime import datetime
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 
 from engine.accounting import slot_to_us
 from engine.errors import SimError
 from simconfig import Settings, redact_url
-from store.errors import first_line
+from store.errors import Misconfigured, first_line
 from store.runs import Claim
 from workers.codec import CODEC
 
@@ -34,14 +40,34 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
-def redis_error(settings: Settings, exc: BaseException) -> RedisUnavailable:
-    return RedisUnavailable(
-        f"cannot reach Redis at {redact_url(settings.redis_url)}: {first_line(exc)}"
-    )
+# What Redis answers to a connection it will never accept as configured: a wrong or missing
+# password (WRONGPASS, NOAUTH), an ACL refusal, a database number it does not have.
+_MISCONFIGURED = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
+_MISCONFIGURED_REPLIES = ("DB index is out of range", "invalid DB index", "NOAUTH", "WRONGPASS")
+
+
+def is_redis_misconfigured(exc: BaseException) -> bool:
+    """Whether waiting cannot fix this Redis error: REDIS_URL (its password, user or database
+    number) must change."""
+    if isinstance(exc, _MISCONFIGURED):
+        return True
+    return isinstance(exc, ResponseError) and any(r in str(exc) for r in _MISCONFIGURED_REPLIES)
+
+
+def redis_error(settings: Settings, exc: BaseException) -> RedisUnavailable | Misconfigured:
+    """One line for a failed Redis call: Misconfigured (exit 2 at once, never retried) when
+    REDIS_URL is wrong, RedisUnavailable when Redis does not answer."""
+    url = redact_url(settings.redis_url)
+    if is_redis_misconfigured(exc):
+        return Misconfigured(
+            f"configuration error: REDIS_URL: Redis at {url} refused it: {first_line(exc)}"
+        )
+    return RedisUnavailable(f"cannot reach Redis at {url}: {first_line(exc)}")
 
 
 async def connect_redis(settings: Settings) -> ArqRedis:
-    """arq's Redis pool for enqueueing, or RedisUnavailable after one failed attempt."""
+    """arq's Redis pool for enqueueing, or RedisUnavailable after one failed attempt
+    (Misconfigured when REDIS_URL is wrong: waiting cannot fix it)."""
     try:
         redis: ArqRedis = await create_pool(redis_settings(settings), **CODEC)  # JSON jobs
     except (RedisError, OSError, TimeoutError) as exc:

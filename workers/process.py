@@ -27,6 +27,7 @@ from store.market import load_market_retrying
 from store.runs import deployment_id_retrying
 from workers.deps import (
     Backoff,
+    is_redis_misconfigured,
     open_pool,
     pause,
     readiness,
@@ -38,6 +39,44 @@ from workers.jobs import worker_settings
 from workers.logs import get_logger
 
 log = get_logger("simengine.worker")
+
+# The longest an idle worker waits between looks at the queue: the first job after a quiet
+# spell waits at most this long, while an idle worker costs a few Redis calls a second instead
+# of one every SIM_WORKER_POLL_MS.
+IDLE_POLL_CAP_S = 0.2
+
+
+class AdaptiveWorker(Worker):
+    """arq's Worker polling every `poll_delay` (SIM_WORKER_POLL_MS) while it starts jobs or runs
+    any, and after each poll that started none with none running, twice as long as the last,
+    up to IDLE_POLL_CAP_S; a job started brings it back to `poll_delay` at once. Burst runs
+    keep `poll_delay` (they end when the queue is empty)."""
+
+    def __init__(self, *args: Any, idle_poll_cap_s: float = IDLE_POLL_CAP_S, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_poll_cap_s = max(idle_poll_cap_s, self.poll_delay_s)
+        self.idle_delay_s = self.poll_delay_s
+        self._started_any = False
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        before = len(self.tasks)
+        await super().start_jobs(job_ids)
+        # Ids of jobs other workers run are listed too (arq keeps them queued): only a job this
+        # worker started counts.
+        self._started_any = self._started_any or len(self.tasks) > before
+
+    async def _poll_iteration(self) -> None:
+        self._started_any = False
+        await super()._poll_iteration()
+        if self.burst or self._started_any or self.job_counter > 0:
+            self.idle_delay_s = self.poll_delay_s
+            return
+        # arq's poll loop sleeps what is left of poll_delay after this iteration: wait the rest.
+        extra_s = self.idle_delay_s - self.poll_delay_s
+        self.idle_delay_s = min(self.idle_delay_s * 2, self.idle_poll_cap_s)
+        if extra_s > 0:
+            await asyncio.sleep(extra_s)
+
 
 # arq Worker arguments from the settings, the process's pool and its market: the engine's
 # (workers.jobs.worker_settings) unless a caller brings others (the bench's naive baseline).
@@ -124,7 +163,7 @@ async def _work(
 
         kwargs["on_startup"] = on_startup
         proc.graceful = bool(kwargs.get("job_completion_wait"))
-        worker = Worker(**kwargs, burst=burst, handle_signals=False)
+        worker = AdaptiveWorker(**kwargs, burst=burst, handle_signals=False)
         proc.worker = worker
         try:
             await worker.async_run()
@@ -134,7 +173,7 @@ async def _work(
                 raise
             return
         except (RedisError, OSError, TimeoutError) as exc:
-            if burst:
+            if burst or is_redis_misconfigured(exc):
                 raise redis_error(settings, exc) from None
             error = first_line(exc)
         finally:

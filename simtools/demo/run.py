@@ -199,6 +199,20 @@ def procfile() -> Path:
     return written
 
 
+def _env_number(name: str, default: str, integer: bool) -> float:
+    """A positive number from the environment; a malformed one stops the demo with one line."""
+    raw = os.environ.get(name, default).strip()
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        value = 0.0
+    if not raw.isascii() or not 0 < value < float("inf"):
+        kind = "a positive whole number" if integer else "a positive number"
+        print(f"run: {name} must be {kind}, got {raw!r}", file=sys.stderr)
+        sys.exit(2)
+    return value
+
+
 def main() -> None:
     if sys.argv[1:] == ["--needs-embedded"]:
         print("yes" if needs_embedded() else "no")
@@ -206,9 +220,11 @@ def main() -> None:
     if importlib.util.find_spec("honcho") is None:
         print("run: the demo needs honcho: pip install 'simengine[demo]'", file=sys.stderr)
         sys.exit(2)
-    users = int(os.environ.get("SIMENGINE_DEMO_USERS", "2000"))
+    users = int(_env_number("SIMENGINE_DEMO_USERS", "2000", integer=True))
     seconds_env = os.environ.get("SIMENGINE_DEMO_SECONDS")
-    seconds = float(seconds_env) if seconds_env else None
+    seconds = (
+        _env_number("SIMENGINE_DEMO_SECONDS", seconds_env, integer=False) if seconds_env else None
+    )
     with postgres() as db_url, redis() as redis_url:
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url}
         env.setdefault("SIM_LOG_LEVEL", "warning")

@@ -68,7 +68,8 @@ async def test_the_first_migrate_stores_the_market_with_a_random_seed_unless_one
         again = simctl(["migrate"], {**unset, "DATABASE_URL": empty_db_url})
         assert again.returncode == 0 and "stored the market" not in again.stdout
         assert await conn.fetch("SELECT * FROM sim_market") == [row]
-        shown = run_ok(["market", "show"], {**unset, "DATABASE_URL": empty_db_url})
+        shown = run_ok(["market", "show", "--json"], {**unset, "DATABASE_URL": empty_db_url})
+        shown = shown["versions"]
         assert shown[0]["model_version"] == 2 and "seed" not in shown[0]
     finally:
         await conn.close()
