@@ -32,8 +32,7 @@ from store.db import (
     retrying_lock_timeouts,
 )
 from store.errors import MigrationError, first_line
-from store.sqlfiles import Migration, migrations
-from store.sqlfiles import migrate_query as _q
+from store.sqlfiles import Migration, migrate_query, migrations
 
 T = TypeVar("T")
 
@@ -79,15 +78,19 @@ class Walk:
 
 async def _state(conn: Conn) -> str:
     """'managed' (schema_migrations has rows), 'legacy' (platform tables, no simengine) or 'empty'."""
-    if await conn.fetchval(_q("ledger_exists")) and await conn.fetchval(_q("ledger_has_rows")):
+    if await conn.fetchval(migrate_query("ledger_exists")) and await conn.fetchval(
+        migrate_query("ledger_has_rows")
+    ):
         return "managed"
-    present = await conn.fetchval(_q("platform_tables_present"), sorted(adopt.PLATFORM_NAMES))
+    present = await conn.fetchval(
+        migrate_query("platform_tables_present"), sorted(adopt.PLATFORM_NAMES)
+    )
     return "legacy" if present else "empty"
 
 
 async def _applied(conn: Conn, todo: list[Migration]) -> dict[str, Any]:
     """The ledger's rows; MigrationError for one whose file is gone or changed since."""
-    applied = {r["version"]: r for r in await conn.fetch(_q("applied_migrations"))}
+    applied = {r["version"]: r for r in await conn.fetch(migrate_query("applied_migrations"))}
     known = {m.version: m for m in todo}
     for version in sorted(set(applied) - set(known)):
         raise MigrationError(f"migration {version} is applied but its file is missing")
@@ -115,8 +118,8 @@ async def walk(conn: Conn, todo: list[Migration]) -> Walk:
         applied = await _applied(conn, todo)
         out.already = [m.version for m in todo if m.version in applied]
         pending = [m for m in todo if m.version not in applied]
-        if await conn.fetchval(_q("adoption_exists")) and await conn.fetchval(
-            _q("adoption_incomplete")
+        if await conn.fetchval(migrate_query("adoption_exists")) and await conn.fetchval(
+            migrate_query("adoption_incomplete")
         ):
             out.steps = adopt.finishing_steps(await adopt.read_catalogue(conn), todo)
     else:
@@ -141,7 +144,8 @@ async def _refuse_foreign_engine_objects(conn: Conn, todo: list[Migration]) -> N
     """MigrationError naming the engine's tables/views that exist though no migration of
     simengine created them: a migration would fail on them half way, or adopt a stranger's."""
     found = [
-        r["relname"] for r in await conn.fetch(_q("engine_objects_present"), engine_relations(todo))
+        r["relname"]
+        for r in await conn.fetch(migrate_query("engine_objects_present"), engine_relations(todo))
     ]
     if found:
         raise MigrationError(
@@ -198,10 +202,10 @@ async def _take_migrate_lock(conn: Conn, lock: LockPolicy) -> None:
     """In the current transaction: schema_migrations (created here on a first migrate, so gone
     again if the transaction rolls back) locked against every other migrate until commit. It
     waits as long as another migrate runs; the statements after it wait `lock.timeout_ms`."""
-    await conn.execute(_q("set_lock_timeout"), 0, True)
-    await conn.execute(_q("create_ledger"))
-    await conn.execute(_q("migrate_lock"))
-    await conn.execute(_q("set_lock_timeout"), lock.timeout_ms, True)
+    await conn.execute(migrate_query("set_lock_timeout"), 0, True)
+    await conn.execute(migrate_query("create_ledger"))
+    await conn.execute(migrate_query("migrate_lock"))
+    await conn.execute(migrate_query("set_lock_timeout"), lock.timeout_ms, True)
 
 
 async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> MigrateReport:
@@ -223,7 +227,7 @@ async def _apply(conn: Conn, todo: list[Migration], lock: LockPolicy) -> Migrate
                     strong_from = time.perf_counter()
                 await _run(conn, step)
             if found.adopting:
-                report.adopted_users = int(await conn.fetchval(_q("adopted_users")))
+                report.adopted_users = int(await conn.fetchval(migrate_query("adopted_users")))
             if not any(s.phase == FINISH for s in found.steps):
                 for step in (s for s in found.steps if s.phase == MIGRATION):
                     await _migration_step(conn, step)
@@ -272,7 +276,7 @@ async def _migration_step(conn: Conn, step: Step) -> None:
     it (a lock timeout stays itself, for the caller's retry)."""
     try:
         await conn.execute(step.sql)
-        await conn.execute(_q("record_migration"), *step.args)
+        await conn.execute(migrate_query("record_migration"), *step.args)
     except Exception as exc:
         if not is_database_error(exc) or is_lock_timeout(exc):
             raise
@@ -286,7 +290,7 @@ async def _apply_migration(conn: Conn, lock: LockPolicy, step: Step) -> bool:
     async def apply() -> bool:
         async with conn.transaction():
             await _take_migrate_lock(conn, lock)
-            if await conn.fetchval(_q("migration_applied"), step.args[0]):
+            if await conn.fetchval(migrate_query("migration_applied"), step.args[0]):
                 return False
             await _migration_step(conn, step)
             return True
@@ -299,7 +303,7 @@ async def _finish_adoption(conn: Conn, lock: LockPolicy, steps: list[Step]) -> l
     existing tables, built concurrently, then each new rule validated where no legacy row breaks
     it. Resumable: the caller marks sim_adoption complete when both are done."""
     notes: list[str] = []
-    await conn.execute(_q("set_lock_timeout"), lock.timeout_ms, False)
+    await conn.execute(migrate_query("set_lock_timeout"), lock.timeout_ms, False)
     try:
         started = time.perf_counter()
         indexes = [s for s in steps if s.phase == INDEX]
@@ -314,7 +318,7 @@ async def _finish_adoption(conn: Conn, lock: LockPolicy, steps: list[Step]) -> l
             f"validated in {time.perf_counter() - built:.1f} s (neither blocks reads or writes)"
         )
     finally:
-        await conn.execute(_q("reset_lock_timeout"))
+        await conn.execute(migrate_query("reset_lock_timeout"))
     return notes
 
 
@@ -323,7 +327,7 @@ async def _build_index(conn: Conn, lock: LockPolicy, step: Step) -> None:
 
     async def build() -> None:
         # A build that failed leaves an invalid index behind: drop it and build again.
-        valid = await conn.fetchval(_q("index_valid"), name)
+        valid = await conn.fetchval(migrate_query("index_valid"), name)
         if valid:
             return
         if valid is not None:
