@@ -47,8 +47,8 @@ def change(
         int,
         typer.Option(
             "--lead-s",
-            min=1,
-            help="Applies from the first tick this long from now; under 300 s is refused.",
+            help="Seconds from now to the first tick it applies from; at least 300 "
+            "(a shorter lead time is refused).",
         ),
     ] = 3600,
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in admin_audit).")] = "",
