@@ -63,6 +63,8 @@ def change(
 
     Example: simctl market change --volatility BTC=0.5 --reseed --reason "seed exposed"
     """
+    from engine.values import parse_text
+
     s = settings()
     actor = admin_fingerprint(s, admin_key)
     vols: dict[str, Decimal] = {}
@@ -73,6 +75,7 @@ def change(
             raise Exit(2, f"--volatility: {exc}") from None
     if not reason.strip():
         raise Exit(2, "--reason is required: say why the market changes")
+    parse_text(reason, "--reason", "reason")
 
     async def go() -> dict[str, Any]:
         from store.db import connection
