@@ -125,8 +125,10 @@ def exit_for(exc: BaseException) -> Exit | None:
 def fail(code: int, message: str) -> NoReturn:
     from engine.text import printable
 
-    # A message may quote what an operator or a stored row gave: one line, no control character.
-    err.print(f"simctl: {printable(message)}", markup=False)
+    # A message may quote what an operator or a stored row gave: no control character. Its own
+    # line breaks stay (a refusal may list one problem a line, as migrate's adoption check does).
+    shown = "\n".join(printable(line) for line in message.split("\n"))
+    err.print(f"simctl: {shown}", markup=False)
     sys.exit(code)
 
 
