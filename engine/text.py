@@ -23,7 +23,7 @@ import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 
-from engine.errors import SimError
+from engine.errors import Rejected
 
 # Longest accepted value per kind of field, in characters.
 LIMITS: dict[str, int] = {
@@ -47,9 +47,9 @@ _INT = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
-class TextRefused(SimError):
+class TextRefused(Rejected):
     """A value from outside that the engine will not store (control characters, too long, not
-    an ASCII number)."""
+    an ASCII number): a refusal like any other Rejected (simctl exits 1)."""
 
 
 def is_control(char: str) -> bool:

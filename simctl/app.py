@@ -15,8 +15,19 @@ from typing import NoReturn
 
 import typer
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
+from typer.core import TyperArgument
 
 from simctl.common import Exit, err
+
+
+def _usage_name(self: TyperArgument) -> str:
+    """An argument in a usage line as the help and the docs name it: `USER`, `[FILE]`."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+# typer writes a required argument as `{user}`; operators read USER in the help and the docs.
+TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="simctl",
@@ -54,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grant-reader": ("roles", "grant_reader"),
     "bench": ("bench", "bench"),
 }
+# A USER of `-1` reaches the command, which refuses it in words, not click's option parser.
+_COMMAND_SETTINGS: dict[str, dict[str, bool]] = {
+    "run": {"ignore_unknown_options": True},
+    "report": {"ignore_unknown_options": True},
+}
 _registered: set[str] = set()
 
 
@@ -68,7 +84,7 @@ def _register(only: str | None = None) -> None:
         if isinstance(found, typer.Typer):
             app.add_typer(found, name=name)
         else:
-            app.command(name)(found)
+            app.command(name, context_settings=_COMMAND_SETTINGS.get(name))(found)
 
 
 def register_all() -> typer.Typer:
@@ -107,7 +123,12 @@ def exit_for(exc: BaseException) -> Exit | None:
 
 
 def fail(code: int, message: str) -> NoReturn:
-    err.print(f"simctl: {message}", markup=False)
+    from engine.text import printable
+
+    # A message may quote what an operator or a stored row gave: no control character. Its own
+    # line breaks stay (a refusal may list one problem a line, as migrate's adoption check does).
+    shown = "\n".join(printable(line) for line in message.split("\n"))
+    err.print(f"simctl: {shown}", markup=False)
     sys.exit(code)
 
 
@@ -117,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     _register(_command_line_command(args))
     try:
         result = app(args=args or ["--help"], standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        # A group named alone (`simctl users`) asks what it holds, as `simctl` alone does.
+        print(exc.ctx.get_help())
+        sys.exit(0)
     except click_exc.UsageError as exc:
         fail(2, f"error: {exc.format_message()} (see --help)")
     except click_exc.ClickException as exc:

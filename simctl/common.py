@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from engine.text import is_control
 from simctl.fmt import plain
 
 if TYPE_CHECKING:
@@ -85,7 +86,13 @@ def _json_default(value: object) -> str:
 
 
 def print_json(data: object) -> None:
-    out.print(json.dumps(data, default=_json_default, indent=2, ensure_ascii=False), markup=False)
+    text = json.dumps(data, default=_json_default, indent=2, ensure_ascii=False)
+    # json escapes U+0000..U+001F inside strings; DEL, C1 controls and bidirectional overrides
+    # in a stored name would reach the terminal raw. Any control character but the indentation's
+    # newlines is inside a string, where \uXXXX is valid JSON.
+    if any(c != "\n" and is_control(c) for c in text):
+        text = "".join(f"\\u{ord(c):04x}" if c != "\n" and is_control(c) else c for c in text)
+    out.print(text, markup=False)
 
 
 def admin_fingerprint(s: Settings, key: str | None) -> str:

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from engine.text import printable
+
 CENT = Decimal("0.01")
 
 
@@ -51,6 +53,8 @@ def span(delta: timedelta) -> str:
 
 def table_lines(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
     """Rows (the first is the header) as aligned text columns; `right` columns right-aligned."""
+    # Cells hold text the engine did not write (names, addresses): escaped, one line each.
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     aligned = set(right)
     return [

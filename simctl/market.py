@@ -69,8 +69,8 @@ def change(
         int,
         typer.Option(
             "--lead-s",
-            min=1,
-            help="Applies from the first tick this long from now; under 300 s is refused.",
+            help="Seconds from now to the first tick it applies from; at least 300 "
+            "(a shorter lead time is refused).",
         ),
     ] = 3600,
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in admin_audit).")] = "",
@@ -85,6 +85,8 @@ def change(
 
     Example: simctl market change --volatility BTC=0.5 --reseed --reason "seed exposed"
     """
+    from engine.values import parse_text
+
     s = settings()
     actor = admin_fingerprint(s, admin_key)
     vols: dict[str, Decimal] = {}
@@ -95,6 +97,7 @@ def change(
             raise Exit(2, f"--volatility: {exc}") from None
     if not reason.strip():
         raise Exit(2, "--reason is required: say why the market changes")
+    parse_text(reason, "--reason", "reason")
 
     async def go() -> dict[str, Any]:
         from store.db import connection

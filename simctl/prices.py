@@ -19,7 +19,8 @@ app = typer.Typer(help="Imported and model prices in price_history.", no_args_is
 @app.command("import")
 def import_(
     file: Annotated[
-        Path, typer.Argument(help="CSV with header asset,at,price_usd (ISO 8601 times).")
+        Path,
+        typer.Argument(metavar="FILE", help="CSV with header asset,at,price_usd (ISO 8601 times)."),
     ],
     admin_key: Annotated[
         str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
@@ -78,7 +79,9 @@ def import_(
 
 @app.command()
 def show(
-    asset: Annotated[str, typer.Argument(help="BTC, ETH, USDT, USDC, XRP or ADA.")],
+    asset: Annotated[
+        str, typer.Argument(metavar="ASSET", help="BTC, ETH, USDT, USDC, XRP or ADA.")
+    ],
     since: Annotated[
         datetime | None, typer.Option("--since", help="ISO time, e.g. 2026-11-01T00:00:00+00:00.")
     ] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from simctl.fmt import plain, utc
 if TYPE_CHECKING:
     from store.tearsheet import ReportData
 
-_DURATION = re.compile(r"^(\d+)\s*(m|min|h|d|w)$")
+_DURATION = re.compile(r"^([0-9]{1,12})\s*(m|min|h|d|w)$")
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -28,18 +29,21 @@ def parse_since(text: str, now: datetime) -> datetime:
     if match:
         n, unit = int(match.group(1)), match.group(2)
         minutes = {"m": 1, "min": 1, "h": 60, "d": 1440, "w": 10080}[unit] * n
-        return now - timedelta(minutes=minutes)
+        try:
+            return now - timedelta(minutes=minutes)
+        except OverflowError:
+            raise Exit(2, f"--since {value} reaches back before the year 1") from None
     try:
         at = datetime.fromisoformat(value)
     except ValueError:
         raise Exit(
-            2, f"--since must be an ISO 8601 time or a duration like 24h or 7d, not {text!r}"
+            2, f"--since must be an ISO 8601 time or a duration like 24h or 7d, not {value!r}"
         ) from None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def report(
-    user: Annotated[str, typer.Argument(help="User id or email.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id or email.")],
     out_file: Annotated[Path, typer.Option("--out", help="Chart to write: a .png or .svg file.")],
     html_file: Annotated[
         Path | None,
@@ -80,6 +84,9 @@ def report(
     if suffix not in (".png", ".svg"):
         raise Exit(2, f"--out must name a .png or .svg file, not {out_file.name!r}")
     start = parse_since(since_text, datetime.now(UTC)) if since_text is not None else None
+    for target in (out_file, html_file):
+        if target is not None and not target.parent.is_dir():
+            raise Exit(2, f"cannot write {target}: {target.parent} is not a directory")
 
     async def go() -> ReportData:
         from store.db import connection
@@ -100,11 +107,20 @@ def report(
     from simctl.render import Sheet, html_page, render
 
     sheet = Sheet(data, curve, s.sim_default_strategy, start)
+    # Each file is written beside its target and renamed into place only when both are written:
+    # a refused --html leaves no chart behind, and a reader never sees half a file.
+    image_tmp = _partial(out_file)
+    html_tmp = None if html_file is None else _partial(html_file)
     try:
-        image = render(sheet, out_file)
-        if html_file is not None:
-            html_file.write_text(html_page(sheet, image, suffix), encoding="utf-8")
+        image = render(sheet, image_tmp)
+        if html_file is not None and html_tmp is not None:
+            html_tmp.write_text(html_page(sheet, image, suffix), encoding="utf-8")
+            html_tmp.replace(html_file)
+        image_tmp.replace(out_file)
     except OSError as exc:
+        for partial in (image_tmp, html_tmp):
+            if partial is not None:
+                partial.unlink(missing_ok=True)
         raise Exit(2, f"cannot write the report: {exc.strerror}: {exc.filename}") from None
     wrote = f"wrote {out_file}" + (f" and {html_file}" if html_file is not None else "")
     now = curve.pnl_usd if data.pnl_now_usd is None else data.pnl_now_usd
@@ -112,3 +128,8 @@ def report(
         f"{wrote}: user {data.user_id}, {len(curve.points)} run(s); P&L now {plain(now)} USD",
         markup=False,
     )
+
+
+def _partial(path: Path) -> Path:
+    """A hidden file beside `path`, with its suffix (the chart's format follows the suffix)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")

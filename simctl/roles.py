@@ -17,7 +17,8 @@ from store.roles import grant_reader as do_grant
 
 def grant_reader(
     role: Annotated[
-        str, typer.Argument(help="Role name: lower-case letters, digits, underscores.")
+        str,
+        typer.Argument(metavar="ROLE", help="Role name: lower-case letters, digits, underscores."),
     ],
     adopt_existing_role: Annotated[
         bool,

@@ -12,7 +12,7 @@ from simctl.common import err, print_json, run_async, settings
 
 
 def run(
-    user: Annotated[str, typer.Argument(help="User id or email.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id or email.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the run and print it.")] = False,
     timeout_s: Annotated[
         float, typer.Option("--timeout-s", min=0.1, help="How long --wait waits.")
@@ -30,6 +30,9 @@ def run(
     \b
       simctl run 42 --wait
     """
+    from engine.values import parse_user
+
+    parse_user(user)  # refused before Redis or Postgres is asked anything
     s = settings()
 
     async def go() -> dict[str, Any] | None:

@@ -27,7 +27,10 @@ KeyOpt = Annotated[
     str | None,
     typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).", show_default=False),
 ]
-UserArg = Annotated[str, typer.Argument(help="User id or email.")]
+# `-1` as a USER (or `-5` as an amount) must reach parse_user/parse_amount, which refuse it in
+# words, not click's option parser ("No such option: -1"); --help and every option still work.
+NEGATIVE_OK: dict[str, Any] = {"ignore_unknown_options": True}
+UserArg = Annotated[str, typer.Argument(metavar="USER", help="User id or email.")]
 
 
 def _change(user: str, key: str | None, action: Callable[[Conn, str, int], Awaitable[Any]]) -> None:
@@ -47,7 +50,9 @@ def _change(user: str, key: str | None, action: Callable[[Conn, str, int], Await
 
 @app.command()
 def create(
-    email: Annotated[str, typer.Argument(help="Email (stored lower-case, unique in any case).")],
+    email: Annotated[
+        str, typer.Argument(metavar="EMAIL", help="Email (stored lower-case, unique in any case).")
+    ],
     name: Annotated[str, typer.Option("--name", help="Full name.")] = "",
     deposit: Annotated[str, typer.Option("--deposit", help="Opening deposit in USD.")] = "0",
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Simulation on.")] = True,
@@ -83,7 +88,7 @@ def create(
     print_json({"id": uid})
 
 
-@app.command()
+@app.command(context_settings=NEGATIVE_OK)
 def show(user: UserArg) -> None:
     """Balances, holdings, value, P&L and the last runs. P&L (pnl_usd) is sim_pnl's: cash and
     holdings at the latest prices minus net contributions (deposits, withdrawals, adjustments,
@@ -185,7 +190,7 @@ def _flag_command(name: str, doc: str, **flags: Any) -> None:
         _change(user, admin_key, lambda c, a, u: set_flags(c, a, name, u, **flags))
 
     command.__doc__ = doc
-    app.command(name)(command)
+    app.command(name, context_settings=NEGATIVE_OK)(command)
 
 
 _flag_command(
@@ -206,10 +211,13 @@ _flag_command(
 )
 
 
-@app.command("set-interval", context_settings={"ignore_unknown_options": True})
+@app.command("set-interval", context_settings=NEGATIVE_OK)
 def set_interval(
     user: UserArg,
-    seconds: Annotated[int, typer.Argument(min=1, max=2_147_483_647, help="Seconds between runs.")],
+    seconds: Annotated[
+        int,
+        typer.Argument(metavar="SECONDS", min=1, max=2_147_483_647, help="Seconds between runs."),
+    ],
     admin_key: KeyOpt = None,
 ) -> None:
     """Change the seconds between a user's runs (from the next slot on).
@@ -224,10 +232,12 @@ def set_interval(
     _change(user, admin_key, lambda c, a, u: set_flags(c, a, "set_interval", u, interval_s=seconds))
 
 
-@app.command("set-strategy")
+@app.command("set-strategy", context_settings=NEGATIVE_OK)
 def set_strategy(
     user: UserArg,
-    name: Annotated[str, typer.Argument(help="random, rebalance, dca or momentum.")],
+    name: Annotated[
+        str, typer.Argument(metavar="STRATEGY", help="random, rebalance, dca or momentum.")
+    ],
     params: Annotated[
         str, typer.Option("--params", help="Strategy parameters as a JSON object.")
     ] = "{}",
@@ -255,11 +265,12 @@ def set_strategy(
     )
 
 
-# A negative amount must reach parse_amount (a clear refusal), not click's option parser.
-@app.command(context_settings={"ignore_unknown_options": True})
+@app.command(context_settings=NEGATIVE_OK)
 def deposit(
     user: UserArg,
-    amount: Annotated[str, typer.Argument(help="USD, positive, at most 8 decimals.")],
+    amount: Annotated[
+        str, typer.Argument(metavar="AMOUNT", help="USD, positive, at most 8 decimals.")
+    ],
     admin_key: KeyOpt = None,
 ) -> None:
     """Credit USD with a completed deposit transaction.
@@ -276,7 +287,7 @@ def deposit(
     _change(user, admin_key, lambda c, a, u: move_usd(c, a, u, value, "deposit", None))
 
 
-@app.command()
+@app.command(context_settings=NEGATIVE_OK)
 def adjust(
     user: UserArg,
     reason: Annotated[str, typer.Option("--reason", help="Why (required, audited).")],
@@ -293,11 +304,12 @@ def adjust(
       simctl users adjust 42 --usd -12.5 --reason "duplicate deposit"
       simctl users adjust 42 --asset BTC --amount 0.01 --reason "airdrop"
     """
-    from engine.values import parse_amount, parse_asset
+    from engine.values import parse_amount, parse_asset, parse_text
     from store.moves import adjust_holding, move_usd
 
     if not reason.strip():
         raise Exit(2, "--reason must not be empty")
+    parse_text(reason, "--reason", "reason")
     if (usd is None) == (asset is None):
         raise Exit(2, "give either --usd, or --asset with --amount")
     if usd is not None:
@@ -311,7 +323,7 @@ def adjust(
     _change(user, admin_key, lambda c, a, u: adjust_holding(c, a, u, checked, delta, reason))
 
 
-@app.command()
+@app.command(context_settings=NEGATIVE_OK)
 def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
     """Soft-delete a user (deleted_at is set; rows are kept; simulation stops).
 

@@ -25,9 +25,13 @@ KeyOpt = Annotated[
 
 @app.command(context_settings={"ignore_unknown_options": True})  # a negative amount: refused
 def request(
-    user: Annotated[str, typer.Argument(help="User id or email.")],
-    asset: Annotated[str, typer.Argument(help="BTC, ETH, USDT, USDC, XRP or ADA.")],
-    amount: Annotated[str, typer.Argument(help="Amount leaving the holding (the fee included).")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="User id or email.")],
+    asset: Annotated[
+        str, typer.Argument(metavar="ASSET", help="BTC, ETH, USDT, USDC, XRP or ADA.")
+    ],
+    amount: Annotated[
+        str, typer.Argument(metavar="AMOUNT", help="Amount leaving the holding (the fee included).")
+    ],
     address: Annotated[str, typer.Option("--address", help="Destination address.")],
     admin_key: KeyOpt = None,
 ) -> None:
@@ -38,7 +42,7 @@ def request(
     \b
       simctl withdrawals request 42 BTC 0.01 --address bc1qexample
     """
-    from engine.values import parse_amount, parse_asset
+    from engine.values import parse_amount, parse_asset, parse_text
     from store.users import resolve_user
     from store.withdrawals import request_withdrawal
 
@@ -47,6 +51,7 @@ def request(
     checked, value = parse_asset(asset), parse_amount(amount)
     if not address.strip():
         raise Exit(2, "--address must not be empty")
+    parse_text(address, "--address", "address")
 
     async def go() -> int:
         async with connection(s.database_url) as conn:
@@ -63,8 +68,13 @@ def _step(
     tx_hash: str | None = None,
     error: str | None = None,
 ) -> None:
+    from engine.text import check_text
     from store.withdrawals import move_withdrawal
 
+    if tx_hash is not None:
+        check_text(tx_hash, "--tx-hash", "tx_hash")
+    if error is not None:
+        check_text(error, "--error", "reason")
     s = settings()
     actor = admin_fingerprint(s, key)
 
@@ -75,7 +85,7 @@ def _step(
     print_json(run_async(go))
 
 
-WidArg = Annotated[int, typer.Argument(min=1, help="Withdrawal id.")]
+WidArg = Annotated[int, typer.Argument(metavar="WITHDRAWAL_ID", min=1, help="Withdrawal id.")]
 
 
 @app.command()

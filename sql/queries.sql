@@ -429,11 +429,12 @@ SELECT id, email, full_name, balance_usd, portfolio_value_usd, sim_enabled, sim_
  LIMIT $5 OFFSET $6
 
 -- user_overview --
-SELECT (SELECT coalesce(sum(amount), 0) FROM transactions
+-- 0.00000000, not 0: a sum over no rows prints at the ledger's scale like any other amount.
+SELECT (SELECT coalesce(sum(amount), 0.00000000) FROM transactions
          WHERE user_id = $1 AND status = 'completed' AND type = 'deposit') AS deposits_usd,
-       (SELECT coalesce(sum(amount), 0) FROM transactions
+       (SELECT coalesce(sum(amount), 0.00000000) FROM transactions
          WHERE user_id = $1 AND status = 'completed' AND type IN ('buy', 'sell', 'trade')) AS traded_usd,
-       (SELECT coalesce(sum(fee_usd), 0) FROM trades WHERE user_id = $1) AS fees_usd,
+       (SELECT coalesce(sum(fee_usd), 0.00000000) FROM trades WHERE user_id = $1) AS fees_usd,
        (SELECT coalesce(json_agg(r ORDER BY r.scheduled_for DESC), '[]'::json) FROM (
             SELECT id, scheduled_for, outcome, trades_count FROM sim_runs
              WHERE user_id = $1 ORDER BY scheduled_for DESC LIMIT 5) r) AS last_runs

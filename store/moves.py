@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from engine.accounting import mark_to_market
 from engine.assets import ASSETS
+from engine.money import EIGHT_DP
 from store.db import Conn, Record
 from store.errors import Refused
 from store.runs import audit
@@ -23,7 +24,7 @@ async def move_usd(
         refuse_closed(before, kind)
         if before["balance_usd"] + amount < 0:
             raise Refused(
-                f"user {user_id}: balance {before['balance_usd']} cannot go below 0 by {amount}"
+                f"user {user_id}: balance {before['balance_usd']:f} cannot go below 0 by {amount:f}"
             )
         row = await conn.fetchrow(
             query("move_usd"), user_id, kind, amount, f"simctl:{actor}", reason or kind
@@ -56,7 +57,8 @@ async def adjust_holding(
         current: Decimal = held[asset.lower()]
         if current + delta < reserved:
             raise Refused(
-                f"user {user_id}: {asset} holding {current} cannot go below its reserved {reserved}"
+                f"user {user_id}: {asset} holding {current:f} cannot go below its reserved "
+                f"{reserved:f}"
             )
         after = await conn.fetchrow(query("change_holding"), user_id, asset, delta)
         assert after is not None
@@ -65,8 +67,8 @@ async def adjust_holding(
             "asset": asset,
             "delta": str(delta),
             "reason": reason,
-            "before": str(current),
-            "after": str(after[asset.lower()]),
+            "before": f"{current:f}",
+            "after": f"{after[asset.lower()]:f}",
             **await flow_value(conn, asset, delta),
         }
         await audit(conn, actor, "adjust_holding", user_id, details)
@@ -79,7 +81,8 @@ async def flow_value(conn: Conn, asset: str, quantity: Decimal) -> dict[str, str
     price: Decimal | None = await conn.fetchval(query("latest_price"), asset)
     return {
         "price_usd": None if price is None else str(price),
-        "value_usd": None if price is None else str(quantity * price),
+        # At the ledger's scale: a quantity times a price has 16 decimals.
+        "value_usd": None if price is None else f"{(quantity * price).quantize(EIGHT_DP):f}",
     }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from engine.assets import ASSETS
+from engine.text import TextRefused, ascii_decimal, check_text
 from store.db import Conn
 from store.errors import Refused
 from store.ledger import Discrepancy
@@ -54,20 +55,17 @@ def parse_csv(lines: Iterable[str]) -> list[Tick]:
             continue
         if len(row) != 3:
             raise Refused(f"line {number}: expected 3 fields, found {len(row)}")
+        try:
+            for name, field in zip(("asset", "at", "price_usd"), row, strict=True):
+                check_text(field, name, "csv_field", empty=True)
+            price = ascii_decimal(row[2], "price_usd")
+        except TextRefused as exc:
+            raise Refused(f"line {number}: {exc}") from None
         asset = row[0].strip().upper()
         if asset not in ASSETS:
             raise Refused(f"line {number}: unknown asset {row[0].strip()!r}")
-        try:
-            at = datetime.fromisoformat(row[1].strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise Refused(f"line {number}: {row[1].strip()!r} is not an ISO 8601 time") from None
-        if at.tzinfo is None:
-            raise Refused(f"line {number}: {row[1].strip()!r} has no time zone")
-        try:
-            price = Decimal(row[2].strip())
-        except InvalidOperation:
-            raise Refused(f"line {number}: {row[2].strip()!r} is not a number") from None
-        if not price.is_finite() or price <= 0 or price >= Decimal("1e12"):
+        at = _instant(number, row[1].strip())
+        if price <= 0 or price >= Decimal("1e12"):
             raise Refused(
                 f"line {number}: price must be positive and below 1e12, got {row[2].strip()}"
             )
@@ -81,6 +79,24 @@ def parse_csv(lines: Iterable[str]) -> list[Tick]:
     if not ticks:
         raise Refused("the file has no price rows")
     return ticks
+
+
+def _instant(number: int, text: str) -> datetime:
+    """An ISO 8601 time in ASCII with a zone, whose UTC instant lies in the years 1 to 9999
+    (`0001-01-01T00:00:00+14:00` is in year 0 there); Refused naming the line otherwise."""
+    if not text.isascii():
+        raise Refused(f"line {number}: the time {text!r} must be written in ASCII digits")
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Refused(f"line {number}: {text!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise Refused(f"line {number}: {text!r} has no time zone")
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise Refused(f"line {number}: {text!r} is outside the years 1 to 9999 in UTC") from None
+    return at
 
 
 @dataclass(frozen=True, slots=True)

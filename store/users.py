@@ -13,7 +13,8 @@ from typing import Any, TypedDict, cast
 from engine.assets import ASSETS
 from engine.errors import UnknownStrategy
 from engine.strategies import make_strategy
-from engine.values import check_interval, parse_email
+from engine.text import check_text
+from engine.values import check_interval, parse_email, parse_user
 from store.db import Conn, Record, refused_on
 from store.errors import NotFound, Refused, refusing
 from store.runs import audit
@@ -42,12 +43,12 @@ class UserListing(TypedDict):
 
 async def resolve_user(conn: Conn, user: str) -> int:
     """A numeric id or an email to a user id; NotFound naming it otherwise."""
-    text = user.strip()
-    if text.isdigit():
-        uid = int(text)
-        if uid < 2**63 and await conn.fetchval(query("user_exists"), uid):
-            return uid
-        raise NotFound(f"no user with id {text}")
+    ref = parse_user(user)  # Rejected for `-1`, `²`, `١`: an id is ASCII digits
+    if isinstance(ref, int):
+        if ref < 2**63 and await conn.fetchval(query("user_exists"), ref):
+            return ref
+        raise NotFound(f"no user with id {ref}")
+    text = ref
     uid_or_none: int | None = await conn.fetchval(query("user_by_email"), text)
     if uid_or_none is None:
         raise NotFound(f"no user with email {text!r}")
@@ -107,6 +108,7 @@ async def create_user(
 ) -> int:
     with refusing():
         email = parse_email(email)
+        check_text(full_name, "--name", "name", empty=True)
         check_interval(interval_s)
     if strategy is not None:
         _check_strategy(strategy, {})

@@ -64,9 +64,9 @@ async def request_withdrawal(
             {
                 "withdrawal_id": wid,
                 "asset": asset,
-                "amount": str(amount),
+                "amount": f"{amount:f}",
                 "address": address,
-                "fee": str(fee),
+                "fee": f"{fee:f}",
             },
         )
         return wid
@@ -96,7 +96,7 @@ async def move_withdrawal(
             "from": w["status"],
             "to": to,
             "asset": w["asset"],
-            "amount": str(w["amount"]),
+            "amount": f"{w['amount']:f}",
         }
         if step == "complete":
             fee = await _fee(conn, w["asset"])
@@ -108,7 +108,7 @@ async def move_withdrawal(
                 )
             assert held is not None
             await revalue(conn, w["user_id"], held)
-            details.update(fee=str(fee), net_sent=str(w["amount"] - fee), tx_hash=tx_hash)
+            details.update(fee=f"{fee:f}", net_sent=f"{w['amount'] - fee:f}", tx_hash=tx_hash)
             details.update(await flow_value(conn, w["asset"], -w["amount"]))
         if step == "fail":
             details["error_message"] = error

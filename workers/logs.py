@@ -12,6 +12,7 @@ import sys
 
 import structlog
 
+from engine.text import printable
 from simconfig import Settings
 
 # Libraries whose own INFO lines are per-job chatter on the hot path (arq logs every job).
@@ -29,6 +30,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    shared.append(escape_controls)
     renderer: structlog.types.Processor
     if as_json:
         # A traceback as a list of frames: one JSON line, nothing lost.
@@ -56,6 +58,21 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(level)
     for name in _QUIET_BELOW_WARNING:
         logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
+
+
+def escape_controls(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Each text value with its control characters escaped (`printable`): a user's name or an
+    error's message in a log line cannot move the cursor of whoever tails the log, nor start a
+    line of its own. Tracebacks keep their lines."""
+    for key, value in event.items():
+        if isinstance(value, str) and key not in _MULTILINE:
+            event[key] = printable(value)
+    return event
+
+
+_MULTILINE = frozenset({"exception", "stack"})
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

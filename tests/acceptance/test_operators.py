@@ -128,7 +128,7 @@ async def test_user_lifecycle_is_audited_with_a_fingerprint(
         (["users", "adjust", "1", "--usd", "5"], 2, "--reason"),
         (["users", "set-strategy", "1", "martingale"], 1, "unknown strategy"),
         (["users", "set-strategy", "1", "dca", "--params", "{not json"], 2, "not JSON"),
-        (["users", "set-interval", "1", "0"], 2, "seconds"),
+        (["users", "set-interval", "1", "0"], 2, "SECONDS"),
         (
             ["withdrawals", "request", "1", "BTC", "5", "--address", "x"],
             1,

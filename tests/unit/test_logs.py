@@ -47,3 +47,14 @@ def test_structlog_and_stdlib_records_render_as_one_json_stream_with_tracebacks(
         assert exc["exc_value"] == "deep down\nsecond line"  # the whole message, not line one
         assert [f["name"] for f in exc["frames"]][-1] == "inner"  # down to the raising frame
     assert all("timestamp" in r for r in records)
+
+
+def test_text_values_are_logged_with_control_characters_escaped() -> None:
+    from workers.logs import escape_controls
+
+    event = {"event": "run.failed", "error": "Eve\x1b[2J\nfake line", "user_id": 7}
+    assert escape_controls(None, "error", event) == {
+        "event": "run.failed",
+        "error": "Eve\\x1b[2J\\nfake line",
+        "user_id": 7,
+    }

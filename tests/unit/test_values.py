@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from engine.errors import Rejected
-from engine.values import check_interval, parse_amount, parse_asset, parse_email
+from engine.values import check_interval, parse_amount, parse_asset, parse_email, parse_user
 from engine.withdrawals import next_status
 
 
@@ -36,3 +36,19 @@ def test_withdrawal_steps() -> None:
     assert next_status(1, "pending", "fail") == "failed"
     with pytest.raises(Rejected, match="withdrawal 7 is completed: cannot fail"):
         next_status(7, "completed", "fail")
+
+
+def test_a_user_is_an_ascii_id_or_an_email() -> None:
+    assert parse_user(" 42 ") == 42
+    assert parse_user("Ana@Example.com") == "Ana@Example.com"  # resolve_user finds its case
+    for bad in ("-1", "0", "+7", "١", "²", "１０"):
+        with pytest.raises(Rejected, match="positive whole number in ASCII digits"):
+            parse_user(bad)
+    with pytest.raises(Rejected, match="control character"):
+        parse_user("evil\x1b[2J@x.com")
+
+
+def test_amounts_are_ascii_digits() -> None:
+    for bad in ("١٠", "1_000", "１０", "1e3", "Infinity"):
+        with pytest.raises(Rejected, match="ASCII"):
+            parse_amount(bad)
