@@ -16,7 +16,7 @@ from typing import NoReturn
 import typer
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 
-from simctl.common import Exit, err
+from simctl.common import Exit, err, refuse_key_arguments
 
 app = typer.Typer(
     name="simctl",
@@ -114,6 +114,10 @@ def fail(code: int, message: str) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and our own become one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    try:
+        refuse_key_arguments(args)
+    except Exit as exc:
+        fail(exc.code, str(exc))
     _register(_command_line_command(args))
     try:
         result = app(args=args or ["--help"], standalone_mode=False)
