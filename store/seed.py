@@ -88,8 +88,10 @@ LAST = (
     "berg",
 )
 # Every demo address is on example.com (RFC 2606: reserved, it reaches no one); the tag after
-# `+` keeps a seed's and a position's addresses apart.
+# `+` keeps a seed's and a position's addresses apart. The local part joins the names in one of
+# six ways: six, so that a seed draws the same deposits and slots it always drew.
 DOMAIN = "example.com"
+JOINS = (".", "_", "-", "", ".", "_")
 CHUNK = 10_000
 
 
@@ -121,7 +123,8 @@ async def seed_demo(
             emails, names, amounts, slots = [], [], [], []
             for i in range(start, start + count):
                 first, last = rng.choice(FIRST), rng.choice(LAST)
-                emails.append(f"{first}.{last}+demo{tag}.{offset + i + 1}@{DOMAIN}")
+                join = rng.choice(JOINS)
+                emails.append(f"{first}{join}{last}+demo{tag}.{offset + i + 1}@{DOMAIN}")
                 names.append(f"{first.title()} {last.title()}")
                 # Deposits of 100 to 50,000 USD in cents: Decimal from integers, never floats.
                 amounts.append(Decimal(rng.randrange(10_000, 5_000_001)).scaleb(-2))
