@@ -17,7 +17,7 @@ import typer
 from typer._click import exceptions as click_exc  # typer vendors click; pinned in constraints.txt
 from typer.core import TyperArgument
 
-from simctl.common import Exit, err
+from simctl.common import Exit, err, refuse_key_arguments
 
 
 def _usage_name(self: TyperArgument) -> str:
@@ -135,6 +135,10 @@ def fail(code: int, message: str) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click's usage errors and our own become one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    try:
+        refuse_key_arguments(args)
+    except Exit as exc:
+        fail(exc.code, str(exc))
     _register(_command_line_command(args))
     try:
         result = app(args=args or ["--help"], standalone_mode=False)

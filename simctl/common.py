@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import stat
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
 
 from engine.text import is_control
 from simctl.fmt import plain
@@ -95,12 +100,83 @@ def print_json(data: object) -> None:
     out.print(text, markup=False)
 
 
-def admin_fingerprint(s: Settings, key: str | None) -> str:
-    """The audit fingerprint of an accepted admin key; Exit 1 naming the problem otherwise.
-    Only SHA-256 digests are configured and only a prefix of one is ever written."""
-    key = key if key is not None else s.sim_admin_key
+# Where an admin key comes from. Never a command-line argument: `ps` shows every process's
+# arguments to every user of the host, and shells keep them in their history.
+KEY_SOURCES = "SIM_ADMIN_KEY or --admin-key-file PATH"
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--admin-key-file",
+        help="Read the admin key from this file (one trailing newline is ignored); it must not "
+        "be accessible by group or others (chmod 600). Default: SIM_ADMIN_KEY, else a hidden "
+        "prompt on a terminal. A key is never accepted as an argument.",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+_KEY_OPTION = "--admin-key"
+
+
+def refuse_key_arguments(args: Sequence[str]) -> None:
+    """Exit 2 if a command line carries an admin key as an argument; the key is not echoed."""
+    for arg in args:
+        if arg == "--":
+            return
+        if arg == _KEY_OPTION or arg.startswith(_KEY_OPTION + "="):
+            raise Exit(
+                2,
+                f"{_KEY_OPTION} is refused: a key on the command line is visible to every user "
+                f"of the host (ps, shell history); use {KEY_SOURCES}",
+            )
+
+
+def read_key_file(path: Path) -> str:
+    """The key in `path` (one trailing newline stripped); Exit 2 naming the path if it cannot be
+    read, is empty, or is accessible by group or others (as ssh refuses such a private key)."""
+    try:
+        with path.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                raise Exit(
+                    2,
+                    f"admin key file {path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it",
+                )
+            data = f.read(64 * 1024)
+    except OSError as exc:
+        raise Exit(2, f"cannot read admin key file {path}: {exc.strerror or exc}") from None
+    try:
+        key = data.decode()
+    except UnicodeDecodeError:
+        raise Exit(2, f"admin key file {path} is not UTF-8 text") from None
+    key = key.removesuffix("\n").removesuffix("\r")
     if not key:
-        raise Exit(1, "refused: this change needs an admin key (--admin-key or SIM_ADMIN_KEY)")
+        raise Exit(2, f"admin key file {path} is empty")
+    return key
+
+
+def _prompted_key() -> str | None:
+    """A key typed at a hidden prompt, when a person is at a terminal; None otherwise (a script
+    gets the refusal, never a prompt that waits for ever)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    import getpass
+
+    try:
+        return getpass.getpass("admin key: ") or None
+    except EOFError:
+        return None
+
+
+def admin_fingerprint(s: Settings, key_file: Path | None) -> str:
+    """The audit fingerprint of an accepted admin key; Exit 1 naming the problem otherwise.
+    The key comes from `key_file`, else SIM_ADMIN_KEY, else a hidden prompt on a terminal.
+    Only SHA-256 digests are configured and only a prefix of one is ever written."""
+    key = read_key_file(key_file) if key_file is not None else s.sim_admin_key
+    if not key:
+        key = _prompted_key()
+    if not key:
+        raise Exit(1, f"refused: this change needs an admin key ({KEY_SOURCES})")
     digest = hashlib.sha256(key.encode()).hexdigest()
     if digest not in s.sim_admin_keys_sha256:
         raise Exit(

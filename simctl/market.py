@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from simconfig.settings import parse_asset_map
-from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from simctl.common import Exit, KeyOpt, admin_fingerprint, out, print_json, run_async, settings
 
 app = typer.Typer(
     help="The market definition stored by the first migrate (prices are a pure function of it).",
@@ -74,9 +74,7 @@ def change(
         ),
     ] = 3600,
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in admin_audit).")] = "",
-    admin_key: Annotated[
-        str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
-    ] = None,
+    admin_key: KeyOpt = None,
 ) -> None:
     """Store a new market version, effective from the first tick at least --lead-s (>= 300)
     from now: prices of earlier ticks never change, so no run's price does; at that tick each

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simctl.common import Exit, admin_fingerprint, print_json, run_async, settings
+from simctl.common import Exit, KeyOpt, admin_fingerprint, print_json, run_async, settings
 from store.db import connection
 from store.errors import Refused
 
@@ -22,9 +22,7 @@ def import_(
         Path,
         typer.Argument(metavar="FILE", help="CSV with header asset,at,price_usd (ISO 8601 times)."),
     ],
-    admin_key: Annotated[
-        str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
-    ] = None,
+    admin_key: KeyOpt = None,
 ) -> None:
     """Import real ticks (history: none later than now), all or nothing. A slot inside an
     asset's imported span (first to last imported tick) is priced at the latest imported tick at
@@ -38,7 +36,7 @@ def import_(
     Example:
 
     \b
-      simctl prices import btc-2024-03.csv --admin-key "$KEY"
+      simctl prices import btc-2024-03.csv --admin-key-file ~/.simengine/admin.key
     """
     from store.prices import decode_lines, import_ticks, parse_csv
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from simctl.common import err, out, run_async, settings
+from simctl.common import KeyOpt, admin_fingerprint, err, out, run_async, settings
 
 
 def seed_demo(
@@ -25,11 +25,26 @@ def seed_demo(
             help="Their sim_interval_s; first slots spread over it.",
         ),
     ] = 300,
+    add_to_existing: Annotated[
+        bool,
+        typer.Option(
+            "--add-to-existing",
+            help="Add demo users to a database holding users seed-demo did not create (an "
+            "adopted one included): needs an admin key, and is audited.",
+        ),
+    ] = False,
+    admin_key: KeyOpt = None,
 ) -> None:
     """Create N demo users with a deposit, a portfolio row and simulation on.
 
     Each user's balance is explained by one completed deposit transaction; first slots are spread
     over the next interval so the load is smooth. All users are created in one transaction.
+    Their addresses are on example.com, and each is recorded as a demo user.
+
+    For demo databases only: a database holding any user seed-demo did not create, or one
+    adopted from the platform, is refused (exit 1) unless --add-to-existing is given with an
+    admin key (SIM_ADMIN_KEY or --admin-key-file PATH); then one admin_audit row (seed_demo,
+    with the count and the seed) records the run.
 
     Example:
 
@@ -37,6 +52,7 @@ def seed_demo(
       simctl seed-demo --users 10000 --seed 7
     """
     s = settings()
+    actor = admin_fingerprint(s, admin_key) if add_to_existing else None
 
     async def go() -> int:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -55,7 +71,13 @@ def seed_demo(
             ) as progress:
                 task = progress.add_task("seed", total=users)
                 return await do_seed(
-                    conn, users, seed, interval_s, lambda n: progress.advance(task, n)
+                    conn,
+                    users,
+                    seed,
+                    interval_s,
+                    lambda n: progress.advance(task, n),
+                    demo_only=not add_to_existing,
+                    actor=actor,
                 )
 
     created = run_async(go)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from simctl.common import Exit, KeyOpt, admin_fingerprint, out, print_json, run_async, settings
 from simctl.fmt import plain, print_table
 from store.db import Conn, connection
 
@@ -19,21 +20,19 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Create, show, list and steer users. USER is a numeric id or an email.\n\n"
-    "Every change needs an admin key (--admin-key or SIM_ADMIN_KEY) whose SHA-256 is in "
+    "Every change needs an admin key (SIM_ADMIN_KEY or --admin-key-file PATH) whose SHA-256 is in "
     "SIM_ADMIN_KEYS_SHA256, and is audited.",
     no_args_is_help=True,
 )
-KeyOpt = Annotated[
-    str | None,
-    typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).", show_default=False),
-]
 # `-1` as a USER (or `-5` as an amount) must reach parse_user/parse_amount, which refuse it in
 # words, not click's option parser ("No such option: -1"); --help and every option still work.
 NEGATIVE_OK: dict[str, Any] = {"ignore_unknown_options": True}
 UserArg = Annotated[str, typer.Argument(metavar="USER", help="User id or email.")]
 
 
-def _change(user: str, key: str | None, action: Callable[[Conn, str, int], Awaitable[Any]]) -> None:
+def _change(
+    user: str, key: Path | None, action: Callable[[Conn, str, int], Awaitable[Any]]
+) -> None:
     s = settings()
     actor = admin_fingerprint(s, key)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from simctl.common import Exit, admin_fingerprint, out, print_json, run_async, settings
+from simctl.common import Exit, KeyOpt, admin_fingerprint, out, print_json, run_async, settings
 from simctl.fmt import plain, print_table, utc
 from store.db import connection
 
@@ -18,9 +19,6 @@ app = typer.Typer(
     "crypto (the engine never sells it); completion removes it from the holding; failure releases it.",
     no_args_is_help=True,
 )
-KeyOpt = Annotated[
-    str | None, typer.Option("--admin-key", help="Admin key (default: SIM_ADMIN_KEY).")
-]
 
 
 @app.command(context_settings={"ignore_unknown_options": True})  # a negative amount: refused
@@ -64,7 +62,7 @@ def request(
 def _step(
     step: str,
     withdrawal_id: int,
-    key: str | None,
+    key: Path | None,
     tx_hash: str | None = None,
     error: str | None = None,
 ) -> None:

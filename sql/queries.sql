@@ -215,7 +215,8 @@ VALUES ($1, $2, $3, $4::jsonb)
 RETURNING id
 
 -- seed_users --
--- Demo users, their portfolio row and the deposit that explains their balance, set-based.
+-- Demo users, their portfolio row, their sim_demo_users row and the deposit that explains their
+-- balance, set-based.
 WITH u AS (
     INSERT INTO users (email, full_name, password_hash, balance_usd, sim_enabled, sim_interval_s,
                        sim_next_run_at)
@@ -225,12 +226,19 @@ WITH u AS (
     RETURNING id, balance_usd
 ), p AS (
     INSERT INTO portfolio (user_id) SELECT id FROM u
+), d AS (
+    INSERT INTO sim_demo_users (user_id, seed) SELECT id, $6::bigint FROM u
 ), t AS (
     INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
     SELECT id, 'deposit', balance_usd, 'USD', 'completed', 'seed-demo', 'demo opening deposit'
       FROM u
 )
 SELECT count(*) FROM u
+
+-- has_non_demo_users --
+-- Whether any user (deleted ones too) was created by something other than seed-demo.
+SELECT EXISTS (SELECT 1 FROM users u
+                WHERE NOT EXISTS (SELECT 1 FROM sim_demo_users d WHERE d.user_id = u.id))
 
 -- insert_model_prices --
 -- The market ticker: model ticks for other services to read; idempotent on (asset, at).
@@ -258,7 +266,11 @@ SELECT id, email, sim_enabled, sim_paused, is_active, deleted_at, sim_next_run_a
   FROM users WHERE id = $1 FOR UPDATE
 
 -- user_by_email --
-SELECT id FROM users WHERE email = lower(btrim($1))
+-- In any case (idx_users_email_lower): an adopted database keeps mixed-case emails. An exact
+-- match first, should two addresses differ only in case; at most two rows, to tell one from many.
+SELECT id, email = btrim($1) AS exact FROM users WHERE lower(email) = lower(btrim($1))
+ ORDER BY email = btrim($1) DESC, id
+ LIMIT 2
 
 -- run_of_slot --
 SELECT r.id, r.outcome, r.trades_count, r.scheduled_for, r.finished_at,
@@ -410,7 +422,10 @@ UPDATE users SET deleted_at = now(), sim_claimed_until = NULL, updated_at = now(
  WHERE id = $1 AND deleted_at IS NULL
 
 -- holdings_for_update --
-SELECT btc, eth, usdt, usdc, xrp, ada, usd_value FROM portfolio WHERE user_id = $1 FOR UPDATE
+-- A NULL holding (an adopted platform row) is none of the asset.
+SELECT coalesce(btc, 0) AS btc, coalesce(eth, 0) AS eth, coalesce(usdt, 0) AS usdt,
+       coalesce(usdc, 0) AS usdc, coalesce(xrp, 0) AS xrp, coalesce(ada, 0) AS ada, usd_value
+  FROM portfolio WHERE user_id = $1 FOR UPDATE
 
 -- reserved_of_user --
 SELECT coalesce(sum(amount), 0) FROM withdrawals
@@ -462,16 +477,19 @@ SELECT id, user_id, asset, amount, address, status, tx_hash, error_message, crea
 -- change_holding --
 -- Adds $3 (signed) to one asset's holding; the column is chosen by CASE, never by interpolating
 -- an identifier. The check (>= 0) refuses a change that would go negative.
+-- A NULL holding (an adopted platform row) counts as zero; only the changed column is written,
+-- so the others keep what they hold, NULL included.
 UPDATE portfolio
-   SET btc = btc + CASE WHEN $2 = 'BTC' THEN $3::numeric ELSE 0 END,
-       eth = eth + CASE WHEN $2 = 'ETH' THEN $3::numeric ELSE 0 END,
-       usdt = usdt + CASE WHEN $2 = 'USDT' THEN $3::numeric ELSE 0 END,
-       usdc = usdc + CASE WHEN $2 = 'USDC' THEN $3::numeric ELSE 0 END,
-       xrp = xrp + CASE WHEN $2 = 'XRP' THEN $3::numeric ELSE 0 END,
-       ada = ada + CASE WHEN $2 = 'ADA' THEN $3::numeric ELSE 0 END,
+   SET btc = CASE WHEN $2 = 'BTC' THEN coalesce(btc, 0) + $3::numeric ELSE btc END,
+       eth = CASE WHEN $2 = 'ETH' THEN coalesce(eth, 0) + $3::numeric ELSE eth END,
+       usdt = CASE WHEN $2 = 'USDT' THEN coalesce(usdt, 0) + $3::numeric ELSE usdt END,
+       usdc = CASE WHEN $2 = 'USDC' THEN coalesce(usdc, 0) + $3::numeric ELSE usdc END,
+       xrp = CASE WHEN $2 = 'XRP' THEN coalesce(xrp, 0) + $3::numeric ELSE xrp END,
+       ada = CASE WHEN $2 = 'ADA' THEN coalesce(ada, 0) + $3::numeric ELSE ada END,
        updated_at = now()
  WHERE user_id = $1
-RETURNING btc, eth, usdt, usdc, xrp, ada
+RETURNING coalesce(btc, 0) AS btc, coalesce(eth, 0) AS eth, coalesce(usdt, 0) AS usdt,
+          coalesce(usdc, 0) AS usdc, coalesce(xrp, 0) AS xrp, coalesce(ada, 0) AS ada
 
 -- user_row --
 SELECT u.id, u.email, u.full_name, u.balance_usd, u.portfolio_value_usd, u.is_active, u.deleted_at,
@@ -480,7 +498,10 @@ SELECT u.id, u.email, u.full_name, u.balance_usd, u.portfolio_value_usd, u.is_ac
   FROM users u WHERE u.id = $1
 
 -- holdings_row --
-SELECT btc, eth, usdt, usdc, xrp, ada, usd_value FROM portfolio WHERE user_id = $1
+-- A NULL holding (an adopted platform row) is none of the asset.
+SELECT coalesce(btc, 0) AS btc, coalesce(eth, 0) AS eth, coalesce(usdt, 0) AS usdt,
+       coalesce(usdc, 0) AS usdc, coalesce(xrp, 0) AS xrp, coalesce(ada, 0) AS ada, usd_value
+  FROM portfolio WHERE user_id = $1
 
 -- stored_ticks --
 SELECT h.asset, h.at, h.price_usd, h.source

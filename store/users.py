@@ -42,17 +42,20 @@ class UserListing(TypedDict):
 
 
 async def resolve_user(conn: Conn, user: str) -> int:
-    """A numeric id or an email to a user id; NotFound naming it otherwise."""
+    """A numeric id or an email (in any case) to a user id; NotFound naming it otherwise, Refused
+    for an email that matches several users' in different cases but none exactly."""
     ref = parse_user(user)  # Rejected for `-1`, `²`, `١`: an id is ASCII digits
     if isinstance(ref, int):
         if ref < 2**63 and await conn.fetchval(query("user_exists"), ref):
             return ref
         raise NotFound(f"no user with id {ref}")
     text = ref
-    uid_or_none: int | None = await conn.fetchval(query("user_by_email"), text)
-    if uid_or_none is None:
+    rows = await conn.fetch(query("user_by_email"), text)
+    if not rows:
         raise NotFound(f"no user with email {text!r}")
-    return uid_or_none
+    if len(rows) > 1 and not rows[0]["exact"]:
+        raise Refused(f"several users have email {text!r} in other cases: name one by its id")
+    return int(rows[0]["id"])
 
 
 async def locked_user(conn: Conn, user_id: int) -> Record:
@@ -113,6 +116,9 @@ async def create_user(
     if strategy is not None:
         _check_strategy(strategy, {})
     async with conn.transaction():
+        # The unique index is on the stored text; an adopted mixed-case address is the same one.
+        if await conn.fetch(query("user_by_email"), email):
+            raise Refused(f"a user with email {email} already exists")
         with refused_on("unique", f"a user with email {email} already exists"):
             user_id: int = await conn.fetchval(
                 query("create_user"), email, full_name, deposit, enable, interval_s, strategy

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
+from tests.support.keys import key_args
 from tests.support.procs import seed_due, simctl
 
 KEY = "honest admin key"
@@ -108,14 +109,14 @@ async def test_a_market_change_is_audited_and_never_reprices_a_tick_already_poss
     no_key = simctl(["market", "change", "--volatility", "BTC=0.3", "--reason", "x"], admin_env)
     assert no_key.returncode == 1 and "admin key" in one_line_refusal(no_key.stderr)
     short = simctl(
-        ["market", "change", "--reseed", "--lead-s", "10", "--reason", "x", "--admin-key", KEY],
+        ["market", "change", "--reseed", "--lead-s", "10", "--reason", "x", *key_args(KEY)],
         admin_env,
     )
     assert short.returncode == 1 and "lead time" in one_line_refusal(short.stderr)
     changed = run_ok(
         [
             "market", "change", "--volatility", "BTC=0.3", "--reseed",
-            "--reason", "seed seen in a log", "--admin-key", KEY,
+            "--reason", "seed seen in a log", *key_args(KEY),
         ],
         admin_env,
     )  # fmt: skip
@@ -159,14 +160,14 @@ async def test_price_import_needs_a_key_is_audited_and_refuses_the_future(
         b"asset,at,price_usd\nETH,%s,190\nETH,%s,1000000\n"
         % (past.isoformat().encode(), (now + timedelta(minutes=3)).isoformat().encode()),
     )
-    refused = simctl(["prices", "import", str(future), "--admin-key", KEY], admin_env)
+    refused = simctl(["prices", "import", str(future), *key_args(KEY)], admin_env)
     assert refused.returncode == 1
     line = one_line_refusal(refused.stderr)
     assert "line 3" in line and "later than now" in line
     assert await pg.fetchval("SELECT count(*) FROM price_history WHERE source = 'import'") == 0
     # Excel's UTF-8 with a BOM is accepted.
     bom = write(tmp_path, "bom.csv", b"\xef\xbb\xbf" + good)
-    report = run_ok(["prices", "import", str(bom), "--admin-key", KEY], admin_env)
+    report = run_ok(["prices", "import", str(bom), *key_args(KEY)], admin_env)
     assert report["inserted"] == 2
     audit = await pg.fetchrow("SELECT * FROM admin_audit WHERE action = 'prices_import'")
     assert audit is not None
@@ -189,7 +190,7 @@ def test_binary_or_undecodable_content_is_refused_naming_its_line(
     admin_env: dict[str, str], tmp_path: Path, content: bytes, named: str
 ) -> None:
     path = write(tmp_path, "bad.csv", content)
-    result = simctl(["prices", "import", str(path), "--admin-key", KEY], admin_env)
+    result = simctl(["prices", "import", str(path), *key_args(KEY)], admin_env)
     assert result.returncode == 1
     assert named in one_line_refusal(result.stderr)
 
@@ -258,7 +259,7 @@ async def test_reconcile_names_a_run_valued_off_the_stored_prices(
 
 # -- 5. P&L right everywhere ------------------------------------------------------------------
 def admin(args: list[str], env: dict[str, str]) -> Any:
-    return run_ok([*args, "--admin-key", KEY], env)
+    return run_ok([*args, *key_args(KEY)], env)
 
 
 async def pnl_of(pg: asyncpg.Connection, uid: int) -> Decimal:
@@ -363,7 +364,7 @@ async def test_money_into_a_deleted_or_deactivated_user_is_refused(
             ["users", "adjust", str(uid), "--usd", "5", "--reason", "x"],
             ["users", "adjust", str(uid), "--asset", "BTC", "--amount", "1", "--reason", "x"],
         ):
-            result = simctl([*args, "--admin-key", KEY], admin_env)
+            result = simctl([*args, *key_args(KEY)], admin_env)
             assert result.returncode == 1, (args, result.stderr)
             assert why in one_line_refusal(result.stderr)
     assert await pg.fetchval("SELECT sum(balance_usd) FROM users") == Decimal(20)
@@ -379,7 +380,7 @@ async def test_set_strategy_refuses_knobs_and_oversized_parameters(
     big = json.dumps({"usd": "50", "note": "x" * 10_000})
     for params, named in ((knobs, "win_rate"), (big, "bytes"), ('{"usd": "0"}', "usd")):
         result = simctl(
-            ["users", "set-strategy", str(uid), "dca", "--params", params, "--admin-key", KEY],
+            ["users", "set-strategy", str(uid), "dca", "--params", params, *key_args(KEY)],
             admin_env,
         )
         assert result.returncode == 1, result.stderr

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
+from tests.support.keys import key_args
 from tests.support.procs import seed_due, simctl
 
 KEY = "correct horse battery staple"
@@ -28,7 +29,7 @@ def admin_env(env: dict[str, str]) -> dict[str, str]:
 
 def ok(args: list[str], env: dict[str, str]) -> Any:
     result = simctl(
-        [*args, "--admin-key", KEY]
+        [*args, *key_args(KEY)]
         if args[0] in ("users", "withdrawals", "prices", "market")
         and args[1] not in ("show", "list")
         else args,
@@ -142,7 +143,7 @@ async def test_bad_input_is_refused_in_one_line_and_changes_nothing(
 ) -> None:
     ok(["users", "create", "a@b.co", "--deposit", "100"], admin_env)
     before = await snapshot(pg)
-    result = simctl([*args, "--admin-key", KEY], admin_env)
+    result = simctl([*args, *key_args(KEY)], admin_env)
     assert result.returncode == code, result.stderr
     assert message in one_line_refusal(result.stderr)
     assert await snapshot(pg) == before
@@ -154,7 +155,7 @@ async def test_no_valid_admin_key_no_change(
 ) -> None:
     ok(["users", "create", "a@b.co", "--deposit", "100"], admin_env)
     before = await snapshot(pg)
-    args = ["users", "pause", "1"] + ([] if key is None else ["--admin-key", key])
+    args = ["users", "pause", "1"] + ([] if key is None else key_args(key))
     result = simctl(args, admin_env)
     assert result.returncode == 1
     assert "admin key" in one_line_refusal(result.stderr)
@@ -176,11 +177,11 @@ async def test_withdrawal_reserves_then_completes_or_fails(
     )["withdrawal_id"]
     # Only 0.4 is left to reserve.
     refused = simctl(
-        ["withdrawals", "request", str(uid), "BTC", "0.5", "--address", "a", "--admin-key", KEY],
+        ["withdrawals", "request", str(uid), "BTC", "0.5", "--address", "a", *key_args(KEY)],
         admin_env,
     )
     assert refused.returncode == 1 and "0.4" in refused.stderr
-    illegal = simctl(["withdrawals", "complete", str(first), "--admin-key", KEY], admin_env)
+    illegal = simctl(["withdrawals", "complete", str(first), *key_args(KEY)], admin_env)
     assert illegal.returncode == 1 and "cannot complete" in one_line_refusal(illegal.stderr)
     ok(["withdrawals", "process", str(first)], admin_env)
     done = ok(["withdrawals", "complete", str(first), "--tx-hash", "0xabc"], admin_env)
@@ -190,7 +191,7 @@ async def test_withdrawal_reserves_then_completes_or_fails(
         "withdrawal_id"
     ]
     ok(["withdrawals", "fail", str(second), "--error", "address rejected"], admin_env)
-    backwards = simctl(["withdrawals", "process", str(second), "--admin-key", KEY], admin_env)
+    backwards = simctl(["withdrawals", "process", str(second), *key_args(KEY)], admin_env)
     assert backwards.returncode == 1 and "failed" in backwards.stderr
     rows = ok(["withdrawals", "list", "--user", str(uid), "--json"], admin_env)
     assert [(r["status"], r["error_message"]) for r in rows] == [
@@ -233,12 +234,10 @@ async def test_price_import_is_all_or_nothing_and_never_rewrites(
         (write_csv(tmp_path, "naive.csv", ["ETH,2020-03-12T02:00:00,1"]), "time zone"),
     ]
     for path, message in cases:
-        result = simctl(["prices", "import", str(path), "--admin-key", KEY], admin_env)
+        result = simctl(["prices", "import", str(path), *key_args(KEY)], admin_env)
         assert result.returncode == 1, (path, result.stderr)
         assert message in one_line_refusal(result.stderr)
-    missing = simctl(
-        ["prices", "import", str(tmp_path / "nope.csv"), "--admin-key", KEY], admin_env
-    )
+    missing = simctl(["prices", "import", str(tmp_path / "nope.csv"), *key_args(KEY)], admin_env)
     assert missing.returncode == 2 and "cannot read" in one_line_refusal(missing.stderr)
     assert await snapshot(pg) == before
     shown = ok(["prices", "show", "btc", "--since", "2020-03-12T00:30:00+00:00"], admin_env)
@@ -267,7 +266,7 @@ async def test_import_refuses_a_span_over_model_prices_and_runs_use_imports(
             f"BTC,{(now - timedelta(minutes=30)).isoformat()},100",
         ],
     )
-    refused = simctl(["prices", "import", str(covering), "--admin-key", KEY], admin_env)
+    refused = simctl(["prices", "import", str(covering), *key_args(KEY)], admin_env)
     assert refused.returncode == 1 and "covers a model price" in one_line_refusal(refused.stderr)
     # Earlier ADA history (no model price written there): slots inside it are priced from it.
     slot = await pg.fetchval("SELECT date_trunc('hour', now()) - interval '3 hours'")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
 from tests.acceptance.test_operators import KEY, ok, snapshot
+from tests.support.keys import key_args
 from tests.support.procs import SIMCTL, simctl
 
 
@@ -89,14 +90,14 @@ async def test_every_command_that_takes_a_user_refuses_an_unknown_one(
     before = await snapshot(pg)
     for args in (
         ["users", "show", "999999"],
-        ["users", "pause", "999999", "--admin-key", KEY],
-        ["users", "deposit", "999999", "5", "--admin-key", KEY],
+        ["users", "pause", "999999", *key_args(KEY)],
+        ["users", "deposit", "999999", "5", *key_args(KEY)],
         ["users", "show", "nobody@example.com"],
         ["run", "999999"],
         ["report", "999999", "--out", str(tmp_path / "r.png")],
         ["reconcile", "--user", "999999"],
         ["withdrawals", "list", "--user", "999999"],
-        ["withdrawals", "request", "999999", "BTC", "0.1", "--address", "x", "--admin-key", KEY],
+        ["withdrawals", "request", "999999", "BTC", "0.1", "--address", "x", *key_args(KEY)],
     ):
         result = simctl(args, admin_env)
         assert result.returncode == 1, (args, result)
@@ -112,10 +113,10 @@ async def test_a_negative_amount_is_refused_in_words(
     before = await snapshot(pg)
     for args, why in (
         (["users", "deposit", "1", "-5"], "amount must be positive, got -5"),
-        (["users", "deposit", "1", "-0.5", "--admin-key", KEY], "amount must be positive"),
+        (["users", "deposit", "1", "-0.5", *key_args(KEY)], "amount must be positive"),
         (["withdrawals", "request", "1", "BTC", "-1", "--address", "x"], "must be positive"),
     ):
-        result = simctl(args if "--admin-key" in args else [*args, "--admin-key", KEY], admin_env)
+        result = simctl(args if "--admin-key-file" in args else [*args, *key_args(KEY)], admin_env)
         assert result.returncode == 1, (args, result)
         line = one_line_refusal(result.stderr)
         assert why in line and "No such option" not in line
