@@ -10,7 +10,8 @@ import asyncpg
 import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
-from tests.support.procs import seed_due, simctl
+from tests.support.keys import with_admin_key
+from tests.support.procs import refusal_state, seed_due, simctl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,29 +21,14 @@ ESC = "\033"
 
 @pytest.fixture
 def admin_env(env: dict[str, str]) -> dict[str, str]:
-    return {
-        **env,
-        "SIM_ADMIN_KEYS_SHA256": hashlib.sha256(KEY.encode()).hexdigest(),
-        "SIM_ADMIN_KEY": KEY,
-    }
-
-
-async def _state(pg: asyncpg.Connection) -> tuple[object, ...]:
-    """What a refused command must leave as it was."""
-    row = await pg.fetchrow(
-        """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM transactions),
-                  (SELECT count(*) FROM admin_audit), (SELECT count(*) FROM withdrawals),
-                  (SELECT sum(balance_usd) FROM users), (SELECT count(*) FROM price_history)"""
-    )
-    assert row is not None
-    return tuple(row)
+    return with_admin_key(env, KEY)
 
 
 async def test_an_admin_key_on_the_command_line_is_refused_with_a_pointer(
     admin_env: dict[str, str], pg: asyncpg.Connection
 ) -> None:
     await seed_due(pg, 1)
-    before = await _state(pg)
+    before = await refusal_state(pg)
     for args in (
         ["users", "pause", "1", "--admin-key", KEY],
         ["users", "deposit", "1", "10", f"--admin-key={KEY}"],
@@ -52,7 +38,7 @@ async def test_an_admin_key_on_the_command_line_is_refused_with_a_pointer(
         line = one_line_refusal(result.stderr)
         assert "--admin-key-file" in line and "SIM_ADMIN_KEY" in line, line
         assert KEY not in line  # the refusal does not echo the key either
-    assert await _state(pg) == before
+    assert await refusal_state(pg) == before
 
 
 async def test_an_admin_key_from_a_file_is_accepted_and_only_its_fingerprint_is_audited(
@@ -86,8 +72,8 @@ async def test_seed_demo_writes_example_com_and_refuses_users_it_did_not_create(
     assert again.returncode == 0, again.stderr  # a demo database takes more demo users
     made = simctl(["users", "create", "real.person@gmail.com"], admin_env)
     assert made.returncode == 0, made.stderr
-    before = await _state(pg)
+    before = await refusal_state(pg)
     refused = simctl(["seed-demo", "--users", "5", "--seed", "3"], admin_env)
     assert refused.returncode == 1
     assert "did not create" in one_line_refusal(refused.stderr)
-    assert await _state(pg) == before
+    assert await refusal_state(pg) == before

@@ -6,7 +6,6 @@ of another script that parse as money, a tick in year 1 that reached the driver.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,7 +14,8 @@ import asyncpg
 import pytest
 
 from tests.acceptance.test_cli import one_line_refusal
-from tests.support.procs import seed_due, simctl
+from tests.support.keys import with_admin_key
+from tests.support.procs import refusal_state, seed_due, simctl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,22 +25,7 @@ ESC = "\033"
 
 @pytest.fixture
 def admin_env(env: dict[str, str]) -> dict[str, str]:
-    return {
-        **env,
-        "SIM_ADMIN_KEYS_SHA256": hashlib.sha256(KEY.encode()).hexdigest(),
-        "SIM_ADMIN_KEY": KEY,
-    }
-
-
-async def _state(pg: asyncpg.Connection) -> tuple[object, ...]:
-    """What a refused command must leave as it was."""
-    row = await pg.fetchrow(
-        """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM transactions),
-                  (SELECT count(*) FROM admin_audit), (SELECT count(*) FROM withdrawals),
-                  (SELECT sum(balance_usd) FROM users), (SELECT count(*) FROM price_history)"""
-    )
-    assert row is not None
-    return tuple(row)
+    return with_admin_key(env, KEY)
 
 
 @pytest.mark.parametrize(
@@ -70,13 +55,13 @@ async def test_text_with_control_characters_or_too_long_is_refused_and_nothing_c
     admin_env: dict[str, str], pg: asyncpg.Connection, args: list[str]
 ) -> None:
     await seed_due(pg, 2)
-    before = await _state(pg)
+    before = await refusal_state(pg)
     result = simctl(args, admin_env)
     assert result.returncode == 1, result.stderr
     line = one_line_refusal(result.stderr)
     assert "control character" in line or "characters long" in line, line
     assert ESC not in result.stderr + result.stdout
-    assert await _state(pg) == before
+    assert await refusal_state(pg) == before
 
 
 async def test_text_the_engine_did_not_write_is_printed_escaped(
@@ -115,13 +100,13 @@ async def test_numbers_are_ascii_digits_only(
     admin_env: dict[str, str], pg: asyncpg.Connection, args: list[str]
 ) -> None:
     await seed_due(pg, 2)
-    before = await _state(pg)
+    before = await refusal_state(pg)
     result = simctl(args, admin_env)
     assert result.returncode in (1, 2), result.stderr
     line = one_line_refusal(result.stderr)
     assert "No such option" not in line
     assert "ASCII" in line or "no user" in line.lower(), line
-    assert await _state(pg) == before
+    assert await refusal_state(pg) == before
 
 
 @pytest.mark.parametrize(
@@ -136,7 +121,7 @@ async def test_numbers_are_ascii_digits_only(
 async def test_a_bad_csv_row_is_refused_naming_its_line(
     admin_env: dict[str, str], pg: asyncpg.Connection, tmp_path: Path, row: str, why: str
 ) -> None:
-    before = await _state(pg)
+    before = await refusal_state(pg)
     csv = tmp_path / "prices.csv"
     csv.write_text(f"asset,at,price_usd\n{row}\n", encoding="utf-8")
     result = simctl(["prices", "import", str(csv)], admin_env)
@@ -144,7 +129,7 @@ async def test_a_bad_csv_row_is_refused_naming_its_line(
     line = one_line_refusal(result.stderr)
     assert "line 2" in line and why in line, line
     assert ESC not in line
-    assert await _state(pg) == before
+    assert await refusal_state(pg) == before
 
 
 async def test_report_refuses_a_since_beyond_the_calendar_and_writes_nothing_when_refused(

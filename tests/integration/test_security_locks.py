@@ -17,9 +17,8 @@ from prometheus_client import REGISTRY
 from simconfig import Settings
 from store.db import create_pool
 from store.market import load_market_retrying
-from store.roles import grant_reader, scram_verifier
 from tests.support.procs import run_counts, seed_due, simctl
-from tests.support.services import url_for
+from tests.support.readers import reader_session
 from workers.enqueue import connect_redis
 from workers.scheduler import Scheduler
 
@@ -52,16 +51,8 @@ ENGINE_LOCK_ATTEMPTS = (
 @pytest.fixture
 async def reader(pg: asyncpg.Connection, db_name: str) -> AsyncIterator[asyncpg.Connection]:
     """A session of the read role, made the way `simctl grant-reader` makes it."""
-    role = f"lockreader_{db_name[-12:]}"
-    password = "s3cret-Reader"
-    await grant_reader(pg, role, verifier=scram_verifier(password))
-    conn = await asyncpg.connect(url_for(db_name), user=role, password=password)
-    try:
+    async with reader_session(pg, db_name, "lockreader") as conn:
         yield conn
-    finally:
-        await conn.close()
-        await pg.execute(f'DROP OWNED BY "{role}"')
-        await pg.execute(f'DROP ROLE "{role}"')
 
 
 async def test_the_read_role_cannot_stall_a_claim_or_a_run(

@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from engine.assets import ASSETS
 from simtools.harness.services import free_port, redis_argv
 from store.market import change_market, prices_now
-from store.roles import grant_reader, scram_verifier
 from tests.support.procs import seed_due, simctl, spawn, stop, wait_until
+from tests.support.readers import reader_session
 from tests.support.services import create_database, drop_database, url_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -141,16 +141,8 @@ LOCK_MODES = (
 @pytest.fixture
 async def reader(pg: asyncpg.Connection, db_name: str) -> AsyncIterator[asyncpg.Connection]:
     """A session of the read role, made the way `simctl grant-reader` makes it."""
-    role = f"migreader_{db_name[-12:]}"
-    password = "s3cret-Reader"
-    await grant_reader(pg, role, verifier=scram_verifier(password))
-    conn = await asyncpg.connect(url_for(db_name), user=role, password=password)
-    try:
+    async with reader_session(pg, db_name, "migreader") as conn:
         yield conn
-    finally:
-        await conn.close()
-        await pg.execute(f'DROP OWNED BY "{role}"')
-        await pg.execute(f'DROP ROLE "{role}"')
 
 
 async def test_the_read_role_holding_every_lock_it_can_take_does_not_stop_migrate(

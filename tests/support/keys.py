@@ -32,3 +32,12 @@ def key_file(key: str) -> str:
 def key_args(key: str) -> list[str]:
     """The options that hand simctl `key`."""
     return ["--admin-key-file", key_file(key)]
+
+
+def with_admin_key(env: dict[str, str], key: str) -> dict[str, str]:
+    """`env` with `key` accepted (its digest in SIM_ADMIN_KEYS_SHA256) and presented (SIM_ADMIN_KEY)."""
+    return {
+        **env,
+        "SIM_ADMIN_KEYS_SHA256": hashlib.sha256(key.encode()).hexdigest(),
+        "SIM_ADMIN_KEY": key,
+    }

@@ -129,3 +129,14 @@ async def no_partial_runs(conn: asyncpg.Connection) -> None:
 
 
 ZERO = Decimal(0)
+
+
+async def refusal_state(pg: asyncpg.Connection) -> tuple[object, ...]:
+    """What a refused command must leave as it was."""
+    row = await pg.fetchrow(
+        """SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM transactions),
+                  (SELECT count(*) FROM admin_audit), (SELECT count(*) FROM withdrawals),
+                  (SELECT sum(balance_usd) FROM users), (SELECT count(*) FROM price_history)"""
+    )
+    assert row is not None
+    return tuple(row)
