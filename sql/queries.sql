@@ -155,10 +155,12 @@ WITH run_in AS (
            r.id, r.scheduled_for
       FROM trade_in t JOIN runs r ON r.user_id = t.user_id
      ORDER BY t.ord
-    RETURNING id, user_id, trade_type, balance_after - balance_before AS delta
+    RETURNING id, user_id, trade_type, balance_after - balance_before AS delta, sim_run_id
 ), ledger AS (
-    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description)
-    SELECT user_id, trade_type, delta, 'USD', 'completed', 'trade:' || id, 'simulated trade'
+    INSERT INTO transactions (user_id, type, amount, currency, status, reference, description,
+                              sim_run_id)
+    SELECT user_id, trade_type, delta, 'USD', 'completed', 'trade:' || id, 'simulated trade',
+           sim_run_id
       FROM trades_out
 ), holdings AS (
     UPDATE portfolio p
