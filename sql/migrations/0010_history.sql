@@ -101,10 +101,59 @@ CREATE TABLE sim_history (
     transactions_floor bigint NOT NULL DEFAULT 0,
     runs_floor        bigint NOT NULL DEFAULT 0,
     keep_days         integer CHECK (keep_days >= 0),
-    pruned_at         timestamptz
+    pruned_at         timestamptz,
+    -- One history job at a time (a checkpoint or a prune): a lease renewed as it works, so a
+    -- job killed half way is taken over once its lease runs out, and no transaction stays open.
+    lease_holder      text,
+    lease_until       timestamptz
 );
 INSERT INTO sim_history DEFAULT VALUES;
 REVOKE ALL ON sim_history FROM PUBLIC;
+
+-- Every change to an engine row after it was written: the engine only inserts them, so an
+-- UPDATE or DELETE here is tampering, except retention's deletes of rows its checkpoint already
+-- stands for (the transaction sets simengine.prune_floor_* to the floors it deletes below).
+-- Statement-level triggers with transition tables: nothing runs on the engine's inserts. The
+-- function runs as its owner, so a role allowed to change trades cannot skip the record.
+CREATE TABLE sim_history_changes (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tbl     text NOT NULL,
+    row_id  bigint NOT NULL,
+    op      text NOT NULL,
+    by_role text NOT NULL DEFAULT session_user,
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+REVOKE ALL ON sim_history_changes FROM PUBLIC;
+
+CREATE FUNCTION sim_record_history_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    floor_id bigint := coalesce(nullif(current_setting('simengine.prune_floor_' || TG_TABLE_NAME, true), ''), '0')::bigint;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO sim_history_changes (tbl, row_id, op)
+        SELECT TG_TABLE_NAME, o.id, 'delete' FROM old_rows o
+         WHERE (TG_TABLE_NAME = 'sim_runs' OR o.sim_run_id IS NOT NULL) AND o.id > floor_id;
+    ELSE
+        INSERT INTO sim_history_changes (tbl, row_id, op)
+        SELECT TG_TABLE_NAME, o.id, 'update' FROM old_rows o
+         WHERE TG_TABLE_NAME = 'sim_runs' OR o.sim_run_id IS NOT NULL;
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION sim_record_history_change() FROM PUBLIC;
+CREATE TRIGGER sim_trades_updated AFTER UPDATE ON trades
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
+CREATE TRIGGER sim_trades_deleted AFTER DELETE ON trades
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
+CREATE TRIGGER sim_transactions_updated AFTER UPDATE ON transactions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
+CREATE TRIGGER sim_transactions_deleted AFTER DELETE ON transactions
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
+CREATE TRIGGER sim_runs_updated AFTER UPDATE ON sim_runs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
+CREATE TRIGGER sim_runs_deleted AFTER DELETE ON sim_runs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sim_record_history_change();
 
 -- The ledger's totals per user: the pruned checkpoint's totals for the engine's rows at or
 -- below its cuts, the rows themselves above them, and every row that is not the engine's.
