@@ -300,13 +300,25 @@ SELECT
       AND sim_claimed_until > now()) AS backing_off,
   (SELECT count(*) FROM users
     WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL) AS eligible,
-  (SELECT count(*) FROM sim_runs WHERE finished_at > now() - interval '1 minute') AS runs_1m,
-  (SELECT count(*) FROM sim_runs WHERE finished_at > now() - interval '1 hour') AS runs_1h,
+  -- Runs in the last minute and hour as a span of ids, never a count: a count reads every run
+  -- of the window (at a fast fill, all of a 10 M history: parallel sequential scans and JIT,
+  -- 1 s). Ids are allocated as runs finish (finished_at is the insert's clock_timestamp()), so
+  -- max(id) (primary key) minus the first id of the window (idx_sim_runs_finished_at, one
+  -- entry) is the count, plus the ids of batches that rolled back (a bisected failure).
+  coalesce((SELECT max(id) FROM sim_runs)
+           - (SELECT id FROM sim_runs WHERE finished_at > now() - interval '1 minute'
+               ORDER BY finished_at LIMIT 1) + 1, 0) AS runs_1m,
+  coalesce((SELECT max(id) FROM sim_runs)
+           - (SELECT id FROM sim_runs WHERE finished_at > now() - interval '1 hour'
+               ORDER BY finished_at LIMIT 1) + 1, 0) AS runs_1h,
   (SELECT count(*) FROM users WHERE sim_fail_count > 0) AS failing_users,
   (SELECT count(*) FROM admin_audit WHERE action = 'auto_pause'
       AND created_at > now() - interval '1 hour') AS auto_paused_1h,
-  (SELECT coalesce(json_object_agg(asset, at), '{}'::json)
-     FROM (SELECT asset, max(at) AS at FROM price_history GROUP BY asset) x) AS last_tick
+  -- One primary-key probe per asset (the assets are price_history's check list), not a GROUP
+  -- BY over every tick ever written.
+  (SELECT coalesce(json_object_agg(a, at) FILTER (WHERE at IS NOT NULL), '{}'::json)
+     FROM unnest(ARRAY['BTC', 'ETH', 'USDT', 'USDC', 'XRP', 'ADA']) a
+     CROSS JOIN LATERAL (SELECT max(at) AS at FROM price_history WHERE asset = a) x) AS last_tick
 
 -- reconcile --
 -- Rebuilds every balance and holding from the ledger rows (sim_ledger_totals: set-based hash
