@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         description="Prepared statements cached per worker/scheduler connection (asyncpg); 0 behind PgBouncer in transaction mode.",
     )
     sim_shutdown_s: int = Field(default=20, ge=1, le=600, description="Grace period on SIGTERM.")
+    sim_growth_sample_s: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="How often the scheduler records the size of the tables the engine writes (sim_growth_samples: catalogue reads, a few ms); `simctl status` shows growth per day and the days left of `integer` ids from these samples.",
+    )
     sim_queue_name: str | None = Field(
         default=None,
         min_length=1,

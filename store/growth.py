@@ -164,7 +164,9 @@ def _headroom(t: Record, r: Record | None, now: datetime) -> IdHeadroom:
         # Ids taken since the oldest sample of the last day (else the newest before that),
         # against the sequence now: one sample a minute old is enough.
         at, then = (
-            (r["base_at"], r["base_id"]) if r["base_at"] is not None else (r["newest_at"], r["newest_id"])
+            (r["base_at"], r["base_id"])
+            if r["base_at"] is not None
+            else (r["newest_at"], r["newest_id"])
         )
         span = _span_s(now, at)
         if span is not None:
@@ -261,7 +263,9 @@ def as_json(view: Overview) -> dict[str, Any]:
     from dataclasses import asdict
 
     return {
-        "tables": {t.table: {k: v for k, v in asdict(t).items() if k != "table"} for t in view.tables},
+        "tables": {
+            t.table: {k: v for k, v in asdict(t).items() if k != "table"} for t in view.tables
+        },
         "id_headroom": [asdict(i) for i in view.ids],
         "users_vacuum": None if view.users is None else asdict(view.users),
         "history": None if view.history is None else asdict(view.history),

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from engine.errors import SimError
 from workers.logs import get_logger
+
+if TYPE_CHECKING:
+    from store.db import Conn
+    from store.growth import Overview
 
 log = get_logger("simengine.metrics")
 
@@ -64,6 +70,50 @@ TICK_AGE = Gauge("simengine_last_tick_age_seconds", "Seconds since the latest mo
 LOOP_ALIVE = Gauge(
     "simengine_loop_heartbeat_timestamp", "Last time the event loop ticked (Unix s)."
 )
+# What grows and what runs out (set by `record_growth`, which the scheduler calls every
+# SIM_GROWTH_SAMPLE_S; the same numbers as `simctl status`).
+TABLE_BYTES = Gauge(
+    "simengine_table_bytes",
+    "Size of a table the engine writes, with its indexes and TOAST (catalogue, not a count).",
+    ["table"],
+)
+CHECKPOINT_AGE = Gauge(
+    "simengine_checkpoint_age_seconds",
+    "Seconds since the cut of the newest verified checkpoint (NaN: none yet).",
+)
+USERS_DEAD_TUPLES = Gauge(
+    "simengine_users_dead_tuples",
+    "Dead row versions on users (each run leaves one); autovacuum keeps them bounded.",
+)
+ID_DAYS_LEFT = Gauge(
+    "simengine_id_days_left",
+    "Days until an integer id sequence runs out at the current rate (+Inf: not growing or no "
+    "rate yet).",
+    ["table", "column"],
+)
+
+
+async def record_growth(conn: Conn, min_interval_s: float = 0.0) -> bool:
+    """Record a size sample (skipped, False, when another process took one within
+    `min_interval_s`) and set the growth gauges from the overview `simctl status` shows."""
+    from store.growth import overview, sample
+
+    sampled = await sample(conn, min_interval_s=min_interval_s)
+    observe_growth(await overview(conn))
+    return sampled
+
+
+def observe_growth(view: Overview) -> None:
+    """Set the growth gauges from an overview (store.growth)."""
+    for table in view.tables:
+        TABLE_BYTES.labels(table=table.table).set(table.bytes)
+    for ids in view.ids:
+        left = math.inf if ids.days_left is None else ids.days_left
+        ID_DAYS_LEFT.labels(table=ids.table, column=ids.column).set(left)
+    if view.users is not None:
+        USERS_DEAD_TUPLES.set(view.users.dead_tuples)
+    age = None if view.history is None else view.history.checkpoint_age_s
+    CHECKPOINT_AGE.set(math.nan if age is None else age)
 
 
 class HealthServer:

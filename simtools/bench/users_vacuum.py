@@ -4,7 +4,8 @@
 private cluster (autovacuum on with the server defaults, as a production server has), and for
 each setting below makes a fresh database (`migrate`), creates N eligible users all due, then
 runs back to back: the real claim (`store.runs.claim_due`, 1,000 users in batches of 200),
-then each claimed user's row update exactly as `apply_batch` writes `users` (balance, value,
+then each claimed user's row update
+(and sim_leases vacuumed every second, as the scheduler does) exactly as `apply_batch` writes `users` (balance, value,
 last run, run count, next slot: a new `sim_next_run_at`, so never HOT) and the lease deleted.
 Nothing else is written (no trades, ledger or portfolio): only `users` is measured. Every 10 s
 it prints the claim's median ms per 1,000 users, updates/s, `n_dead_tup` and autovacuum runs.
@@ -17,14 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
+from simconfig import Settings
 from simtools.harness.services import PrivateCluster
 from store.db import connect
-from store.runs import claim_due
+from store.market import ensure_market
+from store.migrate import migrate
+from store.runs import claim_due, vacuum_leases
 
 TUNED = (
     "ALTER TABLE users SET (autovacuum_vacuum_scale_factor = 0.01, "
@@ -62,21 +64,16 @@ SELECT n_dead_tup, n_live_tup, autovacuum_count, pg_relation_size('users') AS he
 
 async def one(cluster: PrivateCluster, name: str, alter: str, args: argparse.Namespace) -> None:
     admin = await connect(cluster.url())
-    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.execute(f"CREATE DATABASE av_{name}")
     await admin.close()
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        [str(root / ".venv" / "bin" / "simctl"), "migrate"],
-        env={"DATABASE_URL": cluster.url(name), "SIM_SEED": "1", "PATH": "/usr/bin:/bin"},
-        check=True,
-        capture_output=True,
-    )
-    conn = await connect(cluster.url(name))
+    conn = await connect(cluster.url(f"av_{name}"))
+    await migrate(conn)  # 0011 sets the tuned settings; "default" resets them below
+    await ensure_market(conn, Settings(_env_file=None, sim_seed=1))
     await conn.execute(alter)
     await conn.execute(
         "INSERT INTO users (email, balance_usd, sim_enabled, sim_interval_s, sim_next_run_at) "
-        "SELECT 'u' || g || '@example.com', 1000, true, $2, "
-        "now() - $2 * interval '1 s' * random() FROM generate_series(1, $1) g",
+        "SELECT 'u' || g || '@example.com', 1000, true, $2::int, "
+        "now() - make_interval(secs => $2::int * random()) FROM generate_series(1, $1::int) g",
         args.users,
         args.interval_s,
     )
@@ -87,6 +84,7 @@ async def one(cluster: PrivateCluster, name: str, alter: str, args: argparse.Nam
     next_report = start + 10
     window: list[float] = []
     updates = 0
+    leases_vacuumed = start
     while time.monotonic() - start < args.seconds:
         t0 = time.perf_counter()
         lease = await claim_due(conn, 1000, 60, 200)
@@ -97,6 +95,9 @@ async def one(cluster: PrivateCluster, name: str, alter: str, args: argparse.Nam
             async with conn.transaction():
                 await conn.execute(APPLY_USERS, lease.user_ids, ids)
             updates += len(lease.user_ids)
+            if time.monotonic() - leases_vacuumed >= 1.0:  # as the scheduler does
+                await vacuum_leases(conn)
+                leases_vacuumed = time.monotonic()
         else:
             await asyncio.sleep(0.01)
         if time.monotonic() >= next_report:
