@@ -56,7 +56,7 @@ SELECT relname, now(), total_bytes, est_rows, id_last
        AS x(relname, total_bytes, est_rows, id_last)
 
 -- forget_samples --
--- Samples older than the keep (31 days): growth needs a day; the rest is for a look back.
+-- Samples older than the keep (8 days): growth needs a day; the rest is a week to look back on.
 DELETE FROM sim_growth_samples WHERE at < now() - make_interval(days => $1)
 
 -- growth_rates --

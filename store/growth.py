@@ -24,7 +24,7 @@ MIN_SPAN_S = 60.0
 WARN_DAYS = 90.0
 WARN_LEFT_SHARE = 0.10
 INT4_MAX = 2_147_483_647
-SAMPLE_KEEP_DAYS = 31
+SAMPLE_KEEP_DAYS = 8
 
 
 def _q(name: str) -> str:
@@ -105,7 +105,7 @@ class Overview:
 
 async def sample(conn: Conn, *, min_interval_s: float = 0.0) -> bool:
     """Record one sample set (one row per watched table, at now()) and forget samples older
-    than 31 days, in one transaction. Skipped (False) when the newest sample is younger than
+    than 8 days, in one transaction. Skipped (False) when the newest sample is younger than
     `min_interval_s`: several schedulers may call it, one sample set per interval is enough."""
     async with conn.transaction():
         if min_interval_s > 0:

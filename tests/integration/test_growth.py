@@ -56,13 +56,13 @@ async def test_sample_records_every_watched_table_from_the_catalogue(
     for name in ("sim_runs", "trades", "transactions", "price_history", "portfolio", "users"):
         assert tables[name]["total_bytes"] > 0, name
     assert "sim_checkpoint_users" in tables
-    # Samples older than 31 days are forgotten by the next sample.
+    # Samples older than 8 days are forgotten by the next sample.
     await pg.execute(
         "INSERT INTO sim_growth_samples (relname, at, total_bytes) "
-        "VALUES ('sim_runs', now() - interval '40 days', 1)"
+        "VALUES ('sim_runs', now() - interval '9 days', 1)"
     )
     assert await sample(pg)
-    assert await pg.fetchval("SELECT min(at) > now() - interval '31 days' FROM sim_growth_samples")
+    assert await pg.fetchval("SELECT min(at) > now() - interval '8 days' FROM sim_growth_samples")
 
 
 async def test_no_integer_id_no_headroom_line(pg: asyncpg.Connection) -> None:
