@@ -56,7 +56,7 @@ def status(
 
         async with connection(s.database_url) as conn:
             data = await read_status(conn)
-            interval_s = getattr(s, "sim_checkpoint_interval_s", None)
+            interval_s = s.sim_checkpoint_interval_s or None  # 0: the scheduler takes none
             data.update(as_json(await overview(conn, checkpoint_interval_s=interval_s)))
             queue_name = s.queue_name(await deployment_id(conn))
         client = Redis.from_url(s.redis_url)

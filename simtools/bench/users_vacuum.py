@@ -32,12 +32,11 @@ from store.runs import claim_due, vacuum_leases
 
 TUNED = (
     "ALTER TABLE users SET (autovacuum_vacuum_scale_factor = 0.01, "
-    "autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02, "
-    "autovacuum_vacuum_cost_limit = 2000)"
+    "autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02)"
 )
 DEFAULT = (
     "ALTER TABLE users RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, "
-    "autovacuum_analyze_scale_factor, autovacuum_vacuum_cost_limit)"
+    "autovacuum_analyze_scale_factor)"
 )
 SETTINGS = {"default": DEFAULT, "tuned": TUNED}
 

@@ -19,18 +19,17 @@ CREATE INDEX idx_sim_growth_samples_at ON sim_growth_samples (at);
 REVOKE ALL ON sim_growth_samples FROM PUBLIC;
 
 -- `users` is updated once per run and never HOT (the run moves sim_next_run_at, which
--- idx_users_sim_due indexes), so each run leaves one dead row version and one dead entry in
--- each of its indexes. With the server's defaults autovacuum waits for 20 % of the table to be
--- dead (200,000 row versions on a million users) and then vacuums at the default cost limit;
--- the claim walks the dead entries of idx_users_sim_due meanwhile. Per-table settings start it
--- at 1 % (plus 1,000) and let it work ten times faster; measured in docs/operations.md
--- ("Running for a year"; simtools/bench/users_vacuum.py).
+-- idx_users_sim_due indexes), so each run leaves a dead row version and a dead entry in each
+-- of its indexes. With the server's defaults autovacuum waits for 20 % of the table to be dead
+-- (200,000 row versions on a million users, 12 minutes at 280 runs/s) while the claim walks
+-- the dead entries of idx_users_sim_due that sit before the due slots; these settings start it
+-- at 1 % + 1,000 (the server's autovacuum_naptime then sets the pace), and analyse at 2 %.
+-- Measured in docs/operations.md ("Running for a year"; simtools/bench/users_vacuum.py).
 -- ALTER TABLE ... SET for autovacuum parameters takes SHARE UPDATE EXCLUSIVE on `users` for
 -- the moment of the catalogue change (reads and writes go on; it waits only for a running
 -- VACUUM, ANALYZE or DDL on users) and rewrites nothing.
 ALTER TABLE users SET (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
-    autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_limit = 2000
+    autovacuum_analyze_scale_factor = 0.02
 );
