@@ -104,6 +104,8 @@ async def test_status_shows_growth_vacuum_retention_and_checkpoints(
     assert 7000 < history["checkpoint_age_s"] < 7300
     assert history["failed_id"] == failed
     assert f"checkpoint {failed} failed: trades row 7 changed" in data["warnings"]
+    # Two hours is more than two SIM_CHECKPOINT_INTERVAL_S (900 s by default).
+    assert any("checkpoint" in w and "2.0 h old" in w for w in data["warnings"])
     assert data["id_headroom"] == []
 
     text = simctl(["status"], env)
