@@ -179,10 +179,12 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
 
 
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
-    """(lo, hi] in pieces aligned to multiples of `step`."""
+    """(lo, hi] in pieces (a, b] that never split a multiple of `step` from the ids after it
+    below the next one: each piece's ids are within [k*step, (k+1)*step) for one k, so a block
+    (id // BLOCK, BLOCK dividing step) is never split between two pieces."""
     start = lo
     while start < hi:
-        end = min(hi, (start // step + 1) * step)
+        end = min(hi, ((start + 1) // step + 1) * step - 1)
         yield start, end
         start = end
 
@@ -416,7 +418,7 @@ async def _verify_window(
                         await _name_block(conn, cid, table, r["block"], prev_cut, cut, stored)
                     )
             for block in stored:
-                if a // BLOCK <= block <= (b - 1) // BLOCK and block not in seen:
+                if (a + 1) // BLOCK <= block <= b // BLOCK and block not in seen:
                     problems.append(
                         await _name_block(conn, cid, table, block, prev_cut, cut, stored)
                     )
