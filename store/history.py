@@ -261,6 +261,9 @@ async def _user_ranges(conn: Conn, user_id: int | None) -> list[tuple[int, int]]
 
 async def _since_table(conn: Conn) -> None:
     await conn.execute(q("since_create"))
+    # Every statement planned for its own ids: a generic plan cannot see that `id > cut` is
+    # the last few rows and may walk a user's whole history through another index.
+    await conn.execute(q("custom_plans"))
     await conn.execute(q("since_clear"))
 
 
@@ -482,6 +485,7 @@ async def checkpoint(
     start = time.monotonic()
     async with leased(conn, f"checkpoint by {taken_by}", lease_s) as lease:
         await conn.execute(q("drop_building"))
+        await conn.execute(q("custom_plans"))
         prev = await conn.fetchrow(q("latest_checkpoint"))
         prev_cut = Cut.of_checkpoint(prev) if prev is not None else ORIGIN
         problems = await recorded_changes(conn)
