@@ -78,6 +78,7 @@ class Scheduler:
         self._stopping = stopping or asyncio.Event()
         self._last_tick: int | None = None
         self._leases_vacuumed_at = 0.0  # time.monotonic() of the last VACUUM of sim_leases
+        self._growth_sampled_at = float("-inf")  # time.monotonic() of the last sample
         self._claim_batches = 1  # the next claim's size in batches (see run_pass)
         self.deployment: str | None = None  # the database's identity, read by the first pass
         # time.monotonic() of the last claim attempt that got the claim lock or found the queue
@@ -189,6 +190,16 @@ class Scheduler:
             # claim after 40 s at 7,700 runs/s, 100 ms and a 12 s p99 lag after a few minutes).
             await self._pg(store.vacuum_leases)
             self._leases_vacuumed_at = time.monotonic()
+        if time.monotonic() - self._growth_sampled_at >= s.sim_growth_sample_s:
+            # Table sizes for `simctl status` and the gauges (catalogue reads, a few ms); a
+            # failure here must not cost a pass its claims.
+            self._growth_sampled_at = time.monotonic()
+            try:
+                await self._pg(
+                    partial(metrics.record_growth, min_interval_s=s.sim_growth_sample_s / 2)
+                )
+            except StoreError as exc:
+                log.warning("growth.not_sampled", error=first_line(exc))
         return report
 
     def _next_claim(self, claimed: int) -> int:
