@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     sim_prune_pause_ms: int = Field(
         default=50,
         ge=0,
-        le=60_000,
+        le=10_000,
         description="simctl prune: pause between two batches, so the engine's writes and vacuum keep up.",
     )
     sim_prune_max_s: int = Field(
@@ -181,12 +181,6 @@ class Settings(BaseSettings):
         ge=1,
         le=7 * 86_400,
         description="simctl prune: run-time bound; a prune that reaches it stops after its batch (the views stay exact) and the next prune goes on from there.",
-    )
-    sim_prune_lease_s: int = Field(
-        default=60,
-        ge=2,
-        le=3600,
-        description="simctl prune: how long its hold on the history lease lasts unless renewed (every batch renews it); a killed prune's lease is free again after this.",
     )
     sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
     sim_log_json: bool | None = Field(

@@ -41,7 +41,7 @@ def verify(
         from store.db import connection
         from store.retention import verify_archive
 
-        async with connection(s.database_url) as conn:
+        async with connection(s.history_database_url) as conn:
             return await verify_archive(conn, directory)
 
     report = run_async(go)

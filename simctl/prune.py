@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -75,7 +73,7 @@ def prune(
     if dry_run:
 
         async def look() -> Plan:
-            async with connection(s.database_url) as conn:
+            async with connection(s.history_database_url) as conn:
                 return await make_plan(conn, keep_days)
 
         the_plan = run_async(look)
@@ -89,15 +87,11 @@ def prune(
         batch=s.sim_prune_batch,
         pause_ms=s.sim_prune_pause_ms,
         max_s=s.sim_prune_max_s,
-        lease_s=s.sim_prune_lease_s,
     )
-    holder = f"prune on {socket.gethostname()} pid {os.getpid()}"
 
     async def go() -> PruneReport:
-        async with connection(s.database_url) as conn:
-            return await do_prune(
-                conn, keep_days, actor=actor, holder=holder, limits=limits, archive_dir=archive
-            )
+        async with connection(s.history_database_url) as conn:
+            return await do_prune(conn, keep_days, actor=actor, limits=limits, archive_dir=archive)
 
     report = run_async(go)
     if as_json:

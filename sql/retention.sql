@@ -9,11 +9,8 @@
 -- unique key (user_id, scheduled_for) answers "is there a later run" with one probe).
 
 -- prune_checkpoint --
--- P: the newest verified checkpoint whose cut is at least $1 days old, and whether its per-user
--- totals are all kept (the views read them once it is pruned through).
-SELECT c.id, c.cut_at, c.trades_cut, c.transactions_cut, c.runs_cut, c.chain_hash,
-       c.users_count,
-       (SELECT count(*) FROM sim_checkpoint_users u WHERE u.checkpoint_id = c.id) AS users_kept
+-- P: the newest verified checkpoint whose cut is at least $1 days old.
+SELECT c.id, c.cut_at, c.trades_cut, c.transactions_cut, c.runs_cut, c.chain_hash
   FROM sim_checkpoints c
  WHERE c.state = 'verified' AND c.cut_at <= now() - make_interval(days => $1::int)
  ORDER BY c.id DESC
@@ -120,6 +117,16 @@ UPDATE sim_history
    AND trades_floor <= $2 AND transactions_floor <= $3 AND runs_floor <= $4
 RETURNING pruned_through
 
+-- prune_rebuild_users --
+-- P's per-user totals as the walk summed them (pg_temp.sim_since: the totals of the checkpoint
+-- pruned through plus every window up to P, each verified against its hashes on the way), when
+-- the checkpoints no longer keep P's own (they keep the newest two and the one pruned through).
+INSERT INTO sim_checkpoint_users
+SELECT $1, user_id, usd, btc, eth, usdt, usdc, xrp, ada,
+       buy_btc, buy_eth, buy_usdt, buy_usdc, buy_xrp, buy_ada,
+       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs
+  FROM pg_temp.sim_since
+
 -- prune_set_keep_days --
 UPDATE sim_history SET keep_days = $1, pruned_at = now()
  WHERE id = 1 AND lease_holder = $2 AND lease_until > now()
@@ -131,26 +138,6 @@ RETURNING pruned_through
 SELECT set_config('simengine.prune_floor_trades', $1::bigint::text, true),
        set_config('simengine.prune_floor_transactions', $2::bigint::text, true),
        set_config('simengine.prune_floor_sim_runs', $3::bigint::text, true)
-
--- prune_checkpoint_users_gone --
--- Per-user totals no checkpoint will stand on again: those of checkpoints older than the one
--- pruned through (the floors never go back), and of failed ones; never the latest verified
--- checkpoint, the one before it, the one pruned through, or one still building.
-SELECT c.id FROM sim_checkpoints c, sim_history h
- WHERE h.id = 1 AND c.state <> 'building'
-   AND (c.state = 'failed' OR c.id < coalesce(h.pruned_through, 0))
-   AND c.id IS DISTINCT FROM h.pruned_through
-   AND c.id NOT IN (SELECT v.id FROM sim_checkpoints v WHERE v.state = 'verified'
-                     ORDER BY v.id DESC LIMIT 2)
-   AND EXISTS (SELECT 1 FROM sim_checkpoint_users u WHERE u.checkpoint_id = c.id)
- ORDER BY c.id
-
--- prune_delete_checkpoint_users --
--- One batch of a checkpoint's per-user rows (its primary key (checkpoint_id, user_id)).
-DELETE FROM sim_checkpoint_users
- WHERE checkpoint_id = $1
-   AND user_id IN (SELECT user_id FROM sim_checkpoint_users WHERE checkpoint_id = $1
-                    ORDER BY user_id LIMIT $2)
 
 -- prune_window_checkpoints --
 -- The verified checkpoints whose windows lie at or below the floors (archive: the chain the
@@ -181,22 +168,3 @@ SELECT c.id, c.prev_id, c.state, c.cut_at, c.trades_cut, c.transactions_cut, c.r
 -- prune_checkpoint_blocks --
 SELECT tbl, block, rows, hash FROM sim_checkpoint_blocks
  WHERE checkpoint_id = $1 ORDER BY tbl, block
-
--- lease_take --
--- The history lease (one history job at a time): taken only when free or run out, never waited
--- for; the holder renews it as it works.
-UPDATE sim_history SET lease_holder = $1, lease_until = now() + make_interval(secs => $2::int)
- WHERE id = 1 AND (lease_until IS NULL OR lease_until < now() OR lease_holder = $1)
-RETURNING lease_until
-
--- lease_renew --
-UPDATE sim_history SET lease_until = now() + make_interval(secs => $2::int)
- WHERE id = 1 AND lease_holder = $1 AND lease_until > now()
-RETURNING lease_until
-
--- lease_release --
-UPDATE sim_history SET lease_holder = NULL, lease_until = NULL
- WHERE id = 1 AND lease_holder = $1
-
--- lease_holder --
-SELECT lease_holder, lease_until FROM sim_history WHERE id = 1

@@ -39,48 +39,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.chain import block_hash, block_of
 from store.errors import Refused
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-TABLES = ("trades", "transactions", "sim_runs")
-BLOCK_IDS = 4096
 
 
 class ArchiveError(Refused):
     """An archive file is missing, altered, or does not agree with the chain; names the file."""
 
 
-# -- the chain's hashes, from lines ---------------------------------------------------------------
+# -- the chain's leaves, from lines (engine/chain.py defines them) ------------------------------
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def block_hashes(lines: Iterable[tuple[int, str]]) -> list[tuple[int, int, str]]:
-    """(block, rows, sha256 of the lines joined by "\\n") per block of 4,096 ids, in block order;
-    `lines` are (id, canonical line), any order."""
+    """(block, rows, hash) per block, in block order, of (id, canonical line) in any order."""
     blocks: dict[int, list[tuple[int, str]]] = {}
     for row_id, line in lines:
-        blocks.setdefault(row_id // BLOCK_IDS, []).append((row_id, line))
+        blocks.setdefault(block_of(row_id), []).append((row_id, line))
     out = []
     for block in sorted(blocks):
         rows = sorted(blocks[block])
-        text = "\n".join(line for _, line in rows)
-        out.append((block, len(rows), sha256_hex(text.encode())))
+        out.append((block, len(rows), block_hash(line for _, line in rows)))
     return out
-
-
-def table_hash(blocks: Sequence[tuple[int, int, str]]) -> str:
-    """A window's hash of one table: sha256 of "block:rows:hash" lines (empty: sha256 of "")."""
-    return sha256_hex("\n".join(f"{b}:{r}:{h}" for b, r, h in blocks).encode())
-
-
-def window_hash(trades: str, transactions: str, runs: str) -> str:
-    return sha256_hex((trades + transactions + runs).encode())
-
-
-def chain_hash(prev_chain: str | None, window: str) -> str:
-    return sha256_hex(((prev_chain or "") + window).encode())
 
 
 def line_day(table: str, line: str) -> str:

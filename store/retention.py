@@ -18,7 +18,6 @@ deletes what is left (and settles the archive's last batch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,21 +25,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.chain import TABLES, chain_hash, table_hash, window_hash
 from store.archive import (
-    TABLES,
     ArchiveError,
     ArchiveWriter,
     block_hashes,
-    chain_hash,
     check_files,
     line_id,
     load_checkpoint,
     load_manifest,
-    table_hash,
-    window_hash,
 )
 from store.db import Conn, is_lock_timeout
 from store.errors import Refused
+from store.history import (
+    ORIGIN,
+    Cut,
+    Lease,
+    Timer,
+    _since_table,
+    _user_ranges,
+    _verify_window,
+    leased,
+)
 from store.runs import audit, deployment_id
 from store.sqlfiles import query
 
@@ -59,8 +65,8 @@ def _q(name: str) -> str:
     return query(name, "retention.sql")
 
 
-class LeaseHeld(Refused):
-    """Another history job holds the lease."""
+def _h(name: str) -> str:
+    return query(name, "history.sql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,6 @@ class Limits:
     batch: int = 5000
     pause_ms: int = 50
     max_s: int = 3600
-    lease_s: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +188,6 @@ async def plan(conn: Conn, keep_days: int) -> Plan:
             )
     else:
         checkpoint = Checkpoint(row["id"], row["cut_at"], {t: int(row[CUT[t]]) for t in TABLES})
-        advancing = pruned_through is None or checkpoint.id > pruned_through
-        users_count = row["users_count"]
-        if advancing and users_count is not None and row["users_kept"] < users_count:
-            refusals.append(
-                f"checkpoint {checkpoint.id} covers the window but its per-user totals are no "
-                f"longer kept ({row['users_kept']} of {users_count}): the views could not stand "
-                "on it; prune with a window that reaches a checkpoint whose totals are kept"
-            )
 
     withdrawal = await conn.fetchrow(_q("prune_oldest_open_withdrawal"))
     if withdrawal is not None and withdrawal["created_at"] < cutoff:
@@ -241,78 +238,103 @@ async def _bytes_for(conn: Conn, table: str, rows: int) -> int:
     return int(size["bytes"]) * rows // max(tuples, 1)
 
 
-# -- the lease ------------------------------------------------------------------------------------
-async def take_lease(conn: Conn, holder: str, lease_s: int) -> datetime:
-    """The history lease for `holder`, or LeaseHeld naming who has it and until when."""
-    until: datetime | None = await conn.fetchval(_q("lease_take"), holder, lease_s)
-    if until is not None:
-        return until
-    row = await conn.fetchrow(_q("lease_holder"))
-    assert row is not None
-    raise LeaseHeld(
-        f"another history job holds the lease: {row['lease_holder']} until "
-        f"{row['lease_until'].isoformat()} (a prune or a checkpoint; try again after it ends)"
-    )
-
-
-async def renew_lease(conn: Conn, holder: str, lease_s: int) -> None:
-    if await conn.fetchval(_q("lease_renew"), holder, lease_s) is None:
-        row = await conn.fetchrow(_q("lease_holder"))
-        who = row["lease_holder"] if row is not None else None
-        raise LeaseHeld(f"lost the history lease (now held by {who}); stopped")
-
-
-async def release_lease(conn: Conn, holder: str) -> None:
-    await conn.execute(_q("lease_release"), holder)
-
-
 # -- the prune ------------------------------------------------------------------------------------
 async def prune(
     conn: Conn,
     keep_days: int,
     *,
     actor: str,
-    holder: str,
     limits: Limits = Limits(),
     archive_dir: Path | None = None,
     on_batch: Callable[[str, int], None] | None = None,
 ) -> PruneReport:
     """Prune to a window of `keep_days` days (see the module's doc); Refused naming why when no
-    verified checkpoint covers it or the platform needs more, LeaseHeld when another history job
-    runs. Stops cleanly at `limits.max_s` (report.complete False: the next prune goes on)."""
+    verified checkpoint covers it, the platform needs more, or the rows it would delete do not
+    verify against their checkpoints; HistoryBusy (naming the holder and until when) when
+    another prune or checkpoint runs. Stops cleanly at `limits.max_s` (report.complete False:
+    the next prune goes on). `conn` must be a session connection (a temporary table is kept
+    across its transactions)."""
     started = time.monotonic()
-    await take_lease(conn, holder, limits.lease_s)
-    try:
+    async with leased(conn, "prune") as lease:
         the_plan = await plan(conn, keep_days)
         if the_plan.refusals:
             raise Refused("prune refused: " + "; ".join(the_plan.refusals))
         report = PruneReport(the_plan)
         writer = None
         if archive_dir is not None:
-            writer = await _open_archive(conn, archive_dir, the_plan)
-        await _move_floors(conn, the_plan, actor, holder, limits)
+            writer = await _open_archive(conn, archive_dir)
+        assert the_plan.checkpoint is not None
+        if the_plan.pruned_through is None or the_plan.checkpoint.id > the_plan.pruned_through:
+            await _stand_on(conn, lease, the_plan)
+        await _move_floors(conn, the_plan, actor, lease)
         if writer is not None:
-            await _record_checkpoints(conn, writer, the_plan)
+            await _record_checkpoints(conn, writer)
         report.complete = True
         for t in TABLES:
-            if not await _delete_table(
-                conn, t, the_plan, report, limits, holder, writer, started, on_batch
-            ):
+            done = await _delete_table(
+                conn, t, the_plan, report, limits, lease, writer, started, on_batch
+            )
+            if not done:
                 report.complete = False
                 break
         if report.complete:
-            report.checkpoint_users_removed = await _drop_checkpoint_users(conn, limits, holder)
+            # The checkpoints' own rule (the newest two verified and the one pruned through).
+            status = await conn.execute(_h("checkpoint_forget_users"))
+            report.checkpoint_users_removed = int(status.split()[-1])
         if writer is not None:
             report.archive_sha256 = writer.digest()
         report.seconds = time.monotonic() - started
         async with conn.transaction():
-            await renew_lease(conn, holder, limits.lease_s)
+            await lease.renew(force=True)
             await audit(conn, actor, "prune", None, _audit_details(report))
         return report
-    finally:
-        # On a lost connection this fails too; the lease then runs out on its own.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(release_lease(conn, holder))
+
+
+async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
+    """Before anything is deleted: every window from the checkpoint pruned through (or the
+    beginning) up to P verified against its stored hashes and chain (a changed or deleted row
+    refuses the prune: deleting it would destroy the evidence), summing the rows on the way
+    into P's per-user totals. Those are compared with P's own when the checkpoints still keep
+    them, and stored as P's when they do not (checkpoints keep only the newest two)."""
+    assert p.checkpoint is not None
+    timer = Timer()
+    await _since_table(conn)
+    walked, prev_hash = ORIGIN, None
+    if p.pruned_through is not None:
+        base = await conn.fetchrow(_h("checkpoint_by_id"), p.pruned_through)
+        assert base is not None
+        walked, prev_hash = Cut.of_checkpoint(base), base["chain_hash"]
+        for lo, hi in await _user_ranges(conn, None):
+            async with timer.tx(conn):
+                await conn.execute(_h("since_from_checkpoint"), p.pruned_through, lo, hi)
+    problems: list[str] = []
+    for cp in await conn.fetch(_h("verified_checkpoints")):
+        if p.pruned_through is not None and cp["id"] <= p.pruned_through:
+            continue
+        if cp["id"] > p.checkpoint.id:
+            break
+        problems += await _verify_window(conn, timer, lease, cp, walked, sum_into=True)
+        if chain_hash(prev_hash, cp["window_hash"]) != cp["chain_hash"]:
+            problems.append(f"checkpoint {cp['id']}: its chain hash does not follow")
+        walked, prev_hash = Cut.of_checkpoint(cp), cp["chain_hash"]
+    if problems:
+        raise Refused(
+            "prune refused, nothing deleted: the rows it would delete do not verify against "
+            "their checkpoints: " + "; ".join(problems[:5])
+        )
+    if await conn.fetchval(_h("checkpoint_users_count"), p.checkpoint.id):
+        for lo, hi in await _user_ranges(conn, None):
+            differ = await conn.fetch(_h("compare_checkpoint_users"), p.checkpoint.id, lo, hi)
+            if differ:
+                raise Refused(
+                    f"prune refused, nothing deleted: checkpoint {p.checkpoint.id}'s totals "
+                    f"of user {differ[0]['user_id']} differ from its rows'"
+                )
+            await lease.renew()
+        return
+    await lease.renew(force=True)
+    async with conn.transaction():
+        await conn.execute(_q("prune_rebuild_users"), p.checkpoint.id)
 
 
 def _audit_details(report: PruneReport) -> dict[str, Any]:
@@ -328,12 +350,13 @@ def _audit_details(report: PruneReport) -> dict[str, Any]:
     }
 
 
-async def _move_floors(conn: Conn, p: Plan, actor: str, holder: str, limits: Limits) -> None:
+async def _move_floors(conn: Conn, p: Plan, actor: str, lease: Lease) -> None:
     """Step 1, one transaction: the floors up to P's cuts (never down), with its audit row."""
     assert p.checkpoint is not None
     cp = p.checkpoint
+    holder = lease.holder
     async with conn.transaction():
-        await renew_lease(conn, holder, limits.lease_s)
+        await lease.renew(force=True)
         moved = await conn.fetchval(
             _q("prune_set_floors"),
             cp.id,
@@ -366,7 +389,7 @@ async def _delete_table(
     p: Plan,
     report: PruneReport,
     limits: Limits,
-    holder: str,
+    lease: Lease,
     writer: ArchiveWriter | None,
     started: float,
     on_batch: Callable[[str, int], None] | None,
@@ -387,7 +410,7 @@ async def _delete_table(
                     p.floors["transactions"],
                     p.floors["sim_runs"],
                 )
-                await renew_lease(conn, holder, limits.lease_s)
+                await lease.renew()
                 hi = await conn.fetchval(_q(f"prune_next_{table}"), cursor, floor, limits.batch)
                 if hi is None:
                     return True
@@ -420,27 +443,8 @@ async def _delete_table(
     return True
 
 
-async def _drop_checkpoint_users(conn: Conn, limits: Limits, holder: str) -> int:
-    """Step 3: per-user totals of checkpoints older than the one pruned through (and of failed
-    ones), in batches. The latest verified checkpoint, the one before it, the one pruned through
-    and every checkpoint newer than it keep theirs: a later prune stands on one of those."""
-    removed = 0
-    for row in await conn.fetch(_q("prune_checkpoint_users_gone")):
-        while True:
-            async with conn.transaction():
-                await renew_lease(conn, holder, limits.lease_s)
-                status = await conn.execute(
-                    _q("prune_delete_checkpoint_users"), row["id"], limits.batch
-                )
-            n = int(status.split()[-1])
-            removed += n
-            if n < limits.batch:
-                break
-    return removed
-
-
 # -- the archive ----------------------------------------------------------------------------------
-async def _open_archive(conn: Conn, directory: Path, p: Plan) -> ArchiveWriter:
+async def _open_archive(conn: Conn, directory: Path) -> ArchiveWriter:
     """The archive in DIR, its interrupted batch (if any) settled from the database."""
     current = await conn.fetchrow(_q("prune_state"))
     assert current is not None
@@ -459,7 +463,7 @@ async def _open_archive(conn: Conn, directory: Path, p: Plan) -> ArchiveWriter:
     return writer
 
 
-async def _record_checkpoints(conn: Conn, writer: ArchiveWriter, p: Plan) -> None:
+async def _record_checkpoints(conn: Conn, writer: ArchiveWriter) -> None:
     """The checkpoints whose windows the archive holds rows of (those at or below the floors
     above where the archive started), with their blocks."""
     through = await conn.fetchval("SELECT pruned_through FROM sim_history WHERE id = 1")
@@ -575,7 +579,7 @@ async def verify_archive(conn: Conn, directory: Path) -> VerifyReport:
             hashes[t] = table_hash(blocks)
             if hashes[t] != doc["hashes"][t]:
                 raise ArchiveError(f"{where}: the {t} hash of checkpoint {key} does not re-derive")
-        derived = window_hash(hashes["trades"], hashes["transactions"], hashes["sim_runs"])
+        derived = window_hash(hashes)
         if (
             derived != doc["window_hash"]
             or chain_hash(doc["prev_chain_hash"], derived) != doc["chain_hash"]
