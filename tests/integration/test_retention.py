@@ -68,7 +68,7 @@ async def make_history(
         await fast_forward(pg, runner, uid, [START + i * timedelta(minutes=5) for i in range(runs)])
     # The platform's own rows beside the engine's (sim_run_id NULL): a credit, a holding moved in.
     await move_usd(pg, ACTOR, uids[0], Decimal("12.34567891"), "deposit", None)
-    await adjust_holding(pg, ACTOR, uids[1], "BTC", Decimal("0.01"), "moved in")
+    await adjust_holding(pg, ACTOR, uids[-1], "BTC", Decimal("0.01"), "moved in")
     report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
     assert report.state == "verified", report.problems
     later = START + runs * timedelta(minutes=5)
@@ -184,7 +184,7 @@ async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_m
         "SELECT id, amount FROM transactions WHERE sim_run_id IS NULL ORDER BY id"
     )
     latest_runs = await pg.fetch(
-        "SELECT DISTINCT ON (user_id) id FROM sim_runs ORDER BY user_id, scheduled_for DESC"
+        "SELECT DISTINCT ON (user_id) id, user_id FROM sim_runs ORDER BY user_id, scheduled_for DESC"
     )
     before_views = await views(pg)
     before = await counts(pg)
@@ -210,9 +210,6 @@ async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_m
     assert await pg.fetchval("SELECT status FROM withdrawals WHERE id = $1", wid) == "pending"
     for r in latest_runs:
         assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id = $1", r["id"]) == 1
-    assert await pg.fetchval(
-        "SELECT count(*) FROM sim_runs WHERE user_id = $1", quiet
-    ) == 1  # its latest run only
     # The views, to the last decimal, for every user; reconcile (from the checkpoint and --full).
     assert await views(pg) == before_views
     reconcile_clean(admin_env)
@@ -234,6 +231,10 @@ async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_m
     done = prune(admin_env, "--keep-days", "0", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["checkpoint_id"] == second["id"]
+    # The quiet user ran only below the cut: its latest run stays, the others went.
+    assert [r["id"] for r in await pg.fetch(
+        "SELECT id FROM sim_runs WHERE user_id = $1", quiet
+    )] == [r["id"] for r in latest_runs if r["user_id"] == quiet]
     assert await views(pg) == before_views
     reconcile_clean(admin_env)
     assert await pg.fetchval("SELECT count(*) FROM sim_history_changes") == 0
@@ -398,3 +399,66 @@ async def test_each_delete_walks_the_primary_key(
                 plan = await pg.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
                 text = json.dumps(plan)
                 assert f'"Index Name": "{table}_pkey"' in text, (name, text)
+
+
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+@pytest.mark.parametrize("when", ["before_commit", "after_commit"])
+async def test_an_archived_batch_cut_short_is_settled_by_the_next_prune(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The two places an archived batch can die: lines appended but the delete not committed
+    (they must go again, or the rows would be archived twice), and the delete committed but the
+    manifest not settled (they must stay, or deleted rows would be in no file)."""
+    from store import archive as archive_module
+    from store.retention import Limits
+    from store.retention import prune as do_prune
+
+    await make_history(pg, runner, settings, users=2, runs=20)
+    before = await counts(pg)
+    archive = tmp_path / "archive"
+    real_begin, real_done = archive_module.ArchiveWriter.begin, archive_module.ArchiveWriter.done
+    calls = 0
+
+    def begin(self: archive_module.ArchiveWriter, table: str, rows: Any) -> None:
+        nonlocal calls
+        real_begin(self, table, rows)
+        calls += 1
+        if when == "before_commit" and calls == 2:
+            raise Crash  # inside the batch's transaction: its delete rolls back
+
+    def done(self: archive_module.ArchiveWriter) -> None:
+        if when == "after_commit" and calls == 2:
+            raise Crash  # the delete committed, the manifest still says pending
+        real_done(self)
+
+    monkeypatch.setattr(archive_module.ArchiveWriter, "begin", begin)
+    monkeypatch.setattr(archive_module.ArchiveWriter, "done", done)
+    with pytest.raises(Crash):
+        await do_prune(pg, 0, actor=ACTOR, limits=Limits(batch=6, pause_ms=0), archive_dir=archive)
+    monkeypatch.undo()
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"] is not None
+    pending_ids = manifest["pending"]["ids"]
+    left = await pg.fetchval("SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])", pending_ids)
+    assert left == (len(pending_ids) if when == "before_commit" else 0)
+
+    done_run = prune(admin_env, "--keep-days", "0", "--archive", str(archive))
+    assert done_run.returncode == 0, done_run.stderr
+    after = await counts(pg)
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"] is None
+    archived = {t: 0 for t in before}
+    for entry in manifest["files"].values():
+        archived[entry["table"]] += entry["rows"]
+    assert archived == {t: before[t] - after[t] for t in before}
+    verified = simctl(["archive", "verify", str(archive)], admin_env, timeout=120)
+    assert verified.returncode == 0, verified.stderr
