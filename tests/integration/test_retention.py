@@ -151,7 +151,9 @@ async def test_dry_run_says_what_would_go_and_changes_nothing(
             cut["transactions_cut"],
         ),
         # Every run up to the cut but each user's latest (all users ran after the cut).
-        "sim_runs": await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id <= $1", cut["runs_cut"]),
+        "sim_runs": await pg.fetchval(
+            "SELECT count(*) FROM sim_runs WHERE id <= $1", cut["runs_cut"]
+        ),
     }
     assert shown["rows"] == going and all(going.values())
     assert shown["bytes_estimate_total"] > 0
@@ -165,7 +167,9 @@ async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_m
 ) -> None:
     uids = await make_history(pg, runner, settings)
     # A user whose only runs are below the cut: its latest run must stay.
-    quiet: int = await create_user(pg, ACTOR, "quiet@example.com", "", Decimal(900), True, 300, None)
+    quiet: int = await create_user(
+        pg, ACTOR, "quiet@example.com", "", Decimal(900), True, 300, None
+    )
     await fast_forward(pg, runner, quiet, [START + i * timedelta(minutes=5) for i in range(3)])
     report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
     assert report.state == "verified"
@@ -232,9 +236,9 @@ async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_m
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["checkpoint_id"] == second["id"]
     # The quiet user ran only below the cut: its latest run stays, the others went.
-    assert [r["id"] for r in await pg.fetch(
-        "SELECT id FROM sim_runs WHERE user_id = $1", quiet
-    )] == [r["id"] for r in latest_runs if r["user_id"] == quiet]
+    assert [
+        r["id"] for r in await pg.fetch("SELECT id FROM sim_runs WHERE user_id = $1", quiet)
+    ] == [r["id"] for r in latest_runs if r["user_id"] == quiet]
     assert await views(pg) == before_views
     reconcile_clean(admin_env)
     assert await pg.fetchval("SELECT count(*) FROM sim_history_changes") == 0
@@ -344,7 +348,11 @@ async def test_archive_verify_proves_the_files_and_names_a_bad_one(
     done = prune(admin_env, "--keep-days", "0", "--archive", str(archive), "--json")
     assert done.returncode == 0, done.stderr
     manifest = json.loads((archive / "manifest.json").read_text())
-    assert {e["table"] for e in manifest["files"].values()} == {"trades", "transactions", "sim_runs"}
+    assert {e["table"] for e in manifest["files"].values()} == {
+        "trades",
+        "transactions",
+        "sim_runs",
+    }
     assert manifest["checkpoints"]
     audit = await pg.fetchval(
         "SELECT details->>'archive_sha256' FROM admin_audit WHERE action = 'prune'"
@@ -352,7 +360,9 @@ async def test_archive_verify_proves_the_files_and_names_a_bad_one(
     assert audit == json.loads(done.stdout)["archive_sha256"]
     ok = simctl(["archive", "verify", str(archive), "--json"], admin_env, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["checkpoints_rederived"] == [int(k) for k in manifest["checkpoints"]]
+    assert json.loads(ok.stdout)["checkpoints_rederived"] == [
+        int(k) for k in manifest["checkpoints"]
+    ]
 
     name = sorted(n for n in manifest["files"] if n.startswith("trades/"))[0]
     path = archive / name
@@ -448,7 +458,9 @@ async def test_an_archived_batch_cut_short_is_settled_by_the_next_prune(
     manifest = json.loads((archive / "manifest.json").read_text())
     assert manifest["pending"] is not None
     pending_ids = manifest["pending"]["ids"]
-    left = await pg.fetchval("SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])", pending_ids)
+    left = await pg.fetchval(
+        "SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])", pending_ids
+    )
     assert left == (len(pending_ids) if when == "before_commit" else 0)
 
     done_run = prune(admin_env, "--keep-days", "0", "--archive", str(archive))
