@@ -466,7 +466,8 @@ async def _open_archive(conn: Conn, directory: Path) -> ArchiveWriter:
 async def _record_checkpoints(conn: Conn, writer: ArchiveWriter) -> None:
     """The checkpoints whose windows the archive holds rows of (those at or below the floors
     above where the archive started), with their blocks."""
-    through = await conn.fetchval("SELECT pruned_through FROM sim_history WHERE id = 1")
+    current = await conn.fetchrow(_q("prune_state"))
+    through = None if current is None else current["pruned_through"]
     if through is None:
         return
     start = writer.manifest["floors_at_start"]
@@ -492,9 +493,28 @@ async def _record_checkpoints(conn: Conn, writer: ArchiveWriter) -> None:
                 "chain_hash": c["chain_hash"],
                 "prev_chain_hash": c["prev_chain_hash"],
                 "blocks": blocks,
+                # The window's rows the prune keeps (each user's latest run), as they are now:
+                # the archive re-derives the window on its own even once they are deleted
+                # later, into another archive.
+                "kept": {
+                    "sim_runs": [
+                        [r["id"], r["line"]]
+                        for r in await conn.fetch(_kept_runs(), c["prev_runs_cut"], c["runs_cut"])
+                    ]
+                },
             }
         )
     writer.add_checkpoints(docs)
+
+
+def _kept_runs() -> str:
+    """The canonical lines of the runs in ($1, $2] that are their user's latest."""
+    return (
+        f"WITH r AS ({_h('rows_sim_runs')}) "  # noqa: S608 (named queries only)
+        "SELECT r.id, r.line FROM r WHERE NOT EXISTS (SELECT 1 FROM sim_runs s, sim_runs l "
+        "WHERE s.id = r.id AND l.user_id = s.user_id AND l.scheduled_for > s.scheduled_for) "
+        "ORDER BY r.id"
+    )
 
 
 @dataclass(slots=True)
@@ -565,11 +585,18 @@ async def verify_archive(conn: Conn, directory: Path) -> VerifyReport:
             lo, hi = doc["prev_cuts"][t], doc["cuts"][t]
             window = {i: v for i, v in lines[t].items() if lo < i <= hi}
             merged = {i: line for i, (line, _) in window.items()}
-            for r in await conn.fetch(query(f"rows_{t}", "history.sql"), lo, hi):
-                if r["id"] in window and window[r["id"]][0] != r["line"]:
+            for row_id, line in doc.get("kept", {}).get(t, []):
+                if merged.setdefault(row_id, line) != line:
                     raise ArchiveError(
-                        f"{directory / window[r['id']][1]}: {t} row {r['id']} differs from the "
-                        "row still in the database"
+                        f"{directory / window[row_id][1]}: {t} row {row_id} differs from the "
+                        f"line {entry['file']} kept of it"
+                    )
+            for r in await conn.fetch(query(f"rows_{t}", "history.sql"), lo, hi):
+                if merged.get(r["id"], r["line"]) != r["line"]:
+                    source = window[r["id"]][1] if r["id"] in window else entry["file"]
+                    raise ArchiveError(
+                        f"{directory / source}: {t} row {r['id']} differs from the row still in "
+                        "the database"
                     )
                 merged[r["id"]] = r["line"]
             blocks = block_hashes(merged.items())

@@ -474,3 +474,36 @@ async def test_an_archived_batch_cut_short_is_settled_by_the_next_prune(
     assert archived == {t: before[t] - after[t] for t in before}
     verified = simctl(["archive", "verify", str(archive)], admin_env, timeout=120)
     assert verified.returncode == 0, verified.stderr
+
+
+async def test_an_archive_stays_whole_when_a_run_it_kept_goes_into_the_next_one(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A user's latest run stays when its window is archived; deleted by a later prune into
+    another folder, the first folder must still re-derive its window (it kept a copy)."""
+    five = timedelta(minutes=5)
+    active: int = await create_user(pg, ACTOR, "on@example.com", "", Decimal(5000), True, 300, None)
+    quiet: int = await create_user(pg, ACTOR, "off@example.com", "", Decimal(5000), True, 300, None)
+    for uid in (active, quiet):
+        await fast_forward(pg, runner, uid, [START + i * five for i in range(12)])
+    assert (await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)).state == "verified"
+    await fast_forward(pg, runner, active, [START + i * five for i in range(12, 16)])
+    kept = await pg.fetchval("SELECT max(id) FROM sim_runs WHERE user_id = $1", quiet)
+    first, second = tmp_path / "2026-06", tmp_path / "2026-07"
+    done = prune(admin_env, "--keep-days", "0", "--archive", str(first))
+    assert done.returncode == 0, done.stderr
+    assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id = $1", kept) == 1
+    # The quiet user runs again: its old latest run is no longer needed, and goes next time.
+    await fast_forward(pg, runner, quiet, [START + i * five for i in range(12, 14)])
+    assert (await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)).state == "verified"
+    done = prune(admin_env, "--keep-days", "0", "--archive", str(second))
+    assert done.returncode == 0, done.stderr
+    assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id = $1", kept) == 0
+    for folder in (first, second):
+        ok = simctl(["archive", "verify", str(folder), "--json"], admin_env, timeout=120)
+        assert ok.returncode == 0, (folder, ok.stderr)
+        assert json.loads(ok.stdout)["checkpoints_rederived"]
