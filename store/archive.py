@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from store.errors import Refused
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+_FILE_NAME = re.compile(r"^(trades|transactions|sim_runs)/[0-9]{4}-[0-9]{2}-[0-9]{2}\.lines\.gz$")
+_CHECKPOINT_NAME = re.compile(r"^checkpoints/[0-9]{1,19}\.json$")
 
 
 class ArchiveError(Refused):
@@ -133,6 +136,14 @@ def load_manifest(directory: Path) -> dict[str, Any] | None:
         raise ArchiveError(f"{path}: not a JSON manifest") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError(f"{path}: not a simengine archive manifest (format {FORMAT})")
+    # Only names this module writes: a manifest never steers a read, an append or a truncate
+    # outside DIR.
+    pending = manifest.get("pending") or {}
+    names = [*manifest.get("files", {}), *pending.get("files", {})]
+    names += [e.get("file", "") for e in manifest.get("checkpoints", {}).values()]
+    for name in names:
+        if not (_FILE_NAME.match(name) or _CHECKPOINT_NAME.match(name)):
+            raise ArchiveError(f"{path}: names a file this archive cannot hold: {name[:80]!r}")
     return manifest
 
 

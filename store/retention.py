@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -158,9 +158,10 @@ class PruneReport:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-async def plan(conn: Conn, keep_days: int) -> Plan:
+async def plan(conn: Conn, keep_days: int, *, count: bool = True) -> Plan:
     """What would go with a window of `keep_days` days, the checkpoint P that stands for it, an
-    estimate of the bytes it frees, and every reason it would be refused (empty: allowed)."""
+    estimate of the bytes it frees, and every reason it would be refused (empty: allowed).
+    count=False leaves the rows and bytes at 0 (a prune does not scan twice)."""
     if not 0 <= keep_days <= MAX_KEEP_DAYS:
         raise Refused(f"--keep-days must be between 0 and {MAX_KEEP_DAYS}, not {keep_days}")
     times = await conn.fetchrow(_q("prune_cutoff"), keep_days)
@@ -203,11 +204,19 @@ async def plan(conn: Conn, keep_days: int) -> Plan:
     floors = dict(current)
     if checkpoint is not None and (pruned_through is None or checkpoint.id > pruned_through):
         floors = {t: max(current[t], checkpoint.cuts[t]) for t in TABLES}
+    elif checkpoint is not None and checkpoint.id != pruned_through:
+        # Already pruned through a newer checkpoint (a shorter window before): that one stands,
+        # and what is left below its floors goes.
+        newer = await conn.fetchrow(_q("prune_checkpoint_by_id"), pruned_through)
+        assert newer is not None
+        checkpoint = Checkpoint(
+            newer["id"], newer["cut_at"], {t: int(newer[CUT[t]]) for t in TABLES}
+        )
     start = {t: int(await conn.fetchval(_q(f"prune_start_{t}"))) for t in TABLES}
     tables = []
     for t in TABLES:
         rows = 0
-        if floors[t] > start[t]:
+        if count and floors[t] > start[t]:
             rows = int(await conn.fetchval(_q(f"prune_count_{t}"), start[t], floors[t]))
         tables.append(TableGoing(t, rows, await _bytes_for(conn, t, rows)))
     live = bool(state["lease_live"])
@@ -246,7 +255,6 @@ async def prune(
     actor: str,
     limits: Limits = Limits(),
     archive_dir: Path | None = None,
-    on_batch: Callable[[str, int], None] | None = None,
 ) -> PruneReport:
     """Prune to a window of `keep_days` days (see the module's doc); Refused naming why when no
     verified checkpoint covers it, the platform needs more, or the rows it would delete do not
@@ -256,7 +264,7 @@ async def prune(
     across its transactions)."""
     started = time.monotonic()
     async with leased(conn, "prune") as lease:
-        the_plan = await plan(conn, keep_days)
+        the_plan = await plan(conn, keep_days, count=False)
         if the_plan.refusals:
             raise Refused("prune refused: " + "; ".join(the_plan.refusals))
         report = PruneReport(the_plan)
@@ -271,9 +279,7 @@ async def prune(
             await _record_checkpoints(conn, writer)
         report.complete = True
         for t in TABLES:
-            done = await _delete_table(
-                conn, t, the_plan, report, limits, lease, writer, started, on_batch
-            )
+            done = await _delete_table(conn, t, the_plan, report, limits, lease, writer, started)
             if not done:
                 report.complete = False
                 break
@@ -392,7 +398,6 @@ async def _delete_table(
     lease: Lease,
     writer: ArchiveWriter | None,
     started: float,
-    on_batch: Callable[[str, int], None] | None,
 ) -> bool:
     """Step 2 for one table; False when the run-time bound stopped it."""
     cursor, floor = p.start[table], p.floors[table]
@@ -436,8 +441,6 @@ async def _delete_table(
         report.rows[table] += len(deleted)
         report.batches += 1
         cursor = hi
-        if on_batch is not None:
-            on_batch(table, len(deleted))
         if limits.pause_ms:
             await asyncio.sleep(limits.pause_ms / 1000)
     return True
