@@ -490,7 +490,9 @@ async def test_an_archive_stays_whole_when_a_run_it_kept_goes_into_the_next_one(
     quiet: int = await create_user(pg, ACTOR, "off@example.com", "", Decimal(5000), True, 300, None)
     for uid in (active, quiet):
         await fast_forward(pg, runner, uid, [START + i * five for i in range(12)])
-    assert (await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)).state == "verified"
+    assert (
+        await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
+    ).state == "verified"
     await fast_forward(pg, runner, active, [START + i * five for i in range(12, 16)])
     kept = await pg.fetchval("SELECT max(id) FROM sim_runs WHERE user_id = $1", quiet)
     first, second = tmp_path / "2026-06", tmp_path / "2026-07"
@@ -499,7 +501,9 @@ async def test_an_archive_stays_whole_when_a_run_it_kept_goes_into_the_next_one(
     assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id = $1", kept) == 1
     # The quiet user runs again: its old latest run is no longer needed, and goes next time.
     await fast_forward(pg, runner, quiet, [START + i * five for i in range(12, 14)])
-    assert (await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)).state == "verified"
+    assert (
+        await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
+    ).state == "verified"
     done = prune(admin_env, "--keep-days", "0", "--archive", str(second))
     assert done.returncode == 0, done.stderr
     assert await pg.fetchval("SELECT count(*) FROM sim_runs WHERE id = $1", kept) == 0
