@@ -511,3 +511,77 @@ async def test_an_archive_stays_whole_when_a_run_it_kept_goes_into_the_next_one(
         ok = simctl(["archive", "verify", str(folder), "--json"], admin_env, timeout=120)
         assert ok.returncode == 0, (folder, ok.stderr)
         assert json.loads(ok.stdout)["checkpoints_rederived"]
+
+
+async def test_p_older_than_the_kept_totals_gets_its_totals_rebuilt_from_verified_windows(
+    pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, admin_env: dict[str, str]
+) -> None:
+    """Checkpoints keep per-user totals for the newest two only; a window of days reaches an
+    older one, whose totals the prune rebuilds from the windows it verifies."""
+    uids = await make_history(pg, runner, settings, users=2, runs=16)
+    later = START + timedelta(days=1)
+    for n in range(2):
+        for uid in uids:
+            slots = [later + timedelta(hours=n) + i * timedelta(minutes=5) for i in range(4)]
+            await fast_forward(pg, runner, uid, slots)
+        report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
+        assert report.state == "verified"
+    first = await pg.fetchval("SELECT min(id) FROM sim_checkpoints")
+    await pg.execute(
+        "UPDATE sim_checkpoints SET cut_at = cut_at - interval '10 days' WHERE id = $1", first
+    )
+    forgotten = "SELECT count(*) FROM sim_checkpoint_users WHERE checkpoint_id = $1"
+    assert await pg.fetchval(forgotten, first) == 0
+    before_views = await views(pg)
+    done = prune(admin_env, "--keep-days", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["checkpoint_id"] == first
+    assert await pg.fetchval(forgotten, first) == len(uids)
+    assert await views(pg) == before_views
+    reconcile_clean(admin_env)
+
+
+async def test_a_changed_row_in_a_window_refuses_the_prune_and_nothing_goes(
+    pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, admin_env: dict[str, str]
+) -> None:
+    await make_history(pg, runner, settings, users=2, runs=16)
+    row = await pg.fetchval("SELECT min(id) FROM trades WHERE sim_run_id IS NOT NULL")
+    await pg.execute("UPDATE trades SET fee_usd = fee_usd + 1 WHERE id = $1", row)
+    before = await state(pg)
+    done = prune(admin_env, "--keep-days", "0")
+    assert done.returncode == 1
+    assert "do not verify against their checkpoints" in done.stderr
+    assert f"trades row(s) {row}" in done.stderr
+    assert await state(pg) == before
+
+
+async def test_the_run_time_bound_stops_a_prune_and_the_next_goes_on(
+    pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, admin_env: dict[str, str]
+) -> None:
+    await make_history(pg, runner, settings, users=2, runs=30)
+    before_views = await views(pg)
+    bounded = {
+        **admin_env,
+        "SIM_PRUNE_BATCH": "3",
+        "SIM_PRUNE_PAUSE_MS": "400",
+        "SIM_PRUNE_MAX_S": "1",
+    }
+    done = prune(bounded, "--keep-days", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["complete"] is False
+    assert await pg.fetchval(
+        "SELECT count(*) FROM trades t, sim_history h WHERE t.sim_run_id IS NOT NULL "
+        "AND t.id <= h.trades_floor"
+    )
+    assert await views(pg) == before_views
+    assert await pg.fetchval("SELECT lease_holder FROM sim_history") is None
+    done = prune(admin_env, "--keep-days", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"] is True
+    assert not await pg.fetchval(
+        "SELECT count(*) FROM trades t, sim_history h WHERE t.sim_run_id IS NOT NULL "
+        "AND t.id <= h.trades_floor"
+    )
+    assert await views(pg) == before_views
+    reconcile_clean(admin_env)
