@@ -26,9 +26,10 @@ def verify(
     """Check an archive against its manifest and the checkpoint chain: each file's SHA-256,
     size, row count and days as manifest.json records them, no row twice, and every checkpoint
     window the archive holds re-derived from its lines (blocks of 4,096 ids, table, window and
-    chain hashes) exactly as the database stores them; the rows of a window still in the
-    database (a user's latest run) are read from there. Exit 1 naming the first bad or missing
-    file. Read-only; needs the database the archive came from.
+    chain hashes) exactly as the database stores them. The runs a prune kept (each user's
+    latest) are copied in the checkpoint files; rows of a window still in the database are
+    read from there and must agree. Exit 1 naming the first bad or missing file. Read-only;
+    needs the database the archive came from.
 
     Example:
 
