@@ -177,10 +177,12 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
 
 
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
-    """(lo, hi] in pieces aligned to multiples of `step`."""
+    """(lo, hi] in pieces that end just below multiples of `step`: a piece (a, b] holds ids
+    a+1..b, so b = k*step - 1 keeps every block (id // BLOCK, BLOCK dividing step) in one
+    piece (ending at k*step put id k*step, the first of its block, in the piece before)."""
     start = lo
     while start < hi:
-        end = min(hi, (start // step + 1) * step)
+        end = min(hi, ((start + 1) // step + 1) * step - 1)
         yield start, end
         start = end
 

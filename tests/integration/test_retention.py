@@ -585,3 +585,26 @@ async def test_the_run_time_bound_stops_a_prune_and_the_next_goes_on(
     )
     assert await views(pg) == before_views
     reconcile_clean(admin_env)
+
+
+async def test_ids_across_a_chunk_boundary_checkpoint_prune_and_verify(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """History works a range of 65,536 ids at a time; a block of 4,096 ids must never be split
+    between two ranges (ids here run across 65,536)."""
+    for table in ("trades", "transactions", "sim_runs"):
+        await pg.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH 65530")
+    await make_history(pg, runner, settings, users=2, runs=16)
+    assert await pg.fetchval("SELECT min(id) < 65536 AND max(id) > 65536 FROM trades")
+    before_views = await views(pg)
+    archive = tmp_path / "archive"
+    done = prune(admin_env, "--keep-days", "0", "--archive", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert await views(pg) == before_views
+    verified = simctl(["archive", "verify", str(archive)], admin_env, timeout=120)
+    assert verified.returncode == 0, verified.stderr
+    reconcile_clean(admin_env)
