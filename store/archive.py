@@ -70,6 +70,17 @@ def block_hashes(lines: Iterable[tuple[int, str]]) -> list[tuple[int, int, str]]
     return out
 
 
+def id_runs(ids: Iterable[int]) -> list[list[int]]:
+    """Ids as [first, last] runs of consecutive ids (a batch's are nearly consecutive)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
 def line_day(table: str, line: str) -> str:
     """The UTC day a line is filed under: a run's slot (third field), else the row's created_at
     (last field; a ledger description may hold '|', the fields before it cannot)."""
@@ -196,7 +207,10 @@ class ArchiveWriter:
     @property
     def pending(self) -> PendingBatch | None:
         p = self.manifest.get("pending")
-        return None if p is None else PendingBatch(p["table"], p["ids"], p["files"])
+        if p is None:
+            return None
+        ids = [i for first, last in p["ids"] for i in range(first, last + 1)]
+        return PendingBatch(p["table"], ids, p["files"])
 
     def settle(self, committed: bool) -> None:
         """Finish an interrupted batch: keep its lines if its delete committed, else cut each
@@ -271,7 +285,8 @@ class ArchiveWriter:
         changes: dict[str, dict[str, Any]] = {}
         for day, lines in sorted(by_day.items()):
             name = f"{table}/{day}.lines.gz"
-            member = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+            # Level 6 (gzip's own default): level 9 took 3x the time for 1 % less.
+            member = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0)
             before = self.manifest["files"].get(name)
             hasher = self._hasher(name, before)
             after_hasher = hasher.copy()
@@ -287,7 +302,7 @@ class ArchiveWriter:
             changes[name] = {"before": before, "after": after}
         self.manifest["pending"] = {
             "table": table,
-            "ids": [row_id for row_id, _ in rows],
+            "ids": id_runs(row_id for row_id, _ in rows),
             "files": changes,
         }
         self._save()

@@ -457,7 +457,7 @@ async def test_an_archived_batch_cut_short_is_settled_by_the_next_prune(
     monkeypatch.undo()
     manifest = json.loads((archive / "manifest.json").read_text())
     assert manifest["pending"] is not None
-    pending_ids = manifest["pending"]["ids"]
+    pending_ids = [i for a, b in manifest["pending"]["ids"] for i in range(a, b + 1)]
     left = await pg.fetchval(
         "SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])", pending_ids
     )
