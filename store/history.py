@@ -121,13 +121,15 @@ class Lease:
     """One history job at a time (sim_history.lease_*): taken, renewed as the job works, given
     back at the end. No transaction stays open for it, so vacuum is never held back."""
 
-    def __init__(self, conn: Conn, what: str) -> None:
+    def __init__(self, conn: Conn, what: str, lease_s: int = LEASE_S) -> None:
         self.conn = conn
+        self.lease_s = lease_s
+        self.renew_every_s = min(_RENEW_EVERY_S, lease_s / 3)
         self.holder = f"{what} on {socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
         self._renewed = 0.0
 
     async def take(self) -> None:
-        if await self.conn.fetchrow(q("lease_take"), self.holder, LEASE_S) is None:
+        if await self.conn.fetchrow(q("lease_take"), self.holder, self.lease_s) is None:
             state = await _one(self.conn, "lease_state")
             until = state["lease_until"]
             raise HistoryBusy(
@@ -138,12 +140,12 @@ class Lease:
         self._renewed = time.monotonic()
 
     async def renew(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._renewed < _RENEW_EVERY_S:
+        if not force and time.monotonic() - self._renewed < self.renew_every_s:
             return
-        if await self.conn.fetchrow(q("lease_renew"), self.holder, LEASE_S) is None:
+        if await self.conn.fetchrow(q("lease_renew"), self.holder, self.lease_s) is None:
             raise LeaseLost(
                 f"history: the lease of {self.holder} ran out (the job stalled for more than "
-                f"{LEASE_S} s); nothing half done is kept, run it again"
+                f"{self.lease_s} s); nothing half done is kept, run it again"
             )
         self._renewed = time.monotonic()
 
@@ -152,9 +154,9 @@ class Lease:
 
 
 @asynccontextmanager
-async def leased(conn: Conn, what: str) -> AsyncIterator[Lease]:
+async def leased(conn: Conn, what: str, lease_s: int = LEASE_S) -> AsyncIterator[Lease]:
     """The history lease for the block (HistoryBusy when another job holds it)."""
-    lease = Lease(conn, what)
+    lease = Lease(conn, what, lease_s)
     await lease.take()
     try:
         yield lease
@@ -177,9 +179,9 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
 
 
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
-    """(lo, hi] in pieces that end just below multiples of `step`: a piece (a, b] holds ids
-    a+1..b, so b = k*step - 1 keeps every block (id // BLOCK, BLOCK dividing step) in one
-    piece (ending at k*step put id k*step, the first of its block, in the piece before)."""
+    """(lo, hi] in pieces (a, b] that never split a multiple of `step` from the ids after it
+    below the next one: each piece's ids are within [k*step, (k+1)*step) for one k, so a block
+    (id // BLOCK, BLOCK dividing step) is never split between two pieces."""
     start = lo
     while start < hi:
         end = min(hi, ((start + 1) // step + 1) * step - 1)
@@ -259,6 +261,9 @@ async def _user_ranges(conn: Conn, user_id: int | None) -> list[tuple[int, int]]
 
 async def _since_table(conn: Conn) -> None:
     await conn.execute(q("since_create"))
+    # Every statement planned for its own ids: a generic plan cannot see that `id > cut` is
+    # the last few rows and may walk a user's whole history through another index.
+    await conn.execute(q("custom_plans"))
     await conn.execute(q("since_clear"))
 
 
@@ -416,7 +421,7 @@ async def _verify_window(
                         await _name_block(conn, cid, table, r["block"], prev_cut, cut, stored)
                     )
             for block in stored:
-                if a // BLOCK <= block <= (b - 1) // BLOCK and block not in seen:
+                if (a + 1) // BLOCK <= block <= b // BLOCK and block not in seen:
                     problems.append(
                         await _name_block(conn, cid, table, block, prev_cut, cut, stored)
                     )
@@ -470,14 +475,17 @@ class CheckpointReport:
     longest_tx_s: float
 
 
-async def checkpoint(conn: Conn, taken_by: str, *, slippage_bps: int) -> CheckpointReport:
+async def checkpoint(
+    conn: Conn, taken_by: str, *, slippage_bps: int, lease_s: int = LEASE_S
+) -> CheckpointReport:
     """Take a checkpoint and verify it (see the module's docstring). Failed (with its problems
     named) when an engine row was changed or deleted, when the previous window's rows no
     longer give their hashes, or when the live state disagrees with the new totals."""
     timer = Timer()
     start = time.monotonic()
-    async with leased(conn, f"checkpoint by {taken_by}") as lease:
+    async with leased(conn, f"checkpoint by {taken_by}", lease_s) as lease:
         await conn.execute(q("drop_building"))
+        await conn.execute(q("custom_plans"))
         prev = await conn.fetchrow(q("latest_checkpoint"))
         prev_cut = Cut.of_checkpoint(prev) if prev is not None else ORIGIN
         problems = await recorded_changes(conn)
