@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         default=50,
         ge=0,
         le=10_000,
-        description="simctl prune: pause between two batches, so the engine's writes and vacuum keep up.",
+        description="simctl prune: pause between two batches, so the engine's writes and vacuum keep up (at most a third of SIM_HISTORY_LEASE_S).",
     )
     sim_prune_max_s: int = Field(
         default=3600,

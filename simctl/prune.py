@@ -87,6 +87,7 @@ def prune(
         batch=s.sim_prune_batch,
         pause_ms=s.sim_prune_pause_ms,
         max_s=s.sim_prune_max_s,
+        lease_s=s.sim_history_lease_s,
     )
 
     async def go() -> PruneReport:

@@ -38,6 +38,7 @@ from store.archive import (
 from store.db import Conn, is_lock_timeout
 from store.errors import Refused
 from store.history import (
+    LEASE_S,
     ORIGIN,
     Cut,
     Lease,
@@ -76,6 +77,7 @@ class Limits:
     batch: int = 5000
     pause_ms: int = 50
     max_s: int = 3600
+    lease_s: int = LEASE_S  # SIM_HISTORY_LEASE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +265,7 @@ async def prune(
     the next prune goes on). `conn` must be a session connection (a temporary table is kept
     across its transactions)."""
     started = time.monotonic()
-    async with leased(conn, "prune") as lease:
+    async with leased(conn, "prune", limits.lease_s) as lease:
         the_plan = await plan(conn, keep_days, count=False)
         if the_plan.refusals:
             raise Refused("prune refused: " + "; ".join(the_plan.refusals))
@@ -442,7 +444,8 @@ async def _delete_table(
         report.batches += 1
         cursor = hi
         if limits.pause_ms:
-            await asyncio.sleep(limits.pause_ms / 1000)
+            # Never so long that the lease (renewed in the next batch) could run out meanwhile.
+            await asyncio.sleep(min(limits.pause_ms / 1000, limits.lease_s / 3))
     return True
 
 
