@@ -160,6 +160,10 @@ async def test_dry_run_says_what_would_go_and_changes_nothing(
     text = prune(env, "--keep-days", "0", "--dry-run")
     assert text.returncode == 0 and "would go" in text.stdout and "freed" in text.stdout
     assert await state(pg) == before
+    # The prune itself is an admin act.
+    refused = prune(env, "--keep-days", "0")
+    assert refused.returncode == 1 and "needs an admin key" in refused.stderr
+    assert await state(pg) == before
 
 
 async def test_prune_keeps_views_and_reconcile_exact_and_never_touches_what_it_must_not(
