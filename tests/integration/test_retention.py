@@ -325,7 +325,7 @@ async def test_two_pruners_at_once_one_exits_naming_the_holder(
     pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, admin_env: dict[str, str]
 ) -> None:
     await make_history(pg, runner, settings, users=2, runs=30)
-    slow = {**admin_env, "SIM_PRUNE_BATCH": "5", "SIM_PRUNE_PAUSE_MS": "100"}
+    slow = {**admin_env, "SIM_PRUNE_BATCH": "4", "SIM_PRUNE_PAUSE_MS": "200"}
     first = spawn(["prune", "--keep-days", "0"], slow)
 
     async def holding() -> bool:
