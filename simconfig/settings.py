@@ -176,6 +176,24 @@ class Settings(BaseSettings):
         le=100,
         description="migrate: attempts per step on lock timeouts before it exits 1, nothing of that step applied.",
     )
+    sim_prune_batch: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="simctl prune: rows deleted per transaction (a range of the primary key; small batches keep each transaction short beside a busy engine).",
+    )
+    sim_prune_pause_ms: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="simctl prune: pause between two batches, so the engine's writes and vacuum keep up (at most a third of SIM_HISTORY_LEASE_S).",
+    )
+    sim_prune_max_s: int = Field(
+        default=3600,
+        ge=1,
+        le=7 * 86_400,
+        description="simctl prune: run-time bound; a prune that reaches it stops after its batch (the views stay exact) and the next prune goes on from there.",
+    )
     sim_log_level: str = Field(default="info", description="debug, info, warning or error.")
     sim_log_json: bool | None = Field(
         default=None, description="JSON logs; default: JSON unless on a terminal."

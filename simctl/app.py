@@ -63,6 +63,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "withdrawals": ("withdrawals", "app"),
     "prices": ("prices", "app"),
     "report": ("report", "report"),
+    "prune": ("prune", "prune"),
+    "archive": ("archive", "app"),
     "grant-reader": ("roles", "grant_reader"),
     "bench": ("bench", "bench"),
 }
