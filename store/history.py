@@ -55,7 +55,11 @@ _WINDOW_COLS: dict[str, tuple[str, ...]] = {
     "transactions": ("usd",),
     "sim_runs": ("runs",),
 }
-_CUT_COLUMN = {"trades": "trades_cut", "transactions": "transactions_cut", "sim_runs": "runs_cut"}
+# Per table, the sim_checkpoints / sim_history columns of its cut, floor, hash and row count.
+CUT = {"trades": "trades_cut", "transactions": "transactions_cut", "sim_runs": "runs_cut"}
+FLOOR = {"trades": "trades_floor", "transactions": "transactions_floor", "sim_runs": "runs_floor"}
+HASH = {"trades": "trades_hash", "transactions": "transactions_hash", "sim_runs": "runs_hash"}
+ROWS = {"trades": "trades_rows", "transactions": "transactions_rows", "sim_runs": "runs_rows"}
 
 
 def q(name: str) -> str:
@@ -252,14 +256,14 @@ async def _sum_range(
     return rows
 
 
-async def _user_ranges(conn: Conn, user_id: int | None) -> list[tuple[int, int]]:
+async def user_ranges(conn: Conn, user_id: int | None) -> list[tuple[int, int]]:
     if user_id is not None:
         return [(user_id - 1, user_id)]
     top = int(await conn.fetchval(q("max_user")))
     return list(_ranges(0, top, USER_CHUNK))
 
 
-async def _since_table(conn: Conn) -> None:
+async def since_table(conn: Conn) -> None:
     await conn.execute(q("since_create"))
     # Every statement planned for its own ids: a generic plan cannot see that `id > cut` is
     # the last few rows and may walk a user's whole history through another index.
@@ -309,7 +313,7 @@ async def _judge(
     for the ids after `audit_from`."""
     renew = lease or _NoLease()
     if not keep_since:
-        await _since_table(conn)
+        await since_table(conn)
     now = await take_cut(conn, timer)
     judged = Judgement(cut=now)
     await _sum_range(
@@ -332,7 +336,7 @@ async def _judge(
     if user_id is None:
         judged.findings += [p.describe() for p in await future_prices(conn)]
     # The live state, a range of users per snapshot.
-    for lo, hi in await _user_ranges(conn, user_id):
+    for lo, hi in await user_ranges(conn, user_id):
         async with timer.tx(conn, isolation="repeatable_read", readonly=True):
             rows = await conn.fetch(
                 q("compare_users"), lo, hi, base_id, now.trades, now.transactions
@@ -388,7 +392,7 @@ async def recorded_changes(conn: Conn, limit: int = 20) -> list[str]:
     return out
 
 
-async def _verify_window(
+async def verify_window(
     conn: Conn, timer: Timer, lease: Lease, checkpoint: Record, prev_cut: Cut, *, sum_into: bool
 ) -> list[str]:
     """A stored window against its rows now: every block's count and hash, its table hashes
@@ -404,7 +408,7 @@ async def _verify_window(
             for r in await conn.fetch(q("table_blocks"), cid, table)
         }
         hashes[table] = table_hash((b, n, h) for b, (n, h) in sorted(stored.items()))
-        if hashes[table] != checkpoint[f"{table}_hash" if table != "sim_runs" else "runs_hash"]:
+        if hashes[table] != checkpoint[HASH[table]]:
             problems.append(
                 f"checkpoint {cid}: the stored blocks of {table} no longer give its hash"
             )
@@ -502,7 +506,7 @@ async def checkpoint(
             )
         )
         if prev is not None:
-            for lo, hi in await _user_ranges(conn, None):
+            for lo, hi in await user_ranges(conn, None):
                 async with timer.tx(conn):
                     await conn.execute(q("checkpoint_copy_users"), cid, prev["id"], lo, hi)
                 await lease.renew()
@@ -516,7 +520,7 @@ async def checkpoint(
                     else None
                 )
                 earlier_cut = Cut.of_checkpoint(earlier) if earlier is not None else ORIGIN
-                problems += await _verify_window(
+                problems += await verify_window(
                     conn, timer, lease, prev, earlier_cut, sum_into=False
                 )
         rows = await _sum_range(
@@ -621,7 +625,7 @@ async def reconcile(
             timer.longest_s,
         )
     history = await _one(conn, "history_state")
-    await _since_table(conn)
+    await since_table(conn)
     chain = await conn.fetch(q("verified_checkpoints"))
     pruned = history["pruned_through"]
     walked = ORIGIN
@@ -639,19 +643,19 @@ async def reconcile(
             continue
         if pruned is not None and cp["id"] == pruned:
             # Its rows are gone (the archive holds them): start from its verified totals.
-            for lo, hi in await _user_ranges(conn, user_id):
+            for lo, hi in await user_ranges(conn, user_id):
                 async with timer.tx(conn):
                     await conn.execute(q("since_from_checkpoint"), cp["id"], lo, hi)
             prev_hash, prev_id, walked = cp["chain_hash"], cp["id"], cut
             verified += 1
             continue
-        findings += await _verify_window(conn, timer, lease, cp, walked, sum_into=True)
+        findings += await verify_window(conn, timer, lease, cp, walked, sum_into=True)
         if chain_hash(prev_hash, cp["window_hash"]) != cp["chain_hash"]:
             findings.append(
                 f"checkpoint {cp['id']}: its chain hash does not follow from the previous"
             )
         if await conn.fetchval(q("checkpoint_users_count"), cp["id"]):
-            for lo, hi in await _user_ranges(conn, user_id):
+            for lo, hi in await user_ranges(conn, user_id):
                 for r in await conn.fetch(q("compare_checkpoint_users"), cp["id"], lo, hi):
                     findings.append(
                         f"checkpoint {cp['id']}: user {r['user_id']}: stored totals differ "
@@ -701,8 +705,3 @@ async def latest(conn: Conn) -> Record | None:
     """The newest verified checkpoint."""
     row: Record | None = await conn.fetchrow(q("latest_checkpoint"))
     return row
-
-
-def cut_column(table: str) -> str:
-    """The sim_checkpoints column holding a table's cut."""
-    return _CUT_COLUMN[table]

@@ -38,23 +38,23 @@ from store.archive import (
 from store.db import Conn, is_lock_timeout
 from store.errors import Refused
 from store.history import (
+    CUT,
+    FLOOR,
+    HASH,
     LEASE_S,
     ORIGIN,
+    ROWS,
     Cut,
     Lease,
     Timer,
-    _since_table,
-    _user_ranges,
-    _verify_window,
     leased,
+    since_table,
+    user_ranges,
+    verify_window,
 )
 from store.runs import audit, deployment_id
 from store.sqlfiles import query
 
-CUT = {"trades": "trades_cut", "transactions": "transactions_cut", "sim_runs": "runs_cut"}
-FLOOR = {"trades": "trades_floor", "transactions": "transactions_floor", "sim_runs": "runs_floor"}
-HASH = {"trades": "trades_hash", "transactions": "transactions_hash", "sim_runs": "runs_hash"}
-ROWS = {"trades": "trades_rows", "transactions": "transactions_rows", "sim_runs": "runs_rows"}
 MAX_KEEP_DAYS = 36_500
 # How long one batch waits for a row lock (a row of the engine's history is never locked by the
 # engine; something else holding one is waited out this long, then the prune stops, nothing of
@@ -306,13 +306,13 @@ async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
     them, and stored as P's when they do not (checkpoints keep only the newest two)."""
     assert p.checkpoint is not None
     timer = Timer()
-    await _since_table(conn)
+    await since_table(conn)
     walked, prev_hash = ORIGIN, None
     if p.pruned_through is not None:
         base = await conn.fetchrow(_h("checkpoint_by_id"), p.pruned_through)
         assert base is not None
         walked, prev_hash = Cut.of_checkpoint(base), base["chain_hash"]
-        for lo, hi in await _user_ranges(conn, None):
+        for lo, hi in await user_ranges(conn, None):
             async with timer.tx(conn):
                 await conn.execute(_h("since_from_checkpoint"), p.pruned_through, lo, hi)
     problems: list[str] = []
@@ -321,7 +321,7 @@ async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
             continue
         if cp["id"] > p.checkpoint.id:
             break
-        problems += await _verify_window(conn, timer, lease, cp, walked, sum_into=True)
+        problems += await verify_window(conn, timer, lease, cp, walked, sum_into=True)
         if chain_hash(prev_hash, cp["window_hash"]) != cp["chain_hash"]:
             problems.append(f"checkpoint {cp['id']}: its chain hash does not follow")
         walked, prev_hash = Cut.of_checkpoint(cp), cp["chain_hash"]
@@ -331,7 +331,7 @@ async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
             "their checkpoints: " + "; ".join(problems[:5])
         )
     if await conn.fetchval(_h("checkpoint_users_count"), p.checkpoint.id):
-        for lo, hi in await _user_ranges(conn, None):
+        for lo, hi in await user_ranges(conn, None):
             differ = await conn.fetch(_h("compare_checkpoint_users"), p.checkpoint.id, lo, hi)
             if differ:
                 raise Refused(
