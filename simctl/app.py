@@ -63,6 +63,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prices": ("prices", "app"),
     "report": ("report", "report"),
     "grant-reader": ("roles", "grant_reader"),
+    "claims": ("claims", "app"),
+    "console": ("console", "console"),
     "bench": ("bench", "bench"),
 }
 # A USER of `-1` reaches the command, which refuses it in words, not click's option parser.

@@ -1,0 +1,68 @@
+"""simctl console: the operators' web console (the `console` extra: Starlette, Jinja2, uvicorn)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from simctl.common import Exit, err, settings
+
+
+def console(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. The default serves this machine only; another address "
+            "serves whoever can reach it (put it behind your own authentication).",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8377,
+    refresh: Annotated[
+        float,
+        typer.Option(
+            "--refresh",
+            min=0.5,
+            max=3600,
+            help="Seconds between the overview's updates (each page can change it, or pause).",
+        ),
+    ] = 5.0,
+    enable_actions: Annotated[
+        bool,
+        typer.Option(
+            "--enable-actions",
+            help="Allow actions (pause/resume users by filter, pause claims). Without it every "
+            "write is refused and Postgres reads through read-only transactions. Each action "
+            "still needs an admin key and is audited.",
+        ),
+    ] = False,
+) -> None:
+    """Serve the web console: overview (live), users (search, filters), a user's P&L chart and
+    rows, failing users and why, the audit log; actions when enabled.
+
+    Examples:
+
+    \b
+      simctl console                      # http://127.0.0.1:8377, read-only
+      simctl console --enable-actions --refresh 2
+    """
+    s = settings()
+    try:
+        import uvicorn
+
+        from console.app import create_app
+    except ImportError as exc:
+        raise Exit(
+            2,
+            f"simctl console needs the console extra ({exc.name} is missing): "
+            "pip install 'simengine[console]'",
+        ) from None
+    hosts = ["127.0.0.1", "localhost", "[::1]"]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        hosts = ["*"]  # bound to an outside address: names are the operator's to choose
+    app = create_app(s, enable_actions=enable_actions, refresh_s=refresh, allowed_hosts=hosts)
+    mode = "actions enabled" if enable_actions else "read-only"
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"simctl console: http://{shown}:{port}/ ({mode})", markup=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,137 @@
+-- The operators' console (`simctl console`) and the commands that share its store functions
+-- (store/console.py, store/bulk.py, store/control.py). Values are bound parameters; the one
+-- piece of text spliced in is a user filter's condition, chosen from constants in store/bulk.py
+-- (`/*filter*/ true` below). No query counts a history table: recent windows walk
+-- idx_sim_runs_finished_at, and everything else is keyset-paged by primary key.
+
+-- overview_recent --
+-- The last minute of runs (idx_sim_runs_finished_at): throughput and the lag of each run (commit
+-- minus slot) at the 50th and 99th percentiles.
+SELECT count(*) AS runs_1m,
+       coalesce(sum(trades_count), 0)::bigint AS trades_1m,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY finished_at - scheduled_for) AS lag_p50,
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - scheduled_for) AS lag_p99
+  FROM sim_runs
+ WHERE finished_at > now() - interval '1 minute'
+
+-- overview_series --
+-- The last hour per minute (idx_sim_runs_finished_at): runs, trades and the p99 lag.
+SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute,
+       count(*) AS runs,
+       coalesce(sum(trades_count), 0)::bigint AS trades,
+       extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - scheduled_for))::float8 AS lag_p99_s
+  FROM sim_runs
+ WHERE finished_at > date_trunc('minute', now()) - interval '59 minutes'
+ GROUP BY 1 ORDER BY 1
+
+-- overview_state --
+-- The global switch of claims, the latest checkpoint and the users on record as failing
+-- (idx_users_failing: a few rows) and auto-paused among them.
+SELECT c.claims_paused, c.changed_at AS claims_changed_at, c.changed_by AS claims_changed_by,
+       c.reason AS claims_reason,
+       (SELECT count(*) FROM users WHERE sim_fail_count > 0 AND NOT sim_paused) AS failing,
+       (SELECT count(*) FROM users WHERE sim_fail_count > 0 AND sim_paused) AS auto_paused,
+       (SELECT row_to_json(k) FROM (
+            SELECT id, state, cut_at, verified_at, users_count, left(error, 300) AS error
+              FROM sim_checkpoints ORDER BY id DESC LIMIT 1) k) AS checkpoint
+  FROM sim_control c
+
+-- claims_state --
+SELECT claims_paused, changed_at, changed_by, reason FROM sim_control
+
+-- claims_for_update --
+-- The row lock orders two operators' switches; the claim reads the row without waiting.
+SELECT claims_paused FROM sim_control FOR UPDATE
+
+-- set_claims --
+UPDATE sim_control SET claims_paused = $1, changed_at = now(), changed_by = $2, reason = $3
+RETURNING claims_paused, changed_at, changed_by, reason
+
+-- list_users --
+-- A page of users (never deleted ones) after id $1 in id order (the primary key: keyset paging),
+-- narrowed by one filter condition (store/bulk.py) and an optional strategy ($2, 'default' for
+-- none) and user id ($3). Never password_hash or tax_id.
+SELECT id, email, full_name, balance_usd, portfolio_value_usd, is_active, sim_enabled, sim_paused,
+       coalesce(sim_strategy, 'default') AS strategy, sim_interval_s, sim_next_run_at,
+       sim_last_run_at, sim_run_count, sim_fail_count, sim_failing_since, sim_claimed_until,
+       left(sim_last_error, 300) AS last_error
+  FROM users
+ WHERE deleted_at IS NULL AND id > $1
+   AND ($2::text IS NULL OR coalesce(sim_strategy, 'default') = $2)
+   AND ($3::bigint IS NULL OR id = $3)
+   AND /*filter*/ true
+ ORDER BY id
+ LIMIT $4
+
+-- filter_ids_for_update --
+-- The users a bulk change would change, locked in id order (the workers' order: no deadlock).
+SELECT id FROM users
+ WHERE deleted_at IS NULL
+   AND ($1::text IS NULL OR coalesce(sim_strategy, 'default') = $1)
+   AND ($2::bigint IS NULL OR id = $2)
+   AND /*filter*/ true
+   AND /*change*/ true
+ ORDER BY id
+ FOR UPDATE
+
+-- filter_count --
+-- The dry run of a bulk change: how many users it would change now.
+SELECT count(*) FROM users
+ WHERE deleted_at IS NULL
+   AND ($1::text IS NULL OR coalesce(sim_strategy, 'default') = $1)
+   AND ($2::bigint IS NULL OR id = $2)
+   AND /*filter*/ true
+   AND /*change*/ true
+
+-- bulk_set_paused --
+-- As set_sim_flags does for one user: the backoff is cleared, and a resume clears the failures
+-- (so a resumed auto-paused user is claimed at its next slot, not after an old backoff).
+UPDATE users
+   SET sim_paused = $2,
+       sim_claimed_until = NULL,
+       sim_fail_count = CASE WHEN $2 THEN sim_fail_count ELSE 0 END,
+       updated_at = now()
+ WHERE id = ANY($1::bigint[])
+
+-- bulk_set_strategy --
+UPDATE users
+   SET sim_strategy = $2, sim_params = $3::jsonb, sim_claimed_until = NULL, updated_at = now()
+ WHERE id = ANY($1::bigint[])
+
+-- user_page --
+-- A user as the console shows it: never password_hash or tax_id.
+SELECT u.id, u.email, u.full_name, u.balance_usd, u.portfolio_value_usd, u.is_active,
+       u.deleted_at, u.created_at, u.sim_enabled, u.sim_paused, u.sim_interval_s,
+       u.sim_next_run_at, u.sim_last_run_at, u.sim_run_count,
+       coalesce(u.sim_strategy, 'default') AS strategy, u.sim_params::text AS params,
+       u.sim_fail_count, u.sim_failing_since, u.sim_claimed_until, u.sim_last_error,
+       (SELECT s.total_pnl_usd FROM sim_pnl s WHERE s.user_id = u.id) AS pnl_usd
+  FROM users u WHERE u.id = $1
+
+-- user_runs --
+-- Newest first, before run id $2 (keyset on sim_runs' primary key within the user: the unique
+-- (user_id, scheduled_for) index orders by slot, which follows id for one user).
+SELECT id, scheduled_for, started_at, finished_at, outcome, trades_count
+  FROM sim_runs WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3
+
+-- user_trades --
+-- Newest first, before trade id $2 (idx_trades_user_date).
+SELECT id, trade_type, asset, amount, price_usd, total_usd, fee_usd, balance_before,
+       balance_after, sim_run_id, generated_at, created_at
+  FROM trades WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3
+
+-- user_ledger --
+-- Newest first, before transaction id $2 (idx_transactions_user).
+SELECT id, type, amount, currency, status, reference, description, created_at
+  FROM transactions WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3
+
+-- user_withdrawals --
+SELECT id, asset, amount, address, status, tx_hash, error_message, created_at, updated_at
+  FROM withdrawals WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3
+
+-- audit_page --
+-- The audit log, newest first, before id $1, optionally of one action ($2) or user ($3).
+SELECT id, admin_key, action, target_user_id, details, created_at
+  FROM admin_audit
+ WHERE id < $1 AND ($2::text IS NULL OR action = $2) AND ($3::bigint IS NULL OR target_user_id = $3)
+ ORDER BY id DESC LIMIT $4
