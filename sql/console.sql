@@ -15,14 +15,23 @@ SELECT count(*) AS runs_1m,
  WHERE finished_at > now() - interval '1 minute'
 
 -- overview_series --
--- The last hour per minute (idx_sim_runs_finished_at): runs, trades and the p99 lag.
-SELECT extract(epoch FROM date_trunc('minute', finished_at))::bigint AS minute,
-       count(*) AS runs,
-       coalesce(sum(trades_count), 0)::bigint AS trades,
-       extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - scheduled_for))::float8 AS lag_p99_s
-  FROM sim_runs
- WHERE finished_at > date_trunc('minute', now()) - interval '59 minutes'
- GROUP BY 1 ORDER BY 1
+-- The last hour per minute (idx_sim_runs_finished_at): runs, trades and the p99 lag; a minute
+-- without runs is a row of zeros (its lag NULL), so the chart's hour is always 60 minutes.
+SELECT extract(epoch FROM m.minute)::bigint AS minute,
+       coalesce(r.runs, 0) AS runs, coalesce(r.trades, 0) AS trades, r.lag_p99_s
+  FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                       date_trunc('minute', now()), interval '1 minute') AS m(minute)
+  LEFT JOIN (
+      SELECT date_trunc('minute', finished_at) AS minute,
+             count(*) AS runs,
+             sum(trades_count)::bigint AS trades,
+             extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (
+                 ORDER BY finished_at - scheduled_for))::float8 AS lag_p99_s
+        FROM sim_runs
+       WHERE finished_at >= date_trunc('minute', now()) - interval '59 minutes'
+       GROUP BY 1
+  ) r ON r.minute = m.minute
+ ORDER BY m.minute
 
 -- overview_state --
 -- The global switch of claims, the latest checkpoint and the users on record as failing

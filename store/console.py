@@ -18,7 +18,7 @@ NEWEST = 2**63 - 1
 
 
 def _seconds(value: timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
+    return None if value is None else round(value.total_seconds(), 3)
 
 
 async def overview(conn: Conn) -> dict[str, Any]:
@@ -36,6 +36,8 @@ async def overview(conn: Conn) -> dict[str, Any]:
         lag_p99_s=_seconds(recent["lag_p99"]),
         **{k: state[k] for k in state.keys()},  # noqa: SIM118 (a Record iterates values)
     )
+    if data.get("oldest_lag_s") is not None:
+        data["oldest_lag_s"] = round(data["oldest_lag_s"], 3)
     data["series"] = {
         "minute": [r["minute"] for r in series],
         "runs": [r["runs"] for r in series],

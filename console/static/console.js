@@ -41,7 +41,8 @@
         runsChart = chart(document.getElementById("chart-runs"), [line("runs", 0), line("trades", 1)], runs);
       }
       if (lagChart) { lagChart.setData(lag); } else {
-        lagChart = chart(document.getElementById("chart-lag"), [line("lag p99 (s)", 2)], lag);
+        const lagLine = Object.assign(line("lag p99 (s)", 2), { points: { show: true, size: 4 } });
+        lagChart = chart(document.getElementById("chart-lag"), [lagLine], lag);
       }
     }
 
@@ -93,7 +94,8 @@
         if (d.error) { summary.textContent = d.error; return; }
         if (!d.t.length) { summary.textContent = "no runs yet"; return; }
         chart(document.getElementById("chart-pnl"),
-          [line("P&L USD", 0), line("drawdown USD", 1), line("net contributions USD", 6)],
+          [line("P&L USD", 0), line("drawdown USD", 1),
+           Object.assign(line("net contributions USD", 6), { show: false })],
           [d.t, d.pnl_usd, d.drawdown_usd, d.contributions_usd]);
         const assets = Object.keys(d.market_pct);
         const index = new Map(d.t.map(function (t, i) { return [t, i]; }));
