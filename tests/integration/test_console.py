@@ -334,6 +334,7 @@ async def test_bulk_pause_dry_run_then_confirmation_then_audit(
     )
     assert len(paused) == 4
     row = await pg.fetchrow("SELECT * FROM admin_audit WHERE action = 'bulk_pause'")
+    assert row is not None
     assert row["admin_key"] == FINGERPRINT and row["target_user_id"] is None
     details = row["details"] if isinstance(row["details"], dict) else json.loads(row["details"])
     assert details["user_ids"] == paused and details["count"] == 4
@@ -356,7 +357,7 @@ async def test_bulk_pause_dry_run_then_confirmation_then_audit(
     state = await pg.fetchrow(
         "SELECT sim_paused, sim_fail_count FROM users WHERE id = $1", world.auto_paused
     )
-    assert tuple(state) == (False, 0)
+    assert state is not None and tuple(state) == (False, 0)
 
 
 async def test_pausing_claims_stops_every_claim_until_resumed(
