@@ -41,6 +41,7 @@ from store.console import (
     overview,
     user_page,
     user_rows,
+    withdrawals_page,
 )
 from store.control import claims_state, set_claims_paused
 from store.db import Conn, Pool, create_pool
@@ -479,6 +480,30 @@ async def audit_log(request: Request) -> Response:
     )
 
 
+WITHDRAWAL_STATUSES = ("pending", "processing", "completed", "failed")
+
+
+@page
+async def withdrawals_queue(request: Request) -> Response:
+    before = _int_param(request, "before", NEWEST)
+    status = request.query_params.get("status", "").strip() or None
+    if status is not None and status not in WITHDRAWAL_STATUSES:
+        raise Refused(f"unknown status {status!r}: one of {', '.join(WITHDRAWAL_STATUSES)}")
+    user = _int_param(request, "user", 0) or None
+    async with reading(request) as conn:
+        rows = await withdrawals_page(conn, before, status, user, PAGE)
+    more = _query(status=status, user=user, before=rows[-1]["id"]) if len(rows) == PAGE else None
+    return render(
+        request,
+        "withdrawals.html",
+        title="Withdrawals",
+        rows=rows,
+        status=status,
+        statuses=WITHDRAWAL_STATUSES,
+        more=more,
+    )
+
+
 # -- actions ------------------------------------------------------------------------------------
 def _change(text: str) -> Change:
     if text not in CHANGES:
@@ -567,6 +592,38 @@ async def claims_apply(request: Request) -> Response:
     )
 
 
+@page
+async def withdrawal_apply(request: Request) -> Response:
+    """process, complete or fail one withdrawal: store.withdrawals.move_withdrawal, as
+    `simctl withdrawals process|complete|fail` does."""
+    from engine.text import check_text
+    from store.withdrawals import move_withdrawal
+
+    form, actor = await action_form(request)
+    text = str(request.path_params["withdrawal_id"])
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise NotFound(f"no withdrawal with id {text}")
+    step = form.get("step", "")
+    if step not in ("process", "complete", "fail"):
+        raise Refused("step must be process, complete or fail")
+    tx_hash = form.get("tx_hash", "").strip() or None
+    error = form.get("error", "").strip() or None
+    if tx_hash is not None:
+        check_text(tx_hash, "tx hash", "tx_hash")
+    if step == "fail":
+        if error is None:
+            raise Refused("a failed withdrawal needs the reason (error)")
+        check_text(error, "error", "reason")
+    async with writing(request) as conn:
+        details = await move_withdrawal(conn, actor, int(text), step, tx_hash, error)
+    return render(
+        request,
+        "message.html",
+        title="Done",
+        message=f"withdrawal {text}: {details['from']} → {details['to']} by {actor}",
+    )
+
+
 async def claims_json(request: Request) -> Response:
     async with reading(request) as conn:
         return json_response(await claims_state(conn))
@@ -620,6 +677,8 @@ def create_app(
         Route("/api/users/{user_id}/series", user_series),
         Route("/failing", failing_page),
         Route("/audit", audit_log),
+        Route("/withdrawals", withdrawals_queue),
+        Route("/actions/withdrawals/{withdrawal_id}", withdrawal_apply, methods=["POST"]),
         Route("/actions/bulk", bulk_preview, methods=["GET"]),
         Route("/actions/bulk", bulk_apply, methods=["POST"]),
         Route("/actions/claims", claims_apply, methods=["POST"]),

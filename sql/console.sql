@@ -144,3 +144,12 @@ SELECT id, admin_key, action, target_user_id, details, created_at
   FROM admin_audit
  WHERE id < $1 AND ($2::text IS NULL OR action = $2) AND ($3::bigint IS NULL OR target_user_id = $3)
  ORDER BY id DESC LIMIT $4
+
+-- withdrawals_page --
+-- The withdrawals queue, newest first, before id $1, optionally of one status ($2:
+-- idx_withdrawals_status) or user ($3: idx_user_withdrawals).
+SELECT w.id, w.user_id, u.email, w.asset, w.amount, w.address, w.status, w.tx_hash,
+       w.error_message, w.created_at, w.updated_at
+  FROM withdrawals w JOIN users u ON u.id = w.user_id
+ WHERE w.id < $1 AND ($2::text IS NULL OR w.status = $2) AND ($3::bigint IS NULL OR w.user_id = $3)
+ ORDER BY w.id DESC LIMIT $4

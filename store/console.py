@@ -96,3 +96,17 @@ async def audit_page(
     """The audit log newest first (admin_key holds a fingerprint, never a key or its digest)."""
     rows = await conn.fetch(query("audit_page", "console.sql"), before_id, action, user_id, limit)
     return [dict(r.items()) for r in rows]
+
+
+async def withdrawals_page(
+    conn: Conn,
+    before_id: int = NEWEST,
+    status: str | None = None,
+    user_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The withdrawals queue newest first, optionally of one status or user."""
+    rows = await conn.fetch(
+        query("withdrawals_page", "console.sql"), before_id, status, user_id, limit
+    )
+    return [dict(r.items()) for r in rows]

@@ -22,8 +22,10 @@ from console.security import SESSION_COOKIE
 from engine.market import Market
 from simconfig import Settings
 from store.db import create_pool
+from store.moves import adjust_holding
 from store.runs import claim_due, record_failure
 from store.users import create_user
+from store.withdrawals import request_withdrawal
 from tests.support.keys import with_admin_key
 from tests.support.procs import simctl
 from tests.support.runs import drive
@@ -48,6 +50,7 @@ class World:
     failing: int  # failed once, backing off
     auto_paused: int  # paused by the engine after failures
     dca: list[int]  # users of the dca strategy
+    withdrawal: int  # a pending withdrawal of the hostile user, to a hostile address
 
 
 async def _user(pg: asyncpg.Connection, email: str, name: str, strategy: str | None) -> int:
@@ -71,9 +74,13 @@ async def world(pg: asyncpg.Connection, db_url: str, settings: Settings) -> Worl
     await record_failure(pg, failing, "boom: <b>bold</b> & more", 30, 3)
     for _ in range(3):
         await record_failure(pg, auto_paused, "strategy exploded", 30, 3)
+    await adjust_holding(pg, ACTOR, hostile, "BTC", Decimal("0.5"), "airdrop")
+    withdrawal = await request_withdrawal(
+        pg, ACTOR, hostile, "BTC", Decimal("0.1"), "<img src=x onerror=alert(1)>"
+    )
     await pg.execute("UPDATE users SET password_hash = $1, tax_id = $2", PASSWORD_HASH, TAX_ID)
     await pg.execute("UPDATE sim_market SET seed = $1", MARKET_SEED)
-    return World(plain, hostile, failing, auto_paused, dca)
+    return World(plain, hostile, failing, auto_paused, dca, withdrawal)
 
 
 @pytest.fixture
@@ -144,6 +151,9 @@ def _pages(w: World) -> list[str]:
         f"/api/users/{w.plain}/series",
         f"/api/users/{w.hostile}/series",
         "/failing",
+        "/withdrawals",
+        "/withdrawals?status=pending",
+        f"/users/{w.hostile}?table=withdrawals",
         "/audit",
         f"/audit?user={w.plain}",
         "/actions/bulk?change=pause&state=all",
@@ -168,6 +178,7 @@ async def test_every_page_answers_without_a_secret_and_escapes_hostile_text(
             _no_secret(response.text)
             assert "<script>alert" not in response.text, url
             assert "<b>bold" not in response.text, url
+            assert "<img" not in response.text, url
             assert response.headers["x-content-type-options"] == "nosniff"
             assert "script-src 'self'" in response.headers["content-security-policy"]
         page = await client.get(f"/users/{world.hostile}")
@@ -230,7 +241,14 @@ async def test_a_read_only_console_refuses_every_write(
     paused = await pg.fetchval("SELECT count(*) FROM users WHERE sim_paused")
     form = {"csrf": "x", "admin_key": KEY, "change": "pause", "state": "all", "expect": "7"}
     for method in ("POST", "PUT", "PATCH", "DELETE"):
-        for url in ("/actions/bulk", "/actions/claims", "/", "/users", "/no/such/route"):
+        for url in (
+            "/actions/bulk",
+            "/actions/claims",
+            f"/actions/withdrawals/{world.withdrawal}",
+            "/",
+            "/users",
+            "/no/such/route",
+        ):
             response = await reader.http.request(method, url, data=form)
             assert response.status_code == 403, (method, url)
             assert "read-only" in response.text
@@ -302,8 +320,13 @@ async def test_an_action_without_an_accepted_admin_key_is_refused(
         assert response.status_code == 403 and "admin key" in response.text
         claims = await admin.post("/actions/claims", {"csrf": token, "paused": "1", **key})
         assert claims.status_code == 403
+        step = await admin.post(
+            f"/actions/withdrawals/{world.withdrawal}", {"csrf": token, "step": "process", **key}
+        )
+        assert step.status_code == 403
     assert await pg.fetchval("SELECT count(*) FROM admin_audit") == audited
     assert not await pg.fetchval("SELECT claims_paused FROM sim_control")
+    assert await pg.fetchval("SELECT status FROM withdrawals") == "pending"
 
 
 async def test_bulk_pause_dry_run_then_confirmation_then_audit(
@@ -435,3 +458,34 @@ def test_users_list_failing_and_bulk_commands(world: World, env: dict[str, str])
     assert shown["claims_paused"] is True and shown["changed_by"] == FINGERPRINT
     assert simctl(["claims", "pause"], keyed).returncode == 1
     assert simctl(["claims", "resume"], keyed).returncode == 0
+
+
+async def test_a_withdrawal_is_processed_completed_or_failed_from_the_queue(
+    admin: Client, world: World, pg: asyncpg.Connection
+) -> None:
+    queue = await admin.get("/withdrawals?status=pending")
+    assert f'action="/actions/withdrawals/{world.withdrawal}"' in queue.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in queue.text
+    token = await admin.csrf()
+    url = f"/actions/withdrawals/{world.withdrawal}"
+    base = {"csrf": token, "admin_key": KEY}
+    early = await admin.post(url, {**base, "step": "complete", "tx_hash": "0xabc"})
+    assert early.status_code == 400 and "cannot complete" in early.text
+    assert (await admin.post(url, {**base, "step": "process"})).status_code == 200
+    bad = await admin.post(url, {**base, "step": "complete", "tx_hash": "0x\u202eabc"})
+    assert bad.status_code == 400
+    done = await admin.post(url, {**base, "step": "complete", "tx_hash": "0xabc"})
+    assert done.status_code == 200 and "processing → completed" in done.text
+    assert await pg.fetchval("SELECT status FROM withdrawals") == "completed"
+    held = await pg.fetchval("SELECT btc FROM portfolio WHERE user_id = $1", world.hostile)
+    assert held == Decimal("0.4")
+    rows = await pg.fetch(
+        "SELECT action, admin_key FROM admin_audit WHERE action LIKE 'withdrawal_%' ORDER BY id"
+    )
+    assert [(r["action"], r["admin_key"]) for r in rows] == [
+        ("withdrawal_request", ACTOR),
+        ("withdrawal_process", FINGERPRINT),
+        ("withdrawal_complete", FINGERPRINT),
+    ]
+    missing = await admin.post("/actions/withdrawals/99999", {**base, "step": "process"})
+    assert missing.status_code == 404
