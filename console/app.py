@@ -504,6 +504,15 @@ async def withdrawals_queue(request: Request) -> Response:
     )
 
 
+@page
+async def readers_page(request: Request) -> Response:
+    from store.roles import readers
+
+    async with reading(request) as conn:
+        names = await readers(conn)
+    return render(request, "readers.html", title="Reader roles", names=names)
+
+
 # -- actions ------------------------------------------------------------------------------------
 def _change(text: str) -> Change:
     if text not in CHANGES:
@@ -624,6 +633,25 @@ async def withdrawal_apply(request: Request) -> Response:
     )
 
 
+@page
+async def reader_drop(request: Request) -> Response:
+    """Drop a reader role: store.roles.drop_reader, as `simctl drop-reader` does."""
+    from store.roles import drop_reader
+
+    form, actor = await action_form(request)
+    role = form.get("role", "")
+    if form.get("confirm", "") != role:
+        raise Refused("type the role's name again to confirm")
+    async with writing(request) as conn:
+        result = await drop_reader(conn, actor, role)
+    return render(
+        request,
+        "message.html",
+        title="Done",
+        message=f"role {role} dropped: audit row {result['audit_id']} by {actor}",
+    )
+
+
 async def claims_json(request: Request) -> Response:
     async with reading(request) as conn:
         return json_response(await claims_state(conn))
@@ -678,6 +706,8 @@ def create_app(
         Route("/failing", failing_page),
         Route("/audit", audit_log),
         Route("/withdrawals", withdrawals_queue),
+        Route("/readers", readers_page),
+        Route("/actions/readers", reader_drop, methods=["POST"]),
         Route("/actions/withdrawals/{withdrawal_id}", withdrawal_apply, methods=["POST"]),
         Route("/actions/bulk", bulk_preview, methods=["GET"]),
         Route("/actions/bulk", bulk_apply, methods=["POST"]),

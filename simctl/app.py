@@ -64,6 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prices": ("prices", "app"),
     "report": ("report", "report"),
     "grant-reader": ("roles", "grant_reader"),
+    "drop-reader": ("roles", "drop_reader"),
     "claims": ("claims", "app"),
     "console": ("console", "console"),
     "bench": ("bench", "bench"),

@@ -22,7 +22,8 @@ def status(
 ) -> None:
     """Due users, oldest lag, users backing off after a failed run (not due, and not lag,
     until their backoff ends), queue depth, runs and failures in the last minute and hour,
-    auto-pauses, and the last market tick per asset.
+    auto-pauses, whether claims are paused (`simctl claims`), and the last market tick per
+    asset.
 
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
     not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).

@@ -153,3 +153,7 @@ SELECT w.id, w.user_id, u.email, w.asset, w.amount, w.address, w.status, w.tx_ha
   FROM withdrawals w JOIN users u ON u.id = w.user_id
  WHERE w.id < $1 AND ($2::text IS NULL OR w.status = $2) AND ($3::bigint IS NULL OR w.user_id = $3)
  ORDER BY w.id DESC LIMIT $4
+
+-- readers --
+-- The roles `simctl grant-reader` made: its comment on the role ($1).
+SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY rolname

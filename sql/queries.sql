@@ -309,6 +309,8 @@ SELECT
   (SELECT count(*) FROM users WHERE sim_fail_count > 0) AS failing_users,
   (SELECT count(*) FROM admin_audit WHERE action = 'auto_pause'
       AND created_at > now() - interval '1 hour') AS auto_paused_1h,
+  -- The global switch of claims (migration 0012; `simctl claims`): while true nobody is leased.
+  (SELECT claims_paused FROM sim_control) AS claims_paused,
   (SELECT coalesce(json_object_agg(asset, at), '{}'::json)
      FROM (SELECT asset, max(at) AS at FROM price_history GROUP BY asset) x) AS last_tick
 

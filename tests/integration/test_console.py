@@ -153,6 +153,7 @@ def _pages(w: World) -> list[str]:
         "/failing",
         "/withdrawals",
         "/withdrawals?status=pending",
+        "/readers",
         f"/users/{w.hostile}?table=withdrawals",
         "/audit",
         f"/audit?user={w.plain}",
@@ -245,6 +246,7 @@ async def test_a_read_only_console_refuses_every_write(
             "/actions/bulk",
             "/actions/claims",
             f"/actions/withdrawals/{world.withdrawal}",
+            "/actions/readers",
             "/",
             "/users",
             "/no/such/route",
@@ -489,3 +491,64 @@ async def test_a_withdrawal_is_processed_completed_or_failed_from_the_queue(
     ]
     missing = await admin.post("/actions/withdrawals/99999", {**base, "step": "process"})
     assert missing.status_code == 404
+
+
+async def test_a_reader_role_is_dropped_with_its_grants_and_audited_and_no_other_role(
+    admin: Client, pg: asyncpg.Connection, db_name: str, env: dict[str, str]
+) -> None:
+    from store.roles import grant_reader
+
+    reader = f"console_reader_{db_name[-12:]}"
+    other = f"console_other_{db_name[-12:]}"
+    await grant_reader(pg, reader, verifier=None)
+    await pg.execute(f'CREATE ROLE "{other}" LOGIN')
+    try:
+        page = await admin.get("/readers")
+        assert reader in page.text and other not in page.text
+        token = await admin.csrf()
+        base = {"csrf": token, "admin_key": KEY}
+        unconfirmed = await admin.post("/actions/readers", {**base, "role": reader})
+        assert unconfirmed.status_code == 400
+        refused = await admin.post("/actions/readers", {**base, "role": other, "confirm": other})
+        assert refused.status_code == 400 and "not a reader" in refused.text
+        no_key = await admin.post(
+            "/actions/readers", {"csrf": token, "role": reader, "confirm": reader}
+        )
+        assert no_key.status_code == 403
+        assert await pg.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", reader) == 1
+        done = await admin.post("/actions/readers", {**base, "role": reader, "confirm": reader})
+        assert done.status_code == 200, done.text
+        assert await pg.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", reader) == 0
+        row = await pg.fetchrow(
+            "SELECT admin_key, details FROM admin_audit WHERE action = 'drop_reader'"
+        )
+        assert row is not None and row["admin_key"] == FINGERPRINT
+        assert row["details"]["role"] == reader
+        # The same store function from a shell: the other role is refused there too.
+        cli = simctl(["drop-reader", other], with_admin_key(env, KEY))
+        assert cli.returncode == 1 and "not a reader" in cli.stderr
+    finally:
+        for name in (reader, other):
+            if await pg.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+                await pg.execute(f'DROP OWNED BY "{name}"')
+                await pg.execute(f'DROP ROLE "{name}"')
+
+
+async def test_every_post_route_checks_the_csrf_token_first(
+    world: World, console_settings: Settings, pg: asyncpg.Connection
+) -> None:
+    """A route added later cannot forget the check: each POST route is posted without a token
+    but with an accepted key, and refused before anything is read or written."""
+    app = create_app(console_settings, enable_actions=True, redis=False)
+    posts = [
+        re.sub(r"\{[^}]+\}", "1", route.path)
+        for route in app.routes
+        if "POST" in (getattr(route, "methods", None) or ())
+    ]
+    assert len(posts) >= 4
+    audited = await pg.fetchval("SELECT count(*) FROM admin_audit")
+    async for client in _client(console_settings, actions=True):
+        for url in posts:
+            response = await client.post(url, {"admin_key": KEY, "role": "x", "step": "fail"})
+            assert response.status_code == 403 and "CSRF" in response.text, url
+    assert await pg.fetchval("SELECT count(*) FROM admin_audit") == audited
