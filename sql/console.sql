@@ -4,34 +4,80 @@
 -- (`/*filter*/ true` below). No query counts a history table: recent windows walk
 -- idx_sim_runs_finished_at, and everything else is keyset-paged by primary key.
 
+-- overview_counts --
+-- The users' side, each from an index: due now (idx_users_sim_due, counted up to $1 and no
+-- further: a backlog of millions is "at least $1"), the oldest due slot (the same index, in slot
+-- order), users backing off (the few failing ones, idx_users_failing), eligible users as
+-- Postgres estimates them (reltuples of idx_users_sim_due, whose predicate is eligibility; exact
+-- only while the table was never analyzed, when it is small), the last tick per asset ($2: one
+-- backward probe of price_history's primary key each).
+SELECT
+  (SELECT count(*) FROM (
+      SELECT 1 FROM users
+       WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+         AND (sim_next_run_at IS NULL OR sim_next_run_at <= now())
+         AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
+       LIMIT $1) d) AS due_now,
+  (SELECT round(extract(epoch FROM now() - min(sim_next_run_at))::numeric, 3)::float8 FROM users
+    WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL
+      AND sim_next_run_at <= now()
+      AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())) AS oldest_lag_s,
+  (SELECT count(*) FROM users
+    WHERE sim_fail_count > 0 AND sim_claimed_until > now()
+      AND sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL) AS backing_off,
+  (SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint
+               ELSE (SELECT count(*) FROM users
+                      WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL)
+          END
+     FROM pg_class c WHERE c.oid = 'idx_users_sim_due'::regclass) AS eligible,
+  (SELECT coalesce(json_object_agg(a, (SELECT max(p.at) FROM price_history p WHERE p.asset = a)),
+                   '{}'::json)
+     FROM unnest($2::text[]) AS a) AS last_tick
+
 -- overview_recent --
--- The last minute of runs (idx_sim_runs_finished_at): throughput and the lag of each run (commit
--- minus slot) at the 50th and 99th percentiles.
-SELECT count(*) AS runs_1m,
-       coalesce(sum(trades_count), 0)::bigint AS trades_1m,
-       percentile_disc(0.5) WITHIN GROUP (ORDER BY finished_at - scheduled_for) AS lag_p50,
-       percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - scheduled_for) AS lag_p99
-  FROM sim_runs
- WHERE finished_at > now() - interval '1 minute'
+-- The last minute's runs and trades, estimated from ids (identity columns, allocated as rows
+-- are written): the newest id minus the first id written since a minute ago (one probe each of
+-- idx_sim_runs_finished_at, idx_trades_created_at and the primary keys), never a count of the
+-- history. Lag percentiles over the last minute's newest 1,000 runs at most.
+SELECT
+  coalesce((SELECT max(id) FROM sim_runs), 0)
+    - coalesce((SELECT id - 1 FROM sim_runs WHERE finished_at > now() - interval '1 minute'
+                 ORDER BY finished_at LIMIT 1), (SELECT max(id) FROM sim_runs), 0) AS runs_1m,
+  coalesce((SELECT max(id) FROM trades), 0)
+    - coalesce((SELECT id - 1 FROM trades WHERE created_at > now() - interval '1 minute'
+                 ORDER BY created_at LIMIT 1), (SELECT max(id) FROM trades), 0) AS trades_1m,
+  s.lag_p50, s.lag_p99
+  FROM (SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY lag) AS lag_p50,
+               percentile_disc(0.99) WITHIN GROUP (ORDER BY lag) AS lag_p99
+          FROM (SELECT finished_at - scheduled_for AS lag FROM sim_runs
+                 WHERE finished_at > now() - interval '1 minute'
+                 ORDER BY finished_at DESC LIMIT 1000) r) s
 
 -- overview_series --
--- The last hour per minute (idx_sim_runs_finished_at): runs, trades and the p99 lag; a minute
--- without runs is a row of zeros (its lag NULL), so the chart's hour is always 60 minutes.
-SELECT extract(epoch FROM m.minute)::bigint AS minute,
-       coalesce(r.runs, 0) AS runs, coalesce(r.trades, 0) AS trades, r.lag_p99_s
-  FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
-                       date_trunc('minute', now()), interval '1 minute') AS m(minute)
-  LEFT JOIN (
-      SELECT date_trunc('minute', finished_at) AS minute,
-             count(*) AS runs,
-             sum(trades_count)::bigint AS trades,
-             extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (
-                 ORDER BY finished_at - scheduled_for))::float8 AS lag_p99_s
-        FROM sim_runs
-       WHERE finished_at >= date_trunc('minute', now()) - interval '59 minutes'
-       GROUP BY 1
-  ) r ON r.minute = m.minute
- ORDER BY m.minute
+-- The last hour per minute: runs and trades estimated from ids as overview_recent does (the
+-- first id written in each minute, one index probe per minute and table), the p99 lag of each
+-- minute's newest 200 runs at most. 60 rows, each minute's even when it had no runs.
+WITH marks AS (
+    SELECT m,
+           (SELECT id FROM sim_runs WHERE finished_at >= m ORDER BY finished_at LIMIT 1) AS run_id,
+           (SELECT id FROM trades WHERE created_at >= m ORDER BY created_at LIMIT 1) AS trade_id
+      FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                           date_trunc('minute', now()), interval '1 minute') AS m
+), tops AS (
+    SELECT coalesce((SELECT max(id) FROM sim_runs), 0) + 1 AS run_end,
+           coalesce((SELECT max(id) FROM trades), 0) + 1 AS trade_end
+)
+SELECT extract(epoch FROM m)::bigint AS minute,
+       greatest(coalesce(lead(run_id) OVER w, t.run_end) - coalesce(run_id, t.run_end), 0) AS runs,
+       greatest(coalesce(lead(trade_id) OVER w, t.trade_end) - coalesce(trade_id, t.trade_end), 0)
+         AS trades,
+       (SELECT extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY r.lag))::float8
+          FROM (SELECT finished_at - scheduled_for AS lag FROM sim_runs
+                 WHERE finished_at >= m AND finished_at < m + interval '1 minute'
+                 ORDER BY finished_at DESC LIMIT 200) r) AS lag_p99_s
+  FROM marks, tops t
+WINDOW w AS (ORDER BY m)
+ ORDER BY m
 
 -- overview_state --
 -- The global switch of claims, the latest checkpoint and the users on record as failing
