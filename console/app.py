@@ -537,6 +537,8 @@ async def bulk_preview(request: Request) -> Response:
     """The dry run: how many users the change would change now, and the confirmation form."""
     change = _change(request.query_params.get("change", "pause"))
     to, params = _strategy_params(dict(request.query_params))
+    if change == "set_strategy" and to is None:
+        raise Refused("set_strategy needs the strategy to set (to)")
     async with reading(request) as conn:
         flt, q, problem = await _filter(request, conn)
         if problem:

@@ -552,3 +552,40 @@ async def test_every_post_route_checks_the_csrf_token_first(
             response = await client.post(url, {"admin_key": KEY, "role": "x", "step": "fail"})
             assert response.status_code == 403 and "CSRF" in response.text, url
     assert await pg.fetchval("SELECT count(*) FROM admin_audit") == audited
+
+
+async def test_set_strategy_for_a_filter_from_the_users_page(
+    admin: Client, world: World, pg: asyncpg.Connection
+) -> None:
+    users = await admin.get("/users?state=failing")
+    assert 'id="bulk-strategy"' in users.text
+    dry = await admin.get(
+        "/actions/bulk?change=set_strategy&state=failing&to=momentum&params=%7B%7D"
+    )
+    assert re.search(r'id="count">1<', dry.text)
+    token = await admin.csrf()
+    form = {
+        "csrf": token,
+        "admin_key": KEY,
+        "change": "set_strategy",
+        "state": "failing",
+        "strategy": "",
+        "user_id": "",
+        "expect": "1",
+        "to": "momentum",
+        "params": '{"win_rate": "0.9"}',
+    }
+    refused = await admin.post("/actions/bulk", form)
+    assert refused.status_code == 400 and "win_rate" in refused.text
+    done = await admin.post("/actions/bulk", {**form, "params": "{}"})
+    assert done.status_code == 200, done.text
+    assert await pg.fetchval("SELECT sim_strategy FROM users WHERE id = $1", world.failing) == (
+        "momentum"
+    )
+    row = await pg.fetchrow(
+        "SELECT admin_key, details FROM admin_audit WHERE action = 'bulk_set_strategy'"
+    )
+    assert row is not None and row["admin_key"] == FINGERPRINT
+    assert (
+        row["details"]["user_ids"] == [world.failing] and row["details"]["strategy"] == "momentum"
+    )
