@@ -32,14 +32,15 @@ def console(
         bool,
         typer.Option(
             "--enable-actions",
-            help="Allow actions (pause/resume users by filter, pause claims). Without it every "
+            help="Allow actions (pause, resume or set the strategy of the users a filter matches, "
+            "pause claims, move withdrawals, drop reader roles). Without it every "
             "write is refused and Postgres reads through read-only transactions. Each action "
             "still needs an admin key and is audited.",
         ),
     ] = False,
 ) -> None:
     """Serve the web console: overview (live), users (search, filters), a user's P&L chart and
-    rows, failing users and why, the audit log; actions when enabled.
+    rows, failing users and why, withdrawals, reader roles, the audit log; actions when enabled.
 
     Examples:
 
