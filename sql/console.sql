@@ -8,9 +8,9 @@
 -- The users' side, each from an index: due now (idx_users_sim_due, counted up to $1 and no
 -- further: a backlog of millions is "at least $1"), the oldest due slot (the same index, in slot
 -- order), users backing off (the few failing ones, idx_users_failing), eligible users as
--- Postgres estimates them (reltuples of idx_users_sim_due, whose predicate is eligibility; exact
--- only while the table was never analyzed, when it is small), the last tick per asset ($2: one
--- backward probe of price_history's primary key each).
+-- Postgres estimates them (from the statistics of idx_users_sim_due, whose predicate is
+-- eligibility; counted while fewer than 10,000), the last tick per asset ($2: one backward probe
+-- of price_history's primary key each).
 SELECT
   (SELECT count(*) FROM (
       SELECT 1 FROM users
@@ -25,14 +25,19 @@ SELECT
   (SELECT count(*) FROM users
     WHERE sim_fail_count > 0 AND sim_claimed_until > now()
       AND sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL) AS backing_off,
-  (SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint
+  (SELECT CASE WHEN c.relpages > 1 AND c.reltuples >= 10000
+               -- The planner's own estimate: tuples per page at the last analyze, times the
+               -- pages the index has now. Below 10,000 (or never analyzed) counted exactly.
+               THEN (c.reltuples / c.relpages
+                     * (pg_relation_size(c.oid) / current_setting('block_size')::int))::bigint
                ELSE (SELECT count(*) FROM users
                       WHERE sim_enabled AND NOT sim_paused AND is_active AND deleted_at IS NULL)
           END
      FROM pg_class c WHERE c.oid = 'idx_users_sim_due'::regclass) AS eligible,
-  (SELECT coalesce(json_object_agg(a, (SELECT max(p.at) FROM price_history p WHERE p.asset = a)),
-                   '{}'::json)
-     FROM unnest($2::text[]) AS a) AS last_tick
+  (SELECT coalesce(json_object_agg(asset, at), '{}'::json)
+     FROM (SELECT a AS asset, (SELECT max(p.at) FROM price_history p WHERE p.asset = a) AS at
+             FROM unnest($2::text[]) AS a) t
+    WHERE at IS NOT NULL) AS last_tick
 
 -- overview_recent --
 -- The last minute's runs and trades, estimated from ids (identity columns, allocated as rows

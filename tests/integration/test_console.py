@@ -416,6 +416,7 @@ async def test_the_overview_counts_runs_failures_and_the_last_hour(
 ) -> None:
     data = (await reader.get("/api/overview")).json()
     assert data["failing"] == 1 and data["auto_paused"] == 1
+    assert data["eligible"] == 6 and data["due_now"] <= 6 and data["due_capped"] is False
     assert data["claims_paused"] is False
     # drive() committed six runs just now: they are in the last minute's and hour's windows.
     assert data["runs_1h"] == 6 and data["runs_per_s"] == round(6 / 60, 2)
