@@ -36,8 +36,10 @@ from store.bulk import STATES, Change, UserFilter, apply_change, count_change, l
 from store.console import (
     NEWEST,
     TABLES,
+    asset_prices,
     audit_page,
     failing_users,
+    market_events,
     overview,
     user_page,
     user_rows,
@@ -505,6 +507,46 @@ async def withdrawals_queue(request: Request) -> Response:
 
 
 @page
+async def market_page(request: Request) -> Response:
+    """The stored definition without its seed (store.market.describe, as `simctl market show`),
+    the prices up to now, and the definition, changes and imports from the audit."""
+    from store.market import describe
+
+    async with reading(request) as conn:
+        versions = await describe(conn)
+        events = await market_events(conn)
+    for e in events:
+        e["details_text"] = json.dumps(e["details"], default=str, ensure_ascii=False)[:2000]
+    return render(request, "market.html", title="Market", versions=versions, events=events)
+
+
+@page
+async def market_prices(request: Request) -> Response:
+    """Every asset's stored prices over the last `hours` (default 24, at most 720), as % since
+    the window's first price, for the market chart."""
+    from datetime import timedelta
+
+    from engine.assets import ASSETS
+
+    hours = _int_param(request, "hours", 24)
+    if not 1 <= hours <= 720:
+        raise Refused("hours must be between 1 and 720")
+    async with reading(request) as conn:
+        now: datetime = await conn.fetchval("SELECT now()")
+        series = {a: await asset_prices(conn, a, now - timedelta(hours=hours)) for a in ASSETS}
+    return json_response(
+        {
+            a: {
+                "t": [t for t, _ in points],
+                "price_usd": [float(p) for _, p in points],
+                "last_usd": plain(points[-1][1]) if points else None,
+            }
+            for a, points in series.items()
+        }
+    )
+
+
+@page
 async def readers_page(request: Request) -> Response:
     from store.roles import readers
 
@@ -709,6 +751,8 @@ def create_app(
         Route("/audit", audit_log),
         Route("/withdrawals", withdrawals_queue),
         Route("/readers", readers_page),
+        Route("/market", market_page),
+        Route("/api/market/prices", market_prices),
         Route("/actions/readers", reader_drop, methods=["POST"]),
         Route("/actions/withdrawals/{withdrawal_id}", withdrawal_apply, methods=["POST"]),
         Route("/actions/bulk", bulk_preview, methods=["GET"]),

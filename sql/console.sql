@@ -208,3 +208,17 @@ SELECT w.id, w.user_id, u.email, w.asset, w.amount, w.address, w.status, w.tx_ha
 -- readers --
 -- The roles `simctl grant-reader` made: its comment on the role ($1).
 SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY rolname
+
+-- market_events --
+-- The market's history in the audit: its definition, its changes, the imports (never a seed:
+-- these rows are written without it).
+SELECT id, admin_key, action, details, created_at FROM admin_audit
+ WHERE action IN ('market_define', 'market_change', 'prices_import')
+ ORDER BY id DESC LIMIT $1
+
+-- asset_prices --
+-- One asset's stored prices from $2 up to now (the primary key (asset, at)): never a tick
+-- later than now.
+SELECT extract(epoch FROM at)::float8 AS t, price_usd, source FROM price_history
+ WHERE asset = $1 AND at > $2 AND at <= now()
+ ORDER BY at

@@ -4,7 +4,8 @@ returns password_hash, tax_id, the market's seed or a key digest."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from store.bulk import UserFilter, list_users
@@ -117,3 +118,22 @@ async def withdrawals_page(
         query("withdrawals_page", "console.sql"), before_id, status, user_id, limit
     )
     return [dict(r.items()) for r in rows]
+
+
+async def market_events(conn: Conn, limit: int = 50) -> list[dict[str, Any]]:
+    """The market's definition, changes and imports from the audit, newest first."""
+    rows = await conn.fetch(query("market_events", "console.sql"), limit)
+    return [dict(r.items()) for r in rows]
+
+
+async def asset_prices(
+    conn: Conn, asset: str, since: datetime, max_points: int = 1500
+) -> list[tuple[float, Decimal]]:
+    """An asset's stored prices from `since` up to now, thinned to at most `max_points` evenly
+    spaced ones (the last one kept)."""
+    rows = await conn.fetch(query("asset_prices", "console.sql"), asset, since)
+    if len(rows) > max_points:
+        step = len(rows) / max_points
+        keep = sorted({int(i * step) for i in range(max_points)} | {len(rows) - 1})
+        rows = [rows[i] for i in keep]
+    return [(r["t"], r["price_usd"]) for r in rows]

@@ -122,4 +122,30 @@
       })
       .catch(function (err) { document.getElementById("summary").textContent = "chart failed: " + err.message; });
   }
+
+  // -- the market: every asset's stored prices, % since the window's first ------------------------
+  const market = document.getElementById("market");
+  if (market) {
+    fetch(market.dataset.url, { headers: { accept: "application/json" } })
+      .then(function (r) { return r.json(); })
+      .then(function (d) {
+        const assets = Object.keys(d).filter(function (a) { return d[a].t && d[a].t.length; });
+        const last = document.getElementById("last");
+        if (!assets.length) { last.textContent = "no stored prices in the window"; return; }
+        // One time axis: the union of every asset's ticks; each series on it (gaps spanned).
+        const times = Array.from(new Set([].concat.apply([], assets.map(function (a) { return d[a].t; }))))
+          .sort(function (x, y) { return x - y; });
+        const at = new Map(times.map(function (t, i) { return [t, i]; }));
+        const columns = assets.map(function (a) {
+          const col = times.map(function () { return null; });
+          const first = d[a].price_usd[0];
+          d[a].t.forEach(function (t, i) { col[at.get(t)] = (d[a].price_usd[i] / first - 1) * 100; });
+          return col;
+        });
+        chart(document.getElementById("chart-prices"), assets.map(line), [times].concat(columns));
+        last.textContent = "latest: " + assets.map(function (a) { return a + " " + d[a].last_usd + " USD"; }).join(", ");
+        market.dataset.drawn = "1";
+      })
+      .catch(function (err) { document.getElementById("last").textContent = "chart failed: " + err.message; });
+  }
 })();

@@ -149,6 +149,14 @@ async def test_the_console_live_a_users_chart_and_an_action_end_to_end(
         _shot(browser, "user")
         assert polls is not None
 
+        # The market: the stored prices up to now, drawn.
+        browser.get(base + "/market")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.ID, "market").get_attribute("data-drawn") == "1"
+        )
+        assert browser.execute_script(_PAINTED, "#chart-prices") > 0
+        _shot(browser, "market")
+
         # One action end to end: pause the users of a filter, from the dry run to the audit.
         browser.get(base + "/users?state=running")
         browser.find_element(By.ID, "bulk-pause").click()

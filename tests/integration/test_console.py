@@ -155,6 +155,9 @@ def _pages(w: World) -> list[str]:
         "/withdrawals",
         "/withdrawals?status=pending",
         "/readers",
+        "/market",
+        "/api/market/prices",
+        "/api/market/prices?hours=720",
         f"/users/{w.hostile}?table=withdrawals",
         "/audit",
         f"/audit?user={w.plain}",
@@ -658,3 +661,21 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
         scanned = _executed_seq_scans(json.loads(plan) if isinstance(plan, str) else plan)
         # sim_control and sim_checkpoints hold a row or a few; admin_audit is small here.
         assert scanned <= {"sim_control", "sim_checkpoints", "admin_audit"}, (name, scanned)
+
+
+async def test_the_market_page_shows_the_definition_and_prices_up_to_now_never_the_seed(
+    reader: Client, pg: asyncpg.Connection
+) -> None:
+    await pg.execute(
+        """INSERT INTO price_history (asset, at, price_usd, source)
+           VALUES ('BTC', now() - interval '2 hours', 50000, 'import'),
+                  ('BTC', now() - interval '1 hour', 51000, 'import'),
+                  ('BTC', now() + interval '1 hour', 99999, 'import')"""
+    )
+    page = await reader.get("/market")
+    assert page.status_code == 200 and "market_define" in page.text
+    assert str(MARKET_SEED) not in page.text
+    prices = (await reader.get("/api/market/prices?hours=3")).json()
+    assert prices["BTC"]["price_usd"] == [50000.0, 51000.0]  # the tick to come is not shown
+    assert prices["BTC"]["last_usd"] == "51000.00000000"
+    assert (await reader.get("/api/market/prices?hours=0")).status_code == 400
