@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from simctl.common import Exit, err, settings
+from simctl.common import Exit, err, run_async, settings
 
 
 def console(
@@ -59,6 +59,22 @@ def console(
             f"simctl console needs the console extra ({exc.name} is missing): "
             "pip install 'simengine[console]'",
         ) from None
+
+    async def check() -> None:
+        # Refuse at once, with one line and exit 2, a database that is away or not migrated
+        # (the server's own start-up failure would end in a traceback and uvicorn's exit 3).
+        from store.db import connection
+        from store.runs import deployment_id
+
+        async with connection(s.database_url) as conn:
+            await deployment_id(conn)
+
+    run_async(check)
+    if enable_actions and not s.sim_admin_keys_sha256:
+        err.print(
+            "simctl console: SIM_ADMIN_KEYS_SHA256 is empty: every action will be refused",
+            markup=False,
+        )
     hosts = ["127.0.0.1", "localhost", "[::1]"]
     if host not in ("127.0.0.1", "localhost", "::1"):
         hosts = ["*"]  # bound to an outside address: names are the operator's to choose

@@ -679,3 +679,13 @@ async def test_the_market_page_shows_the_definition_and_prices_up_to_now_never_t
     assert prices["BTC"]["price_usd"] == [50000.0, 51000.0]  # the tick to come is not shown
     assert prices["BTC"]["last_usd"] == "51000.00000000"
     assert (await reader.get("/api/market/prices?hours=0")).status_code == 400
+
+
+def test_simctl_console_refuses_a_database_it_cannot_read_in_one_line(env: dict[str, str]) -> None:
+    from tests.support.services import url_for
+
+    away = simctl(["console", "--port", "1"], {**env, "DATABASE_URL": url_for("simengine_none")})
+    assert away.returncode == 2 and "cannot connect" in away.stderr
+    assert len(away.stderr.strip().splitlines()) == 1
+    refused = simctl(["console", "--host", "127.0.0.1", "--port", "0"], env)
+    assert refused.returncode == 2 and "--port" in refused.stderr
