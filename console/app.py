@@ -447,7 +447,7 @@ async def user_series(request: Request) -> Response:
             "user_id": user_id,
             "t": [ts(p.at) for p in points],
             "pnl_usd": [float(p.pnl_usd) for p in points],
-            "drawdown_usd": [float(-p.drawdown_usd) for p in points],
+            "drawdown_usd": [float(p.drawdown_usd) for p in points],  # <= 0, as the report draws it
             "value_usd": [float(p.value_usd) for p in points],
             "contributions_usd": [float(p.contributions_usd) for p in points],
             "market_pct": market,

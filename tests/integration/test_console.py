@@ -237,6 +237,9 @@ async def test_the_user_chart_is_the_reports_series(
     assert Decimal(data["summary"]["pnl_usd"]) == pnl
     assert abs(data["pnl_usd"][-1] - float(pnl)) < 1e-6
     assert set(data["market_pct"]) >= {"BTC", "ETH"}
+    # Drawdown as the report has it: at or below zero, its lowest the curve's max drawdown.
+    assert all(d <= 0 for d in data["drawdown_usd"])
+    assert abs(min(data["drawdown_usd"]) - float(data["summary"]["max_drawdown_usd"])) < 1e-6
 
 
 async def test_a_read_only_console_refuses_every_write(
