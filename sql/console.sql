@@ -44,13 +44,19 @@ SELECT
 -- are written): the newest id minus the first id written since a minute ago (one probe each of
 -- idx_sim_runs_finished_at, idx_trades_created_at and the primary keys), never a count of the
 -- history. Lag percentiles over the last minute's newest 1,000 runs at most.
+-- A batch's rows share one timestamp (its transaction's now()): the first id of a moment is the
+-- smallest id at the smallest timestamp after it.
 SELECT
   coalesce((SELECT max(id) FROM sim_runs), 0)
-    - coalesce((SELECT id - 1 FROM sim_runs WHERE finished_at > now() - interval '1 minute'
-                 ORDER BY finished_at LIMIT 1), (SELECT max(id) FROM sim_runs), 0) AS runs_1m,
+    - coalesce((SELECT min(id) - 1 FROM sim_runs WHERE finished_at = (
+                  SELECT min(finished_at) FROM sim_runs
+                   WHERE finished_at > now() - interval '1 minute')),
+               (SELECT max(id) FROM sim_runs), 0) AS runs_1m,
   coalesce((SELECT max(id) FROM trades), 0)
-    - coalesce((SELECT id - 1 FROM trades WHERE created_at > now() - interval '1 minute'
-                 ORDER BY created_at LIMIT 1), (SELECT max(id) FROM trades), 0) AS trades_1m,
+    - coalesce((SELECT min(id) - 1 FROM trades WHERE created_at = (
+                  SELECT min(created_at) FROM trades
+                   WHERE created_at > now() - interval '1 minute')),
+               (SELECT max(id) FROM trades), 0) AS trades_1m,
   s.lag_p50, s.lag_p99
   FROM (SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY lag) AS lag_p50,
                percentile_disc(0.99) WITHIN GROUP (ORDER BY lag) AS lag_p99
@@ -64,8 +70,10 @@ SELECT
 -- minute's newest 200 runs at most. 60 rows, each minute's even when it had no runs.
 WITH marks AS (
     SELECT m,
-           (SELECT id FROM sim_runs WHERE finished_at >= m ORDER BY finished_at LIMIT 1) AS run_id,
-           (SELECT id FROM trades WHERE created_at >= m ORDER BY created_at LIMIT 1) AS trade_id
+           (SELECT min(id) FROM sim_runs WHERE finished_at = (
+                SELECT min(finished_at) FROM sim_runs WHERE finished_at >= m)) AS run_id,
+           (SELECT min(id) FROM trades WHERE created_at = (
+                SELECT min(created_at) FROM trades WHERE created_at >= m)) AS trade_id
       FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
                            date_trunc('minute', now()), interval '1 minute') AS m
 ), tops AS (

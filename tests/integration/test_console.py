@@ -427,6 +427,18 @@ async def test_the_overview_counts_runs_failures_and_the_last_hour(
     # drive() committed six runs just now: they are in the last minute's and hour's windows.
     assert data["runs_1h"] == 6 and data["runs_per_s"] == round(6 / 60, 2)
     assert sum(data["series"]["runs"]) == 6
+    # Trades estimated from ids: the rows of one transaction share one created_at (as a run's
+    # trades do), and every one of them is counted.
+    await pg.execute(
+        """INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd,
+                               is_simulated, balance_before, balance_after)
+           SELECT $1, 'buy', 'BTC', 1, 1, 1, 0, false, 1, 0 FROM generate_series(1, 3)""",
+        world.plain,
+    )
+    trades = await pg.fetchval("SELECT count(*) FROM trades")
+    data = (await reader.get("/api/overview")).json()
+    assert trades >= 4 and sum(data["series"]["trades"]) == trades
+    assert data["trades_per_s"] == round(trades / 60, 2)
     assert data["lag_p99_s"] is not None and data["lag_p50_s"] is not None
     failing = await reader.get("/failing")
     assert "fail@example.com" in failing.text and "auto@example.com" in failing.text
@@ -692,3 +704,26 @@ def test_simctl_console_refuses_a_database_it_cannot_read_in_one_line(env: dict[
     assert len(away.stderr.strip().splitlines()) == 1
     refused = simctl(["console", "--host", "127.0.0.1", "--port", "0"], env)
     assert refused.returncode == 2 and "--port" in refused.stderr
+
+
+async def test_rows_written_together_are_all_counted_by_the_id_estimates(
+    pg: asyncpg.Connection,
+) -> None:
+    """A batch's rows share one timestamp; the estimate starts at the smallest id among them."""
+    from store.console import overview
+    from store.seed import seed_demo
+
+    await seed_demo(pg, 3, 1)
+    await pg.execute(
+        """INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome,
+                                 trades_count)
+           SELECT u, now() - interval '5 s', now(), now(), 'applied', 2 FROM generate_series(1, 3) u"""
+    )
+    await pg.execute(
+        """INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd,
+                               is_simulated, balance_before, balance_after)
+           SELECT u % 3 + 1, 'buy', 'BTC', 1, 1, 1, 0, false, 1, 0 FROM generate_series(1, 6) u"""
+    )
+    data = await overview(pg)
+    assert sum(data["series"]["runs"]) == 3 and sum(data["series"]["trades"]) == 6
+    assert data["runs_per_s"] == round(3 / 60, 2) and data["trades_per_s"] == round(6 / 60, 2)
