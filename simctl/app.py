@@ -66,6 +66,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("prune", "prune"),
     "archive": ("archive", "app"),
     "grant-reader": ("roles", "grant_reader"),
+    "drop-reader": ("roles", "drop_reader"),
+    "claims": ("claims", "app"),
+    "console": ("console", "console"),
     "bench": ("bench", "bench"),
 }
 # A USER of `-1` reaches the command, which refuses it in words, not click's option parser.

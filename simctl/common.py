@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import stat
@@ -177,10 +176,12 @@ def admin_fingerprint(s: Settings, key_file: Path | None) -> str:
         key = _prompted_key()
     if not key:
         raise Exit(1, f"refused: this change needs an admin key ({KEY_SOURCES})")
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    if digest not in s.sim_admin_keys_sha256:
+    from engine.adminkeys import accepted_fingerprint
+
+    fingerprint = accepted_fingerprint(key, s.sim_admin_keys_sha256)
+    if fingerprint is None:
         raise Exit(
             1,
             "refused: the admin key is not accepted (its SHA-256 is not in SIM_ADMIN_KEYS_SHA256)",
         )
-    return "sha256:" + digest[:12]
+    return fingerprint

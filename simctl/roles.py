@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from simctl.common import Exit, err, out, run_async, settings
+from simctl.common import Exit, KeyOpt, admin_fingerprint, err, out, print_json, run_async, settings
 from store.db import connection
 from store.errors import Refused
 from store.roles import check_role_name, refusal, role_state, scram_verifier
@@ -98,3 +98,27 @@ def grant_reader(
     out.print(f"role {role} {report.action}{password_note}; can read: {', '.join(report.views)}")
     if report.kept:
         err.print(f"grant-reader: role {role} keeps: {'; '.join(report.kept)}", markup=False)
+
+
+def drop_reader(
+    role: Annotated[str, typer.Argument(metavar="ROLE", help="A reader made by grant-reader.")],
+    admin_key: KeyOpt = None,
+) -> None:
+    """Drop a reader role made by `simctl grant-reader`: its read-view grants, its CONNECT and
+    the role itself, audited (admin key required). Any other role is refused, nothing changed.
+
+    Example:
+
+    \b
+      simctl drop-reader analytics
+    """
+    from store.roles import drop_reader as do_drop
+
+    s = settings()
+    actor = admin_fingerprint(s, admin_key)
+
+    async def go() -> dict[str, Any]:
+        async with connection(s.database_url) as conn:
+            return await do_drop(conn, actor, role)
+
+    print_json(run_async(go))

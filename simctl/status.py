@@ -23,11 +23,12 @@ def status(
 ) -> None:
     """Due users, oldest lag, users backing off after a failed run (not due, and not lag,
     until their backoff ends), queue depth, runs and failures in the last minute and hour,
-    auto-pauses, and the last market tick per asset. Then what grows and what runs out: each
-    table the engine writes (size with indexes, growth per day from the scheduler's samples,
-    estimated rows), each `integer` id (ids and days left; a warning under 90 days), dead row
-    versions on users and its last autovacuum, the retention window, and the latest verified
-    checkpoint's age (and any that failed after it). Warnings say what to act on.
+    auto-pauses, whether claims are paused (`simctl claims`), and the last market tick per
+    asset. Then what grows and what runs out: each table the engine writes (size with indexes,
+    growth per day from the scheduler's samples, estimated rows), each `integer` id (ids and
+    days left; a warning under 90 days), dead row versions on users and its last autovacuum,
+    the retention window, and the latest verified checkpoint's age (and any that failed after
+    it). Warnings say what to act on.
 
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
     not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).

@@ -16,6 +16,7 @@ from simctl.fmt import plain, print_table
 from store.db import Conn, connection
 
 if TYPE_CHECKING:
+    from store.bulk import Change
     from store.users import UserListing
 
 app = typer.Typer(
@@ -126,15 +127,27 @@ def list_(
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    failing: Annotated[
+        bool,
+        typer.Option(
+            "--failing",
+            help="Only users whose last run failed (still retrying, or auto-paused), with since "
+            "when and the reason (the last error). Pages by id: --offset is the last id seen.",
+        ),
+    ] = False,
 ) -> None:
     """List users, filtered and paged.
 
-    Example:
+    Examples:
 
     \b
       simctl users list --search silva --paused --limit 20
+      simctl users list --failing
     """
     s = settings()
+    if failing:
+        _list_failing(s, limit, offset, as_json)
+        return
 
     async def go() -> list[UserListing]:
         from store.users import list_users
@@ -334,3 +347,178 @@ def delete(user: UserArg, admin_key: KeyOpt = None) -> None:
     from store.users import soft_delete
 
     _change(user, admin_key, soft_delete)
+
+
+def _list_failing(s: Any, limit: int, after_id: int, as_json: bool) -> None:
+    async def go() -> list[dict[str, Any]]:
+        from store.console import failing_users
+
+        async with connection(s.database_url) as conn:
+            return await failing_users(conn, after_id, limit)
+
+    rows = run_async(go)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("no user is failing", markup=False)
+        return
+    table = [("ID", "EMAIL", "FAILING_SINCE", "FAILURES", "STATE", "REASON")]
+    for r in rows:
+        since = r["sim_failing_since"]
+        state = (
+            "auto-paused"
+            if r["sim_paused"]
+            else f"retry after {r['sim_claimed_until'].isoformat(timespec='seconds')}"
+            if r["sim_claimed_until"]
+            else "retrying"
+        )
+        table.append(
+            (
+                str(r["id"]),
+                r["email"],
+                since.isoformat(timespec="seconds") if since else "-",
+                str(r["sim_fail_count"]),
+                state,
+                (r["last_error"] or "-").replace("\n", " "),
+            )
+        )
+    print_table(table, right=(0, 3))
+    if len(rows) == limit:
+        out.print(f"(first {limit}; --offset {rows[-1]['id']} for more)", markup=False)
+
+
+# -- changes to every user a filter matches (store.bulk; the console's actions too) -------------
+StateOpt = Annotated[
+    str,
+    typer.Option(
+        "--state",
+        help="all, failing, paused, auto_paused, inactive, disabled or running.",
+    ),
+]
+StrategyFilter = Annotated[
+    str | None,
+    typer.Option("--strategy", help="Only users of this strategy ('default' for none set)."),
+]
+UserFilterOpt = Annotated[int | None, typer.Option("--user", min=1, help="Only this user id.")]
+ExpectOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--expect",
+        min=0,
+        help="Apply, if the filter still matches exactly this many users to change (the dry "
+        "run's count). Without it: a dry run that changes nothing.",
+    ),
+]
+
+
+def _bulk(
+    change: Change,
+    state: str,
+    strategy: str | None,
+    user: int | None,
+    expect: int | None,
+    key: Path | None,
+    to: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> None:
+    from store.bulk import STATES, UserFilter, apply_change, count_change
+
+    if state not in STATES:
+        raise Exit(2, f"--state must be one of {', '.join(STATES)}, got {state!r}")
+    flt = UserFilter(state, strategy, user)
+    s = settings()
+    actor = admin_fingerprint(s, key) if expect is not None else None
+
+    async def go() -> dict[str, Any]:
+        async with connection(s.database_url) as conn:
+            if actor is None:
+                n = await count_change(conn, flt, change)
+                return {"dry_run": True, "would_change": n, "filter": flt.describe()}
+            assert expect is not None
+            return await apply_change(
+                conn,
+                actor,
+                flt,
+                change,
+                expect,
+                strategy=to,
+                params=params,
+            )
+
+    result = run_async(go)
+    print_json(result)
+    if result.get("dry_run"):
+        out.print(
+            f"(dry run: nothing changed; add --expect {result['would_change']} to apply)",
+            markup=False,
+        )
+
+
+@app.command("bulk-pause")
+def bulk_pause(
+    state: StateOpt = "all",
+    strategy: StrategyFilter = None,
+    user: UserFilterOpt = None,
+    expect: ExpectOpt = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """Pause every user a filter matches: a dry run, then --expect COUNT applies it (refused,
+    nothing changed, if the count has changed). One audit row lists the users.
+
+    Example:
+
+    \b
+      simctl users bulk-pause --strategy momentum            # dry run: prints the count
+      simctl users bulk-pause --strategy momentum --expect 120
+    """
+    _bulk("pause", state, strategy, user, expect, admin_key)
+
+
+@app.command("bulk-resume")
+def bulk_resume(
+    state: StateOpt = "all",
+    strategy: StrategyFilter = None,
+    user: UserFilterOpt = None,
+    expect: ExpectOpt = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """Resume every paused user a filter matches (auto-paused ones too: their failures are
+    cleared): a dry run, then --expect COUNT applies it.
+
+    Example:
+
+    \b
+      simctl users bulk-resume --state auto_paused --expect 3
+    """
+    _bulk("resume", state, strategy, user, expect, admin_key)
+
+
+@app.command("bulk-set-strategy")
+def bulk_set_strategy(
+    name: Annotated[
+        str, typer.Argument(metavar="STRATEGY", help="random, rebalance, dca or momentum.")
+    ],
+    params: Annotated[
+        str, typer.Option("--params", help="Strategy parameters as a JSON object.")
+    ] = "{}",
+    state: StateOpt = "all",
+    strategy: StrategyFilter = None,
+    user: UserFilterOpt = None,
+    expect: ExpectOpt = None,
+    admin_key: KeyOpt = None,
+) -> None:
+    """Set the strategy of every user a filter matches: a dry run, then --expect COUNT.
+
+    Example:
+
+    \b
+      simctl users bulk-set-strategy dca --strategy default --expect 500
+    """
+    try:
+        parsed = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise Exit(2, f"--params is not JSON: {exc.msg}") from None
+    if not isinstance(parsed, dict):
+        raise Exit(2, "--params must be a JSON object")
+    _bulk("set_strategy", state, strategy, user, expect, admin_key, to=name, params=parsed)

@@ -37,6 +37,8 @@ WITH ended AS (
                AND sim_next_run_at <= now()
                AND (sim_claimed_until IS NULL OR sim_claimed_until <= now())
                AND id NOT IN (SELECT id FROM held)
+               -- Claims paused by an operator (migration 0012): a one-time filter, read once.
+               AND NOT (SELECT claims_paused FROM sim_control)
              ORDER BY sim_next_run_at
              LIMIT $1) d
 ), leased AS (
@@ -205,6 +207,8 @@ SELECT r.id AS run_id, r.user_id,
 UPDATE users
    SET sim_fail_count = sim_fail_count + 1,
        sim_last_error = left($2, 1000),
+       sim_failing_since = CASE WHEN sim_fail_count = 0 OR sim_failing_since IS NULL
+                                THEN now() ELSE sim_failing_since END,
        sim_claimed_until = now() + make_interval(secs => $3::int * (2 ^ least(sim_fail_count, 16))),
        sim_paused = sim_paused OR sim_fail_count + 1 >= $4,
        updated_at = now()
@@ -324,6 +328,8 @@ SELECT
   u.failing_users,
   (SELECT count(*) FROM admin_audit WHERE action = 'auto_pause'
       AND created_at > now() - interval '1 hour') AS auto_paused_1h,
+  -- The global switch of claims (migration 0012; `simctl claims`): while true nobody is leased.
+  (SELECT claims_paused FROM sim_control) AS claims_paused,
   -- One primary-key probe per asset (the assets are price_history's check list), not a GROUP
   -- BY over every tick ever written.
   (SELECT coalesce(json_object_agg(a, at) FILTER (WHERE at IS NOT NULL), '{}'::json)

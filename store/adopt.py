@@ -117,6 +117,7 @@ PLATFORM: tuple[Table, ...] = (
             Col("sim_claimed_until", TS, "timestamptz"),
             Col("sim_fail_count", INT, "integer NOT NULL DEFAULT 0"),
             Col("sim_last_error", TEXT, "text", 200),
+            Col("sim_failing_since", TS, "timestamptz"),
             Col("sim_strategy", TEXT, "text", 16),
             Col("sim_params", JSONB, "jsonb NOT NULL DEFAULT '{}'::jsonb"),
         ),

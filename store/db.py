@@ -64,11 +64,19 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_cache_size: int = 100,
+    read_only: bool = False,
 ) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb; Unavailable if Postgres does not answer.
     statement_cache_size=0 (SIM_PG_STATEMENT_CACHE_SIZE) works behind PgBouncer in transaction
-    mode: no named prepared statement outlives its transaction."""
+    mode: no named prepared statement outlives its transaction. read_only: every transaction
+    of its connections is read-only (default_transaction_read_only), so a write fails in
+    Postgres whatever the code above asked for (the console without actions)."""
+    server_settings = {"default_transaction_read_only": "on"} if read_only else None
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -77,6 +85,7 @@ async def create_pool(
             init=_init,
             timeout=10,
             statement_cache_size=statement_cache_size,
+            server_settings=server_settings,
         )
     except _CONNECT_ERRORS as exc:
         raise connect_error(dsn, exc) from None

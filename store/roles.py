@@ -14,8 +14,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from store.db import Conn
-from store.errors import Refused
+from store.db import Conn, is_database_error
+from store.errors import NotFound, Refused, first_line
+from store.runs import audit
 from store.sqlfiles import query
 
 READ_VIEWS = ("sim_latest_prices", "sim_positions", "sim_pnl", "sim_activity", "sim_run_log")
@@ -160,3 +161,38 @@ async def grant_reader(
         state.differences if action == "adopted" else [],
         password_set=bool(verifier) and action != "adopted",
     )
+
+
+async def readers(conn: Conn) -> list[str]:
+    """The roles grant_reader made (its comment on the role), by name."""
+    rows = await conn.fetch(query("readers", "console.sql"), READER_COMMENT)
+    return [r["rolname"] for r in rows]
+
+
+async def drop_reader(conn: Conn, actor: str, role: str) -> dict[str, object]:
+    """Drop a reader made by grant_reader: its read-view grants, its CONNECT and the role, with
+    an admin_audit row (drop_reader), in one transaction. Any other role is refused, nothing
+    changed; so is a reader that still holds privileges in another database of the cluster."""
+    check_role_name(role)
+    async with conn.transaction():
+        state = await role_state(conn, role)
+        if not state.exists:
+            raise NotFound(f"no role {role}")
+        if not state.is_reader:
+            raise Refused(
+                f"role {role} is not a reader made by simctl grant-reader "
+                f"({'; '.join(state.differences)}): not dropped"
+            )
+        db = await conn.fetchval(query("current_database"))
+        for view in READ_VIEWS:
+            await _run(conn, "REVOKE ALL ON %I FROM %I", view, role)
+        await _run(conn, "REVOKE USAGE ON SCHEMA public FROM %I", role)
+        await _run(conn, "REVOKE CONNECT ON DATABASE %I FROM %I", db, role)
+        try:
+            await _run(conn, "DROP ROLE %I", role)
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            raise Refused(f"role {role} not dropped: {first_line(exc)}") from None
+        audit_id = await audit(conn, actor, "drop_reader", None, {"role": role, "database": db})
+    return {"dropped": role, "audit_id": audit_id}

@@ -111,6 +111,9 @@ def test_the_wheel_carries_the_sql_and_the_code_imports_from_the_venv(installed:
     assert "simtools/bench/ceiling.pgb" in names and "simtools/bench/run.py" in names
     assert "simtools/bench/bench.sql" in names and "simtools/harness/services.py" in names
     assert "simtools/demo/run.py" in names
+    # The console's templates and its vendored chart library ship with it.
+    assert "console/templates/overview.html" in names and "console/static/console.js" in names
+    assert "console/static/uplot-1.6.32.iife.min.js" in names
     assert "sql/bench.sql" not in names and "sql/drill.sql" not in names
     # The drill and the fairness table are a clone's tools.
     assert not [n for n in names if "drill" in n or n.startswith("simtools/fairness/")]
@@ -140,7 +143,16 @@ def test_the_wheels_top_level_names_collide_with_nothing_installed_beside_it(
         for n in zipfile.ZipFile(installed.wheel).namelist()
         if "/" in n and not n.split("/")[0].endswith(".dist-info")
     }
-    assert {"engine", "store", "sql", "workers", "simctl", "simconfig", "simtools"} <= ours
+    assert {
+        "engine",
+        "store",
+        "sql",
+        "workers",
+        "simctl",
+        "simconfig",
+        "simtools",
+        "console",
+    } <= ours
     script = (
         "import importlib.metadata as m, json\n"
         "names = {}\n"
@@ -214,3 +226,6 @@ def test_the_base_install_refuses_report_and_the_demo_naming_their_extras(
     )
     assert demo.returncode == 2
     assert "pip install 'simengine[demo]'" in demo.stderr
+    console = installed.simctl(["console", "--port", "1"], env)
+    assert console.returncode == 2
+    assert "pip install 'simengine[console]'" in console.stderr

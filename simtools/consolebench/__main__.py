@@ -1,0 +1,159 @@
+"""Time every console page on a scratch database of --users users and --runs runs of history.
+
+The users come from seed-demo (one transaction); the runs are synthetic `sim_runs` rows (each
+user's slots 300 s apart, the newest finishing now, so the last hour holds min(runs, users * 12)
+of them, as a deployment running every user each 300 s would). `simctl console` (read-only)
+serves the database; each page is fetched --repeat times after one warm-up and the table gives
+p50, p95 and max in milliseconds. Prints a Markdown table; the database is dropped at the end
+unless --keep."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlsplit, urlunsplit
+
+from simtools.harness.procs import simctl_argv
+from store.db import connect
+from store.seed import seed_demo
+
+PAGES = (
+    "/",
+    "/api/overview",
+    "/users",
+    "/users?state=failing",
+    "/users?state=paused",
+    "/users?strategy=dca",
+    "/users?q={email}",
+    "/users?after={mid}",
+    "/users/{mid}",
+    "/api/users/{mid}/series",
+    "/failing",
+    "/withdrawals?status=pending",
+    "/audit",
+)
+
+
+def _url(base: str, database: str) -> str:
+    return urlunsplit(urlsplit(base)._replace(path="/" + database))
+
+
+async def _create(admin: str, database: str) -> None:
+    conn = await connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+async def _build(url: str, users: int, runs: int) -> dict[str, str]:
+    conn = await connect(url)
+    try:
+        t0 = time.monotonic()
+        await seed_demo(conn, users, 1)
+        print(f"seeded {users} users in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        t0 = time.monotonic()
+        # Each user's runs in slot order, the newest finishing up to a few minutes ago.
+        await conn.execute(
+            """INSERT INTO sim_runs (user_id, scheduled_for, started_at, finished_at, outcome,
+                                     trades_count)
+               SELECT u, s, s + interval '20 ms', s + interval '40 ms', 'applied', (i % 3)::int
+                 FROM (SELECT i, (i % $1) + 1 AS u,
+                              now() - make_interval(secs => 300 * (($2 - 1 - i) / $1) + (i % $1) * 300.0 / $1) AS s
+                         FROM generate_series(0, $2 - 1) AS i) g""",
+            users,
+            runs,
+        )
+        await conn.execute(
+            "UPDATE users SET sim_fail_count = 2, sim_last_error = 'timeout',"
+            " sim_failing_since = now() WHERE id % 10000 = 0"
+        )
+        await conn.execute("UPDATE users SET sim_paused = true WHERE id % 1000 = 1")
+        await conn.execute("UPDATE users SET sim_strategy = 'dca' WHERE id % 7 = 0")
+        await conn.execute("ANALYZE")
+        print(f"wrote {runs} runs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        email = await conn.fetchval("SELECT upper(email) FROM users WHERE id = $1", users // 2)
+    finally:
+        await conn.close()
+    return {"email": email, "mid": str(users // 2)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get_ms(url: str) -> float:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        response.read()
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+    return (time.perf_counter() - t0) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="scripts/bench-console", description=__doc__)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    database = f"simengine_consolebench_{os.getpid()}"
+    url = _url(admin, database)
+    asyncio.run(_create(admin, database))
+    env = {**os.environ, "DATABASE_URL": url, "SIM_SEED": "7"}
+    subprocess.run(simctl_argv("migrate"), env=env, check=True, capture_output=True)
+    values = asyncio.run(_build(url, args.users, args.runs))
+    port = _free_port()
+    server = subprocess.Popen(simctl_argv("console", "--port", str(port)), env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _get_ms(base + "/favicon.ico")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the console did not start") from None
+                time.sleep(0.1)
+        print(f"| page ({args.users} users, {args.runs} runs) | p50 ms | p95 ms | max ms |")
+        print("|---|---|---|---|")
+        for page in PAGES:
+            path = page.format(**values)
+            _get_ms(base + path)  # warm-up: plans and pool
+            times = sorted(_get_ms(base + path) for _ in range(args.repeat))
+            p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+            shown = page.replace("{email}", "EMAIL").replace("{mid}", "ID")
+            print(
+                f"| `{shown}` | {statistics.median(times):.1f} | {p95:.1f} | {times[-1]:.1f} |",
+                flush=True,
+            )
+    finally:
+        server.terminate()
+        server.wait(30)
+        if not args.keep:
+
+            async def drop() -> None:
+                conn = await connect(admin)
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                finally:
+                    await conn.close()
+
+            asyncio.run(drop())
+
+
+if __name__ == "__main__":
+    main()
