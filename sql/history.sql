@@ -341,3 +341,10 @@ SELECT NOT EXISTS (SELECT 1 FROM sim_checkpoints
 
 -- custom_plans --
 SET plan_cache_mode = force_custom_plan
+
+-- parts_create --
+-- Per-user sums of one range of ids each, until they are folded into their target.
+CREATE TEMPORARY TABLE IF NOT EXISTS sim_since_parts (LIKE sim_checkpoint_users INCLUDING DEFAULTS)
+
+-- parts_clear --
+TRUNCATE pg_temp.sim_since_parts

@@ -193,12 +193,36 @@ def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
         start = end
 
 
-def _upsert(table: str, target: str) -> str:
+_SUM_COLS = (
+    "usd",
+    *_ASSETS,
+    *(f"buy_{a}" for a in _ASSETS),
+    *(f"cost_{a}" for a in _ASSETS),
+    "fees",
+    "trades",
+    "runs",
+)
+# Partial sums gathered before they are folded into their target in one statement: each range
+# of ids appends its per-user sums (no conflict to resolve), a fold adds them up per user.
+_FOLD_ROWS = 400_000
+
+
+def _parts_insert(table: str) -> str:
     cols = _WINDOW_COLS[table]
-    sets = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in cols)
     return (
-        f"INSERT INTO {target} AS t (checkpoint_id, user_id, {', '.join(cols)}) "  # noqa: S608
-        f"SELECT $4::bigint, w.* FROM ({q('window_' + table)}) w "
+        f"INSERT INTO pg_temp.sim_since_parts (checkpoint_id, user_id, {', '.join(cols)}) "  # noqa: S608
+        f"SELECT $4::bigint, w.* FROM ({q('window_' + table)}) w"
+    )
+
+
+def _fold(target: str) -> str:
+    cols = ", ".join(_SUM_COLS)
+    sums = ", ".join(f"sum({c})" for c in _SUM_COLS)
+    sets = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in _SUM_COLS)
+    return (
+        f"INSERT INTO {target} AS t (checkpoint_id, user_id, {cols}) "  # noqa: S608
+        f"SELECT checkpoint_id, user_id, {sums} FROM pg_temp.sim_since_parts "
+        f"GROUP BY checkpoint_id, user_id "
         f"ON CONFLICT (checkpoint_id, user_id) DO UPDATE SET {sets}"
     )
 
@@ -242,17 +266,32 @@ async def _sum_range(
     """Sum the engine's rows with ids (lo, hi] into `target` under `checkpoint_id`, a range of
     ids per transaction; with store_blocks, also store their blocks' hashes for checkpoint_id."""
     rows = dict.fromkeys(TABLES, 0)
+    await conn.execute(q("parts_create"))
+    await conn.execute(q("parts_clear"))
+    pending = 0
+
+    async def fold() -> None:
+        async with timer.tx(conn):
+            await conn.execute(_fold(target))
+            await conn.execute(q("parts_clear"))
+
     for table in TABLES:
-        upsert = _upsert(table, target)
+        insert = _parts_insert(table)
         for a, b in _ranges(lo.of(table), hi.of(table), CHUNK_IDS):
             async with timer.tx(conn):
-                await conn.execute(upsert, a, b, user_id, checkpoint_id)
+                status = await conn.execute(insert, a, b, user_id, checkpoint_id)
                 if store_blocks:
                     await conn.execute(_store_blocks(table), a, b, checkpoint_id)
+            pending += int(status.rsplit(" ", 1)[-1])
+            if pending >= _FOLD_ROWS:
+                await fold()
+                pending = 0
             await lease.renew()
         if store_blocks:
             counted = await conn.fetchval(q("count_blocks_rows"), checkpoint_id, table)
             rows[table] = int(counted or 0)
+    if pending:
+        await fold()
     return rows
 
 
@@ -402,6 +441,16 @@ async def verify_window(
     cid = checkpoint["id"]
     cut = Cut.of_checkpoint(checkpoint)
     hashes = {}
+    if sum_into:
+        await conn.execute(q("parts_create"))
+        await conn.execute(q("parts_clear"))
+    pending = 0
+
+    async def fold() -> None:
+        async with timer.tx(conn):
+            await conn.execute(_fold("pg_temp.sim_since"))
+            await conn.execute(q("parts_clear"))
+
     for table in TABLES:
         stored = {
             r["block"]: (r["rows"], r["hash"])
@@ -417,7 +466,11 @@ async def verify_window(
             async with timer.tx(conn):
                 found = await conn.fetch(_blocks(table), a, b)
                 if sum_into:
-                    await conn.execute(_upsert(table, "pg_temp.sim_since"), a, b, None, 0)
+                    status = await conn.execute(_parts_insert(table), a, b, None, 0)
+                    pending += int(status.rsplit(" ", 1)[-1])
+            if pending >= _FOLD_ROWS:
+                await fold()
+                pending = 0
             for r in found:
                 seen.add(r["block"])
                 if stored.get(r["block"]) != (r["rows"], r["hash"]):
@@ -430,6 +483,8 @@ async def verify_window(
                         await _name_block(conn, cid, table, block, prev_cut, cut, stored)
                     )
             await lease.renew()
+    if pending:
+        await fold()
     window = window_hash(hashes)
     if window != checkpoint["window_hash"]:
         problems.append(f"checkpoint {cid}: its window hash does not match its tables' hashes")
