@@ -32,7 +32,7 @@ async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
 async def run_round(pg: asyncpg.Connection, runner: BatchRunner) -> int:
     """Every user due a minute ago, run once: the number of runs applied."""
     rows = await pg.fetch(
-        "UPDATE users SET sim_next_run_at = date_trunc('second', now()) - interval '1 minute' "
+        "UPDATE users SET sim_next_run_at = now() - interval '1 minute' "
         "RETURNING id, sim_next_run_at"
     )
     outcome = await runner.run(sorted(Claim(r["id"], r["sim_next_run_at"]) for r in rows))
