@@ -34,10 +34,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     database_url: str = Field(
+        repr=False,
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         description="Postgres DSN (postgresql://user:pass@host:port/db).",
     )
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL for arq.")
+    redis_url: str = Field(
+        repr=False, default="redis://127.0.0.1:6379/0", description="Redis URL for arq."
+    )
     # The market settings (SIM_SEED, SIM_TICK_S, SIM_EPOCH, SIM_START_PRICES, SIM_VOLATILITY) only
     # choose what the first `simctl migrate` stores; unset they are None, never a default, so a
     # process can tell "not given" from "given and different from the stored market".
@@ -57,7 +60,7 @@ class Settings(BaseSettings):
         default=(), description="Comma-separated hex SHA-256 digests of accepted admin keys."
     )
     sim_admin_key: str | None = Field(
-        default=None, description="The admin key simctl users presents."
+        repr=False, default=None, description="The admin key simctl users presents."
     )
     sim_tick_s: int | None = Field(
         default=None, ge=1, le=86_400, description="Tick length the first migrate stores (60)."
@@ -111,6 +114,7 @@ class Settings(BaseSettings):
         description="A checkpoint or prune renews the history lease as it works; one silent this long (killed, stalled) is taken over by the next.",
     )
     sim_history_database_url: str | None = Field(
+        repr=False,
         default=None,
         description="Postgres URL for checkpoints, reconcile and prune, which keep a session's temporary table across short transactions: set it to the primary when DATABASE_URL goes through PgBouncer in transaction mode (unset: DATABASE_URL).",
     )

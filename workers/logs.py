@@ -33,11 +33,18 @@ def configure_logging(settings: Settings) -> None:
     shared.append(escape_controls)
     renderer: structlog.types.Processor
     if as_json:
-        # A traceback as a list of frames: one JSON line, nothing lost.
-        shared.append(structlog.processors.dict_tracebacks)
+        # A traceback as a list of frames: one JSON line. Without the frames' local variables:
+        # they hold the settings (an admin key, a DSN's password) and rows of users.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -58,3 +58,39 @@ def test_text_values_are_logged_with_control_characters_escaped() -> None:
         "error": "Eve\\x1b[2J\\nfake line",
         "user_id": 7,
     }
+
+
+SECRET_SCRIPT = """
+from simconfig import Settings
+from workers.logs import configure_logging, get_logger
+
+settings = Settings(
+    _env_file=None,
+    sim_log_json={as_json},
+    sim_admin_key="adminkey-TOPSECRET",
+    database_url="postgresql://engine:pw-TOPSECRET@127.0.0.1/db",
+)
+configure_logging(settings)
+
+def inner(settings):
+    raise ValueError("boom")
+
+try:
+    inner(settings)
+except ValueError as exc:
+    get_logger("simengine.test").error("ours.failed", exc_info=exc)
+print(repr(settings))
+"""
+
+
+def test_a_logged_traceback_and_the_settings_repr_show_no_secret() -> None:
+    # A traceback's frames hold the settings: their locals, and the settings' repr, stay out.
+    for as_json in (True, False):
+        result = subprocess.run(
+            [sys.executable, "-c", SECRET_SCRIPT.format(as_json=as_json)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "ours.failed" in result.stderr and "boom" in result.stderr
+        assert "TOPSECRET" not in result.stderr + result.stdout
