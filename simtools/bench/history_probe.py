@@ -1,0 +1,213 @@
+"""What the history bench measures at a point in history: a simctl command's wall time and the
+longest transaction its backends held (pg_stat_activity sampled from a side connection), status
+above process start, the full sim_pnl sum, table sizes, and the scheduler's claim times read
+from its log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from simtools.harness.procs import simctl_argv, with_app_name
+from simtools.harness.sqlfiles import query_file
+from store.db import Conn, connect
+
+history_query = query_file("simtools.bench", "history.sql")
+
+SAMPLE_S = 0.1  # how often the side connection looks at the timed command's transactions
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One simctl command: wall time, exit code, the longest transaction any of its backends held
+    (seen every SAMPLE_S, so short by up to that much; 0.0 when none lasted a sample), how many
+    transactions were seen, and its --json output when it gave one."""
+
+    seconds: float
+    exit_code: int
+    longest_transaction_s: float
+    transactions_seen: int
+    output: Any = None
+
+
+async def timed_simctl(
+    args: Sequence[str],
+    env: dict[str, str],
+    url: str,
+    app: str,
+    *,
+    keep: bool = True,
+    timeout_s: float = 7200,
+) -> Timed:
+    """Run `simctl ARGS` against the database at `url` (its connections named `app`) while a side
+    connection samples pg_stat_activity for their open transactions every SAMPLE_S. `keep`: keep
+    its --json output (a reconcile's may list every discrepancy: only its exit code is kept)."""
+    side = await connect(url)
+    held: dict[tuple[int, datetime], float] = {}
+    try:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *simctl_argv(*args),
+            env={**env, "DATABASE_URL": with_app_name(url, app)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        communicate = asyncio.ensure_future(proc.communicate())
+        try:
+            while not communicate.done():
+                for row in await side.fetch(history_query("hist_transactions_of"), app):
+                    key = (row["pid"], row["xact_start"])
+                    held[key] = max(held.get(key, 0.0), row["held_s"])
+                if time.monotonic() - started > timeout_s:
+                    proc.kill()
+                    break
+                await asyncio.wait({communicate}, timeout=SAMPLE_S)
+            stdout, _stderr = await communicate
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        seconds = time.monotonic() - started
+    finally:
+        await side.close()
+    output: Any = None
+    if keep:
+        try:
+            output = json.loads(stdout.decode("utf-8", errors="replace"))
+        except ValueError:
+            output = None
+    return Timed(
+        seconds=round(seconds, 3),
+        exit_code=proc.returncode if proc.returncode is not None else -1,
+        longest_transaction_s=round(max(held.values(), default=0.0), 3),
+        transactions_seen=len(held),
+        output=output,
+    )
+
+
+def _wall_s(args: Sequence[str], env: dict[str, str]) -> tuple[float, int]:
+    import subprocess
+
+    started = time.monotonic()
+    done = subprocess.run(
+        simctl_argv(*args), env=env, capture_output=True, timeout=600, check=False
+    )
+    return time.monotonic() - started, done.returncode
+
+
+@dataclass(frozen=True)
+class StatusTime:
+    """`simctl status --json` wall time, `simctl --help`'s (the process start: interpreter,
+    imports, settings), and the difference: what status itself costs (medians of `runs`)."""
+
+    status_s: float
+    process_start_s: float
+    above_start_s: float
+    exit_code: int
+
+
+async def status_time(env: dict[str, str], url: str, runs: int = 3) -> StatusTime:
+    env = {**env, "DATABASE_URL": url}
+    status: list[float] = []
+    start: list[float] = []
+    code = 0
+    for _ in range(runs):
+        s, code = await asyncio.to_thread(_wall_s, ["status", "--json"], env)
+        status.append(s)
+        h, _ = await asyncio.to_thread(_wall_s, ["--help"], env)
+        start.append(h)
+    st, hs = statistics.median(status), statistics.median(start)
+    return StatusTime(round(st, 3), round(hs, 3), round(st - hs, 3), code)
+
+
+async def pnl_sum_s(conn: Conn) -> float:
+    started = time.monotonic()
+    await conn.fetchval(history_query("hist_pnl_sum"))
+    return round(time.monotonic() - started, 3)
+
+
+async def table_sizes(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch(history_query("hist_table_sizes"))
+    return {r["name"]: int(r["bytes"]) for r in rows}
+
+
+HISTORY_TABLES = ("trades", "transactions", "sim_runs")
+
+
+def history_bytes(sizes: dict[str, int]) -> int:
+    """The append-only part: what grows with the runs written, and what retention bounds."""
+    return sum(sizes.get(t, 0) for t in HISTORY_TABLES)
+
+
+@dataclass(frozen=True)
+class ClaimStats:
+    """The scheduler's claims over a span, from its `scheduler.pass` log lines (each pass logs
+    the claim_ms of its claims and the users claimed): per pass, median and p95 (ms); per 1,000
+    users claimed (ms); passes seen."""
+
+    passes: int
+    median_ms: float | None
+    p95_ms: float | None
+    ms_per_1000_users: float | None
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def claim_stats(log: Path, since: float, until: float) -> ClaimStats:
+    """Claims logged between two host times (time.time()) in the scheduler's JSON log."""
+    ms: list[float] = []
+    users = 0
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if '"scheduler.pass"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if since <= at < until:
+            ms.append(float(event["claim_ms"]))
+            users += int(event["claimed"])
+    return ClaimStats(
+        passes=len(ms),
+        median_ms=round(statistics.median(ms), 2) if ms else None,
+        p95_ms=_percentile(ms, 0.95),
+        ms_per_1000_users=round(sum(ms) / users * 1000, 2) if users else None,
+    )
+
+
+async def runs_taken(conn: Conn) -> int:
+    n: int = await conn.fetchval(history_query("hist_runs_taken"))
+    return n
+
+
+async def clock(conn: Conn) -> datetime:
+    at: datetime = await conn.fetchval(history_query("hist_clock"))
+    return at
+
+
+async def counts(conn: Conn) -> dict[str, int]:
+    row = await conn.fetchrow(history_query("hist_counts"))
+    assert row is not None
+    return {k: int(row[k]) for k in ("runs", "trades", "ledger_rows")}
+
+
+async def users_dead(conn: Conn) -> dict[str, int]:
+    row = await conn.fetchrow(history_query("hist_users_dead"))
+    return {"dead": 0, "live": 0, "autovacuums": 0} if row is None else dict(row)
