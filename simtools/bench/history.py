@@ -486,6 +486,8 @@ async def fill_and_measure(
                 else None
             )
             try:
+                # Once untimed: a first simctl of a fresh install compiles its modules.
+                await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm", keep=False)
                 zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
                 await back_to_back(conn, plan.interval_s)
                 fill_started = time.monotonic()
