@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         le=3600,
         description="A scheduler's /readyz reports not ready when none of its claim attempts got the claim lock (or found the queue full) for this long.",
     )
+    sim_checkpoint_interval_s: int = Field(
+        default=900,
+        ge=0,
+        le=7 * 86_400,
+        description="A scheduler takes a checkpoint of the engine's history when none started within this many seconds (0 = never on its own; `simctl checkpoint` still works). Reconcile's cost follows the rows written since the latest one.",
+    )
+    sim_history_database_url: str | None = Field(
+        default=None,
+        description="Postgres URL for checkpoints, reconcile and prune, which keep a session's temporary table across short transactions: set it to the primary when DATABASE_URL goes through PgBouncer in transaction mode (unset: DATABASE_URL).",
+    )
     sim_max_queued_jobs: int = Field(
         default=32, ge=1, le=100_000, description="Scheduler stops claiming above this queue depth."
     )
@@ -176,10 +186,10 @@ class Settings(BaseSettings):
     def _parse_asset_map(cls, value: object) -> object:
         return parse_asset_map(value) if isinstance(value, str) else value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "sim_history_database_url")
     @classmethod
-    def _check_pg_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+    def _check_pg_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
             raise ValueError("expected a postgresql:// URL")
         return value
 
@@ -210,6 +220,11 @@ class Settings(BaseSettings):
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone, e.g. 2024-01-01T00:00:00Z")
         return value
+
+    @property
+    def history_database_url(self) -> str:
+        """Where checkpoints, reconcile and prune connect (a session connection)."""
+        return self.sim_history_database_url or self.database_url
 
     def queue_name(self, deployment_id: str) -> str:
         """The arq queue of the deployment whose database identity is `deployment_id`

@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run"),
     "status": ("status", "status"),
     "reconcile": ("reconcile", "reconcile"),
+    "checkpoint": ("checkpoint", "checkpoint"),
     "market": ("market", "app"),
     "users": ("users", "app"),
     "withdrawals": ("withdrawals", "app"),

@@ -10,11 +10,20 @@ import typer
 from simctl.common import Exit, out, print_json, run_async, settings
 
 if TYPE_CHECKING:
-    from store.ledger import Discrepancy, LegacyGap
+    from store.history import ReconcileReport
+    from store.ledger import LegacyGap
 
 
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Walk every retained row from the beginning (or from the checkpoint retention "
+            "pruned through), verifying each checkpoint's hashes and totals on the way.",
+        ),
+    ] = False,
     user: Annotated[
         str | None, typer.Option("--user", help="Only this user (id or email); refused if unknown.")
     ] = None,
@@ -27,48 +36,60 @@ def reconcile(
         ),
     ] = False,
 ) -> None:
-    """Rebuild every balance and holding from the ledger rows and compare; check every engine
-    trade's price against its tick's stored price moved by SIM_SLIPPAGE_BPS, exactly, and every
+    """Rebuild every balance and holding from the ledger and compare; check every engine trade's
+    price against its tick's stored price moved by SIM_SLIPPAGE_BPS, exactly, and every
     portfolio value against the stored prices of the user's last run. Any run whose slot is
-    later than its commit, and any stored price of a tick later than now, is named too.
+    later than its commit, any stored price of a tick later than now, and any engine row changed
+    or deleted after it was written (table, id, and the checkpoint whose window holds it) is
+    named too.
 
-    On an adopted database the ledger is judged from the adoption's baseline on (each user's
-    opening balance and holdings). Exit 0 when clean, 1 with each discrepancy named (user,
-    field, expected, found). --legacy never changes the exit code.
+    Judged from the latest verified checkpoint (`simctl checkpoint`): its per-user totals plus
+    the rows written since, and the prices of the trades since, so its cost follows the rows
+    since the checkpoint, not the history. --full walks every retained row and verifies the
+    checkpoint chain (each window's rows against its stored hashes, each checkpoint's totals).
+    Either way the work is done a range of ids or users per short transaction, never one long
+    snapshot. On an adopted database the ledger is judged from the adoption's baseline on
+    (each user's opening balance and holdings). Exit 0 when clean, 1 with each discrepancy named
+    (user, field, expected, found). --legacy never changes the exit code.
 
     Examples:
 
-      simctl reconcile --json
+      simctl reconcile
+
+      simctl reconcile --full --json
 
       simctl reconcile --legacy
     """
     s = settings()
 
-    async def go() -> tuple[list[Discrepancy], list[str], list[LegacyGap] | None]:
-        from store.audit import audit_time
+    async def go() -> tuple[ReconcileReport, list[LegacyGap] | None]:
         from store.db import connection
+        from store.history import reconcile as judge
         from store.ledger import legacy_gap, was_adopted
-        from store.ledger import reconcile as do_reconcile
-        from store.prices import audit_prices
         from store.users import resolve_user
 
         async with connection(s.database_url) as conn:
             uid = None if user is None else await resolve_user(conn, user)
-            found = await do_reconcile(conn, uid)
-            found += await audit_prices(conn, s.sim_slippage_bps, uid)
-            early = await audit_time(conn, uid)
+            report = await judge(conn, slippage_bps=s.sim_slippage_bps, full=full, user_id=uid)
             adopted = legacy and await was_adopted(conn)
             # None: never adopted, so no legacy ledger and no opening state to explain.
             gaps = await legacy_gap(conn, uid) if adopted else None
-            return found, early, gaps
+            return report, gaps
 
-    found, early, gaps = run_async(go)
+    report, gaps = run_async(go)
+    found, early = report.discrepancies, report.findings
     if legacy:
         _print_legacy_gaps(gaps, as_json)
     if as_json:
         print_json(
             {
-                "clean": not found and not early,
+                "clean": report.clean,
+                "full": report.full,
+                "from_checkpoint": report.base,
+                "checkpoints_verified": report.checkpoints_verified,
+                "rows_since": report.rows_since,
+                "seconds": round(report.seconds, 3),
+                "longest_transaction_s": round(report.longest_tx_s, 3),
                 "discrepancies": [
                     {
                         "user_id": d.user_id,
@@ -83,15 +104,25 @@ def reconcile(
         )
     else:
         for d in found:
-            out.print(str(d))
+            out.print(str(d), markup=False)
         for line in early:
             out.print(line, markup=False)
-        if not found and not early:
+        if report.clean:
+            base = (
+                f"from checkpoint {report.base}"
+                if report.base is not None
+                else "from the beginning"
+            )
+            walked = (
+                f", {report.checkpoints_verified} checkpoint(s) verified" if report.full else ""
+            )
             out.print(
                 "clean: every balance and holding matches the ledger, every trade and value "
-                "its stored prices"
+                f"its stored prices ({base}{walked}; {report.seconds:.2f} s, longest "
+                f"transaction {report.longest_tx_s:.2f} s)",
+                markup=False,
             )
-    if found or early:
+    if not report.clean:
         raise Exit(1, f"reconcile: {len(found) + len(early)} discrepancy(ies)")
 
 

@@ -634,6 +634,7 @@ WITH m AS (
       CROSS JOIN m
       LEFT JOIN price_import_spans s ON s.asset = t.asset
      WHERE t.is_simulated AND t.sim_run_id IS NOT NULL AND ($1::bigint IS NULL OR t.user_id = $1)
+       AND t.id > $3 AND t.id <= $4  -- ids ($3, $4]: reconcile audits a range at a time
 ), priced AS (
     SELECT t.*,
            CASE WHEN t.imported THEN
@@ -664,14 +665,16 @@ SELECT id, user_id, trade_type, asset, generated_at, price_usd, stored_usd, expe
 WITH m AS (
     SELECT make_interval(secs => tick_s) AS tick, epoch FROM sim_market WHERE version = 1
 ), last_run AS (
-    SELECT user_id, max(scheduled_for) AS slot FROM sim_runs
-     WHERE $1::bigint IS NULL OR user_id = $1 GROUP BY user_id
+    -- Users with ids in ($1, $2]: one backward probe of (user_id, scheduled_for) each.
+    SELECT u.id AS user_id,
+           (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id) AS slot
+      FROM users u WHERE u.id > $1 AND u.id <= $2
 ), held AS (
     SELECT l.user_id, l.slot, h.asset, h.quantity, p.usd_value,
            s.asset IS NOT NULL AND l.slot BETWEEN s.first_at AND s.last_at AS imported,
            date_bin(m.tick, l.slot, m.epoch) AS tick_at
       FROM last_run l
-      JOIN portfolio p ON p.user_id = l.user_id
+      JOIN portfolio p ON p.user_id = l.user_id AND l.slot IS NOT NULL
       CROSS JOIN m
       CROSS JOIN LATERAL (VALUES ('BTC', p.btc), ('ETH', p.eth), ('USDT', p.usdt),
                                  ('USDC', p.usdc), ('XRP', p.xrp), ('ADA', p.ada)) AS h(asset, quantity)
@@ -731,6 +734,7 @@ SELECT id::text FROM sim_deployment
 -- clock_timestamp() in the statement that wrote it): a run that happened before it was due.
 SELECT id, user_id, scheduled_for, finished_at FROM sim_runs
  WHERE scheduled_for > finished_at AND ($1::bigint IS NULL OR user_id = $1)
+   AND id > $2 AND id <= $3  -- run ids ($2, $3]: reconcile audits a range at a time
  ORDER BY id
 
 -- audit_future_prices --

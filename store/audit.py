@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from store.db import Conn
+from store.db import ALL_IDS, Conn
 from store.sqlfiles import query
 
 
@@ -37,9 +37,12 @@ class FuturePrice:
         return f"{self.asset} price at {self.at.isoformat()} ({self.source}) is later than now"
 
 
-async def early_runs(conn: Conn, user_id: int | None = None) -> list[EarlyRun]:
-    """Every run (of `user_id`, or of everyone) whose slot is later than its commit."""
-    rows = await conn.fetch(query("audit_future_runs"), user_id)
+async def early_runs(
+    conn: Conn, user_id: int | None = None, ids: tuple[int, int] = (0, ALL_IDS)
+) -> list[EarlyRun]:
+    """Every run (of `user_id`, or of everyone; run ids in `ids` = (after, up to)) whose slot
+    is later than its commit."""
+    rows = await conn.fetch(query("audit_future_runs"), user_id, *ids)
     return [EarlyRun(r["id"], r["user_id"], r["scheduled_for"], r["finished_at"]) for r in rows]
 
 

@@ -26,6 +26,8 @@ T = TypeVar("T")
 Conn = asyncpg.Connection | PoolConnectionProxy
 Pool = asyncpg.Pool
 Record = asyncpg.Record
+# Every id of a bigint column: the upper end of an id range that leaves nothing out.
+ALL_IDS = 2**63 - 1
 # The table a statement reads does not exist (SQLSTATE 42P01): a database never migrated.
 UndefinedTable = asyncpg.UndefinedTableError
 

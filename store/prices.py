@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from engine.assets import ASSETS
 from engine.text import TextRefused, ascii_decimal, check_text
-from store.db import Conn
+from store.db import ALL_IDS, Conn
 from store.errors import Refused
 from store.ledger import Discrepancy
 from store.runs import audit
@@ -198,8 +198,11 @@ async def audit_prices(
     last run (reconcile's price audit: a process with another market cannot pass unnoticed)."""
     out: list[Discrepancy] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        trades = await conn.fetch(query("reconcile_trade_prices"), user_id, slippage_bps)
-        values = await conn.fetch(query("reconcile_valuations"), user_id)
+        trades = await conn.fetch(
+            query("reconcile_trade_prices"), user_id, slippage_bps, 0, ALL_IDS
+        )
+        lo, hi = (0, ALL_IDS) if user_id is None else (user_id - 1, user_id)
+        values = await conn.fetch(query("reconcile_valuations"), lo, hi)
     for r in trades:
         what = f"trade {r['id']} {r['trade_type']} {r['asset']} at {r['generated_at'].isoformat()}"
         if r["stored_usd"] is None:

@@ -47,6 +47,9 @@ CLAIM_AGE = Gauge(
     "Seconds since this scheduler's last claim attempt that got the claim lock (scheduler only).",
 )
 CLAIMED = Counter("simengine_claimed", "Slots leased by the scheduler.")
+CHECKPOINTS = Counter(
+    "simengine_checkpoints", "Checkpoints taken by this scheduler, by state.", ["state"]
+)
 CLAIM_SECONDS = Histogram(
     "simengine_claim_seconds",
     "Time of one claim statement.",

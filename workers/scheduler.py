@@ -36,6 +36,7 @@ from workers.deps import (
     serve_health,
 )
 from workers.enqueue import enqueue_batch
+from workers.housekeeping import housekeeping
 from workers.logs import get_logger
 from workers.queue import drop_lapsed_jobs, pending_jobs
 
@@ -285,7 +286,13 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
         scheduler = Scheduler(settings, deps.pool, deps.redis, market, stopping)
         deps.scheduler = scheduler
         log.info("scheduler.started", once=once)
-        await scheduler.loop(once=once)
+        keeper = None if once else asyncio.create_task(housekeeping(settings, stopping))
+        try:
+            await scheduler.loop(once=once)
+        finally:
+            if keeper is not None:
+                stopping.set()
+                await keeper
         log.info("scheduler.stopped")
     finally:
         if deps.redis is not None:

@@ -1,0 +1,62 @@
+"""The scheduler's housekeeping beside its claims: a checkpoint of the engine's history every
+SIM_CHECKPOINT_INTERVAL_S (store/history.py). Any number of schedulers may run it: the history
+lease lets one work at a time, and a checkpoint is due only when none started within the
+interval, so the schedulers take turns rather than repeat each other."""
+
+from __future__ import annotations
+
+import asyncio
+
+from simconfig import Settings
+from store import history
+from store.db import connection
+from store.errors import StoreError, first_line
+from workers import metrics
+from workers.deps import pause
+from workers.logs import get_logger
+
+log = get_logger("simengine.housekeeping")
+
+# How often a scheduler looks whether a checkpoint is due (at most; the interval if shorter).
+_LOOK_EVERY_S = 30.0
+
+
+async def checkpoint_if_due(settings: Settings) -> history.CheckpointReport | None:
+    """Take a checkpoint when none started within the interval; None when not due or another
+    scheduler (or `simctl checkpoint` / `simctl prune`) holds the history lease."""
+    async with connection(settings.history_database_url) as conn:
+        if not await history.checkpoint_due(conn, settings.sim_checkpoint_interval_s):
+            return None
+        try:
+            report = await history.checkpoint(
+                conn, "scheduler", slippage_bps=settings.sim_slippage_bps
+            )
+        except history.HistoryBusy:
+            return None
+    metrics.CHECKPOINTS.labels(report.state).inc()
+    if report.state == "verified":
+        log.info(
+            "checkpoint.verified",
+            checkpoint=report.id,
+            rows=report.rows,
+            seconds=round(report.seconds, 2),
+            longest_tx_s=round(report.longest_tx_s, 2),
+        )
+    else:
+        log.error("checkpoint.failed", checkpoint=report.id, problems=report.problems[:20])
+    return report
+
+
+async def housekeeping(settings: Settings, stopping: asyncio.Event) -> None:
+    """Checkpoints until stopped; a failure is logged and tried again at the next look."""
+    interval = settings.sim_checkpoint_interval_s
+    if interval == 0:
+        return
+    look = min(_LOOK_EVERY_S, float(interval))
+    while not await pause(stopping, look):
+        try:
+            await checkpoint_if_due(settings)
+        except (StoreError, OSError) as exc:
+            log.warning("checkpoint.not_taken", error=first_line(exc))
+        except Exception as exc:  # a bug here must not stop the scheduler's claims
+            log.error("checkpoint.not_taken", error=first_line(exc), exc_info=exc)
