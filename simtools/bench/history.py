@@ -42,6 +42,7 @@ from simtools.bench.history_probe import (
     history_query,
     pnl_sum_s,
     runs_taken,
+    scheduler_events,
     status_time,
     table_sizes,
     timed_simctl,
@@ -67,6 +68,7 @@ from store.db import Conn, connect
 Say = Callable[[str], None]
 
 # Engine-written history the soak watches for growth (the state tables are updated in place).
+CHECKPOINT_ERRORS = ("checkpoint.not_taken", "checkpoint.failed")  # the scheduler's log events
 POLL_S = 0.5  # how often the soak and the fill read the runs handed out
 STALL_S = 180.0  # no run in this long while filling: the engine is stuck, the bench stops
 
@@ -147,7 +149,9 @@ class Engine:
     def __init__(
         self, env: dict[str, str], url: str, logdir: Path, workers: int, name: str
     ) -> None:
-        self.env = {**env, "DATABASE_URL": url}
+        # The engine needs no admin key (only prune does): none in its environment or its logs.
+        self.env = {k: v for k, v in env.items() if k != "SIM_ADMIN_KEY"}
+        self.env["DATABASE_URL"] = url
         self.logdir = logdir
         self.workers_n = workers
         self.name = name
@@ -340,13 +344,9 @@ async def idle_point(
     sizes = await table_sizes(conn)
     dead = await users_dead(conn)
     found = await counts(conn)
-    reconcile = await timed_simctl(
-        ["reconcile", "--json"], env, url, "simbench-reconcile", keep=False
-    )
+    reconcile = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
     full = (
-        await timed_simctl(
-            ["reconcile", "--full", "--json"], env, url, "simbench-reconcile-full", keep=False
-        )
+        await timed_simctl(["reconcile", "--full", "--json"], env, url, "simbench-reconcile-full")
         if avail.reconcile_full
         else None
     )
@@ -487,7 +487,7 @@ async def fill_and_measure(
             )
             try:
                 # Once untimed: a first simctl of a fresh install compiles its modules.
-                await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm", keep=False)
+                await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
                 zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
                 await back_to_back(conn, plan.interval_s)
                 fill_started = time.monotonic()
@@ -510,6 +510,7 @@ async def fill_and_measure(
                 seconds=round(fill_s, 1),
                 runs_per_s=round(written / fill_s, 1),
                 checkpoints=await checkpoint_states(conn),
+                checkpoint_errors=scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS),
             )
             full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
         finally:
@@ -572,13 +573,13 @@ async def run_soak(
                 cmd_env,
                 url,
                 "simbench-reconcile-full",
-                keep=False,
             )
             soak.doubled_slots = await conn.fetchval(history_query("hist_doubled_slots"))
             row = await conn.fetchrow(history_query("hist_run_counts"))
             assert row is not None
             soak.run_counts = {k: int(row[k]) for k in ("users_differing", "counted", "explained")}
             soak.checkpoints = await checkpoint_states(conn)
+            soak.checkpoint_errors = scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS)
         finally:
             await conn.close()
     _summarise(soak)
@@ -605,9 +606,7 @@ async def _soak_loop(
         sizes = await table_sizes(conn_side)
         dead = await users_dead(conn_side)
         runs = await runs_taken(conn_side)
-        rec = await timed_simctl(
-            ["reconcile", "--json"], env, url, "simbench-reconcile", keep=False
-        )
+        rec = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
         s = SoakSample(
             at_s=round(at - t0, 1),
             runs=runs,

@@ -27,13 +27,15 @@ SAMPLE_S = 0.1  # how often the side connection looks at the timed command's tra
 @dataclass(frozen=True)
 class Timed:
     """One simctl command: wall time, exit code, the longest transaction any of its backends held
-    (seen every SAMPLE_S, so short by up to that much; 0.0 when none lasted a sample), how many
-    transactions were seen, and its --json output when it gave one."""
+    (seen every SAMPLE_S, so short by up to that much; 0.0 when none lasted a sample) and the
+    statement it was running when last seen, how many transactions were seen, and its --json
+    output when it gave one."""
 
     seconds: float
     exit_code: int
     longest_transaction_s: float
     transactions_seen: int
+    longest_statement: str = ""  # the longest transaction's statement when last sampled
     output: Any = None
 
 
@@ -43,14 +45,14 @@ async def timed_simctl(
     url: str,
     app: str,
     *,
-    keep: bool = True,
     timeout_s: float = 7200,
 ) -> Timed:
     """Run `simctl ARGS` against the database at `url` (its connections named `app`) while a side
-    connection samples pg_stat_activity for their open transactions every SAMPLE_S. `keep`: keep
-    its --json output (a reconcile's may list every discrepancy: only its exit code is kept)."""
+    connection samples pg_stat_activity for their open transactions every SAMPLE_S. Its --json output
+    is kept, compacted (`compact`)."""
     side = await connect(url)
     held: dict[tuple[int, datetime], float] = {}
+    doing: dict[tuple[int, datetime], str] = {}  # its statement when last seen
     try:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -64,7 +66,9 @@ async def timed_simctl(
             while not communicate.done():
                 for row in await side.fetch(history_query("hist_transactions_of"), app):
                     key = (row["pid"], row["xact_start"])
-                    held[key] = max(held.get(key, 0.0), row["held_s"])
+                    if row["held_s"] >= held.get(key, 0.0):
+                        held[key] = row["held_s"]
+                        doing[key] = row["query"]
                 if time.monotonic() - started > timeout_s:
                     proc.kill()
                     break
@@ -77,19 +81,55 @@ async def timed_simctl(
         seconds = time.monotonic() - started
     finally:
         await side.close()
-    output: Any = None
-    if keep:
-        try:
-            output = json.loads(stdout.decode("utf-8", errors="replace"))
-        except ValueError:
-            output = None
+    try:
+        output: Any = compact(json.loads(stdout.decode("utf-8", errors="replace")))
+    except ValueError:
+        output = None
+    longest = max(held, key=lambda k: held[k], default=None)
     return Timed(
         seconds=round(seconds, 3),
         exit_code=proc.returncode if proc.returncode is not None else -1,
-        longest_transaction_s=round(max(held.values(), default=0.0), 3),
+        longest_transaction_s=round(held[longest], 3) if longest else 0.0,
         transactions_seen=len(held),
+        longest_statement=doing.get(longest, "") if longest else "",
         output=output,
     )
+
+
+def compact(value: Any) -> Any:
+    """A command's --json output with every list replaced by its length: a reconcile may name
+    thousands of discrepancies; the bench keeps how many, and every figure."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return len(value)
+    return value
+
+
+def scheduler_events(log: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The scheduler's JSON log events named `names` (e.g. checkpoint.not_taken), each as
+    {event, timestamp, error or problems}."""
+    out: list[dict[str, Any]] = []
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if not any(f'"{n}"' in line for n in names):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") in names:
+            out.append(
+                {
+                    "event": event["event"],
+                    "timestamp": event.get("timestamp"),
+                    "error": str(event.get("error") or event.get("problems") or "")[:300],
+                }
+            )
+    return out
 
 
 def _wall_s(args: Sequence[str], env: dict[str, str]) -> tuple[float, int]:

@@ -48,6 +48,8 @@ class Fill:
     seconds: float
     runs_per_s: float
     checkpoints: dict[str, int]  # state -> how many were taken during the fill
+    # The scheduler's checkpoint.not_taken / checkpoint.failed events: {event, timestamp, error}.
+    checkpoint_errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Soak:
     prunes: list[CommandRun] = field(default_factory=list)
     checkpoint_runs: list[CommandRun] = field(default_factory=list)
     checkpoints: dict[str, int] = field(default_factory=dict)  # state -> count, from the table
+    checkpoint_errors: list[dict[str, Any]] = field(default_factory=list)  # the scheduler's
     reconcile_full: Timed | None = None
     doubled_slots: int | None = None
     run_counts: dict[str, int] = field(default_factory=dict)
@@ -108,6 +111,7 @@ class Soak:
         return (
             all(p.exit_code == 0 for p in self.prunes + self.checkpoint_runs)
             and self.checkpoints.get("failed", 0) == 0
+            and not self.checkpoint_errors
             and all(s.reconcile_clean for s in self.samples)
             and self.reconcile_full is not None
             and self.reconcile_full.exit_code == 0
@@ -132,9 +136,12 @@ class HistoryResult:
 
     @property
     def clean(self) -> bool:
-        """Both points reconcile and the soak found nothing wrong."""
+        """Both points reconcile, every checkpoint of the fill verified, and the soak found
+        nothing wrong."""
         return (
             self.zero.reconcile.exit_code == 0
+            and not self.fill.checkpoint_errors
+            and self.fill.checkpoints.get("failed", 0) == 0
             and self.full.reconcile.exit_code == 0
             and (self.full.reconcile_full is None or self.full.reconcile_full.exit_code == 0)
             and self.soak.clean
@@ -189,7 +196,21 @@ def _timed(t: Timed | None) -> str:
     if t is None:
         return "not available"
     verdict = "clean" if t.exit_code == 0 else f"exit {t.exit_code}"
-    return f"{t.seconds} s (longest transaction {t.longest_transaction_s} s; {verdict})"
+    since = ""
+    if isinstance(t.output, dict) and isinstance(t.output.get("rows_since"), dict):
+        rows = sum(v for v in t.output["rows_since"].values() if isinstance(v, int))
+        base = t.output.get("from_checkpoint")
+        since = f"; {rows:,} rows since {'checkpoint ' + str(base) if base else 'the start'}"
+    return f"{t.seconds} s (longest transaction {t.longest_transaction_s} s{since}; {verdict})"
+
+
+def _errors(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return ""
+    return (
+        f" The scheduler logged {len(events)} checkpoint error(s), the first at "
+        f"{events[0].get('timestamp')}: {events[0].get('error')}"
+    )
 
 
 def _row(name: str, zero: str, full: str, r: float | None) -> str:
@@ -283,9 +304,17 @@ def markdown(result: HistoryResult) -> str:
         f"({result.fill.runs_per_s} runs/s); "
         f"{_opt(r.get('history_mib_per_million_runs'))} MB of trades + transactions + "
         f"sim_runs per million runs; checkpoints during the fill: "
-        f"{result.fill.checkpoints or 'none'}.",
+        f"{result.fill.checkpoints or 'none'}.{_errors(result.fill.checkpoint_errors)}",
         "",
     ]
+    for label, t in (("reconcile", f.reconcile), ("reconcile --full", f.reconcile_full)):
+        if t is not None and t.longest_statement:
+            stmt = t.longest_statement.replace("`", "'")
+            lines.append(
+                f"At {_n(f.runs)} runs, `{label}`'s longest transaction was last seen running: "
+                f"`{stmt}`"
+            )
+    lines.append("")
     lines += soak_markdown(soak)
     verdict = "clean" if result.clean else "NOT CLEAN (see the JSON)"
     lines += ["", f"Ledger and history checks: {verdict}.", ""]
@@ -317,7 +346,7 @@ def soak_markdown(soak: Soak) -> list[str]:
         "",
         f"- prunes: {ok_prunes} of {len(soak.prunes)} exited 0 "
         f"(seconds: {', '.join(str(p.seconds) for p in soak.prunes) or 'none'}); checkpoints: "
-        f"{soak.checkpoints or 'none'}",
+        f"{soak.checkpoints or 'none'}.{_errors(soak.checkpoint_errors)}",
         f"- history tables, last third of the soak vs the first full window: "
         f"{_opt(soak.growth_last_third_vs_first_window, '×')}; reconcile last vs first sample: "
         f"{_opt(soak.reconcile_last_vs_first, '×')}; claim median last vs first: "
