@@ -582,7 +582,7 @@ async def run_soak(
             soak.checkpoint_errors = scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS)
         finally:
             await conn.close()
-    _summarise(soak)
+    summarise_soak(soak)
     return soak
 
 
@@ -659,7 +659,7 @@ async def _soak_loop(
     soak.pruning_vs_quiet = ratio(soak.runs_per_s_pruning, soak.runs_per_s_quiet)
 
 
-def _summarise(soak: Soak) -> None:
+def summarise_soak(soak: Soak) -> None:
     """Growth, reconcile and claim over the soak against its first full window: the first
     sample taken after the first prune that exited 0 finished (the window is then as full as
     retention lets it be)."""
