@@ -104,6 +104,12 @@ class Settings(BaseSettings):
         le=7 * 86_400,
         description="A scheduler takes a checkpoint of the engine's history when none started within this many seconds (0 = never on its own; `simctl checkpoint` still works). Reconcile's cost follows the rows written since the latest one.",
     )
+    sim_history_lease_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="A checkpoint or prune renews the history lease as it works; one silent this long (killed, stalled) is taken over by the next.",
+    )
     sim_history_database_url: str | None = Field(
         default=None,
         description="Postgres URL for checkpoints, reconcile and prune, which keep a session's temporary table across short transactions: set it to the primary when DATABASE_URL goes through PgBouncer in transaction mode (unset: DATABASE_URL).",

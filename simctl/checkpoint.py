@@ -38,8 +38,10 @@ def checkpoint(
         from store.db import connection
         from store.history import checkpoint as take
 
-        async with connection(s.database_url) as conn:
-            return await take(conn, "simctl", slippage_bps=s.sim_slippage_bps)
+        async with connection(s.history_database_url) as conn:
+            return await take(
+                conn, "simctl", slippage_bps=s.sim_slippage_bps, lease_s=s.sim_history_lease_s
+            )
 
     report = run_async(go)
     if as_json:

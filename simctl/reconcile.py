@@ -68,7 +68,7 @@ def reconcile(
         from store.ledger import legacy_gap, was_adopted
         from store.users import resolve_user
 
-        async with connection(s.database_url) as conn:
+        async with connection(s.history_database_url) as conn:
             uid = None if user is None else await resolve_user(conn, user)
             report = await judge(conn, slippage_bps=s.sim_slippage_bps, full=full, user_id=uid)
             adopted = legacy and await was_adopted(conn)

@@ -169,6 +169,7 @@ PLATFORM: tuple[Table, ...] = (
             Col("reference", TEXT, "text", 32),
             Col("description", TEXT, "text", 64),
             Col("created_at", TS, _TS_NOW),
+            Col("sim_run_id", ID, "bigint"),
         ),
         (
             Rule(

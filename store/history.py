@@ -121,13 +121,15 @@ class Lease:
     """One history job at a time (sim_history.lease_*): taken, renewed as the job works, given
     back at the end. No transaction stays open for it, so vacuum is never held back."""
 
-    def __init__(self, conn: Conn, what: str) -> None:
+    def __init__(self, conn: Conn, what: str, lease_s: int = LEASE_S) -> None:
         self.conn = conn
+        self.lease_s = lease_s
+        self.renew_every_s = min(_RENEW_EVERY_S, lease_s / 3)
         self.holder = f"{what} on {socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
         self._renewed = 0.0
 
     async def take(self) -> None:
-        if await self.conn.fetchrow(q("lease_take"), self.holder, LEASE_S) is None:
+        if await self.conn.fetchrow(q("lease_take"), self.holder, self.lease_s) is None:
             state = await _one(self.conn, "lease_state")
             until = state["lease_until"]
             raise HistoryBusy(
@@ -138,12 +140,12 @@ class Lease:
         self._renewed = time.monotonic()
 
     async def renew(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._renewed < _RENEW_EVERY_S:
+        if not force and time.monotonic() - self._renewed < self.renew_every_s:
             return
-        if await self.conn.fetchrow(q("lease_renew"), self.holder, LEASE_S) is None:
+        if await self.conn.fetchrow(q("lease_renew"), self.holder, self.lease_s) is None:
             raise LeaseLost(
                 f"history: the lease of {self.holder} ran out (the job stalled for more than "
-                f"{LEASE_S} s); nothing half done is kept, run it again"
+                f"{self.lease_s} s); nothing half done is kept, run it again"
             )
         self._renewed = time.monotonic()
 
@@ -152,9 +154,9 @@ class Lease:
 
 
 @asynccontextmanager
-async def leased(conn: Conn, what: str) -> AsyncIterator[Lease]:
+async def leased(conn: Conn, what: str, lease_s: int = LEASE_S) -> AsyncIterator[Lease]:
     """The history lease for the block (HistoryBusy when another job holds it)."""
-    lease = Lease(conn, what)
+    lease = Lease(conn, what, lease_s)
     await lease.take()
     try:
         yield lease
@@ -468,13 +470,15 @@ class CheckpointReport:
     longest_tx_s: float
 
 
-async def checkpoint(conn: Conn, taken_by: str, *, slippage_bps: int) -> CheckpointReport:
+async def checkpoint(
+    conn: Conn, taken_by: str, *, slippage_bps: int, lease_s: int = LEASE_S
+) -> CheckpointReport:
     """Take a checkpoint and verify it (see the module's docstring). Failed (with its problems
     named) when an engine row was changed or deleted, when the previous window's rows no
     longer give their hashes, or when the live state disagrees with the new totals."""
     timer = Timer()
     start = time.monotonic()
-    async with leased(conn, f"checkpoint by {taken_by}") as lease:
+    async with leased(conn, f"checkpoint by {taken_by}", lease_s) as lease:
         await conn.execute(q("drop_building"))
         prev = await conn.fetchrow(q("latest_checkpoint"))
         prev_cut = Cut.of_checkpoint(prev) if prev is not None else ORIGIN

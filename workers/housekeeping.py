@@ -29,7 +29,10 @@ async def checkpoint_if_due(settings: Settings) -> history.CheckpointReport | No
             return None
         try:
             report = await history.checkpoint(
-                conn, "scheduler", slippage_bps=settings.sim_slippage_bps
+                conn,
+                "scheduler",
+                slippage_bps=settings.sim_slippage_bps,
+                lease_s=settings.sim_history_lease_s,
             )
         except history.HistoryBusy:
             return None
