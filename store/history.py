@@ -179,10 +179,14 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
 
 
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
-    """(lo, hi] in pieces aligned to multiples of `step`."""
+    """(lo, hi] in pieces whose ids start at multiples of `step`: (k·step − 1, (k+1)·step − 1],
+    so that a block (ids b·BLOCK … b·BLOCK + BLOCK − 1, step a multiple of BLOCK) lies in one
+    piece. Aligned on the multiples themselves, id k·step ended one piece and its block's other
+    ids began the next: the block was stored twice (a duplicate key on
+    sim_checkpoint_blocks, every checkpoint whose window crossed a multiple of step)."""
     start = lo
     while start < hi:
-        end = min(hi, (start // step + 1) * step)
+        end = min(hi, ((start + 1) // step + 1) * step - 1)
         yield start, end
         start = end
 
