@@ -491,7 +491,11 @@ async def fill_and_measure(
                 zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
                 await back_to_back(conn, plan.interval_s)
                 fill_started = time.monotonic()
+                # Every user is due at once at first: the 0 window starts once each has run
+                # once, when the slots have spread as they stay (a burst's claims walk every
+                # leased due user; steady state's do not).
                 await asyncio.sleep(plan.warmup_s)
+                await fill_to(conn, engine, plan.users, say, jobs)
                 say(f"history: engine window at 0 ({plan.measure_s:g} s)")
                 w0 = await window(conn, engine, plan.measure_s)
                 say(f"history: filling to {plan.runs:,} runs")

@@ -49,9 +49,11 @@ SELECT coalesce(n_dead_tup, 0)::bigint AS dead, coalesce(n_live_tup, 0)::bigint 
 
 -- hist_transactions_of --
 -- Open transactions of the backends whose application_name is $1 (the reconcile being timed),
--- sampled from a side connection: how long each has held its transaction so far.
+-- sampled from a side connection: how long each has held its transaction so far, and the
+-- statement it runs (its comment lines dropped, its spaces collapsed).
 SELECT pid, xact_start, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS held_s,
-       left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query
+       left(btrim(regexp_replace(regexp_replace(query, '--[^\n]*', '', 'g'), '\s+', ' ', 'g')),
+            200) AS query
   FROM pg_stat_activity
  WHERE application_name = $1 AND xact_start IS NOT NULL
 

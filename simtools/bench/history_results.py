@@ -229,7 +229,10 @@ def markdown(result: HistoryResult) -> str:
         f"private cluster with the server's settings and autovacuum on; "
         f"{result.settings.get('users'):,} users back to back (interval "
         f"{result.settings.get('interval_s')} s), 1 scheduler + {result.settings.get('workers')} "
-        f"workers; checkpoints: {result.settings.get('checkpoints')}. Ran {result.seconds} s.",
+        f"workers; checkpoints: {result.settings.get('checkpoints')}. Ran {result.seconds} s; "
+        f"load average before / after: {result.machine.get('load_average_before')} / "
+        f"{result.machine.get('load_average_after')} (other jobs on the box count in every "
+        "figure).",
         "",
         f"| measure | at 0 | at {_n(f.runs)} runs | N / 0 |",
         "|---|---|---|---|",
