@@ -223,7 +223,13 @@ class HistoryJobs:
             t = await timed_simctl(args, self.env, self.url, f"simbench-{name}")
             self.runs[name].append(
                 CommandRun(
-                    f"simctl {' '.join(args)}", round(at_s, 1), t.seconds, t.exit_code, t.output
+                    f"simctl {' '.join(args)}",
+                    round(at_s, 1),
+                    t.seconds,
+                    t.exit_code,
+                    t.output,
+                    t.longest_transaction_s,
+                    t.stderr,
                 )
             )
         finally:

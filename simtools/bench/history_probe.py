@@ -37,6 +37,7 @@ class Timed:
     transactions_seen: int
     longest_statement: str = ""  # the longest transaction's statement when last sampled
     output: Any = None
+    stderr: str = ""  # its last line on stderr (a refusal's reason)
 
 
 async def timed_simctl(
@@ -73,7 +74,7 @@ async def timed_simctl(
                     proc.kill()
                     break
                 await asyncio.wait({communicate}, timeout=SAMPLE_S)
-            stdout, _stderr = await communicate
+            stdout, stderr = await communicate
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -93,7 +94,13 @@ async def timed_simctl(
         transactions_seen=len(held),
         longest_statement=doing.get(longest, "") if longest else "",
         output=output,
+        stderr=_last_line(stderr.decode("utf-8", errors="replace")),
     )
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1][:300] if lines else ""
 
 
 def compact(value: Any) -> Any:

@@ -62,6 +62,18 @@ class CommandRun:
     seconds: float
     exit_code: int
     output: Any = None
+    longest_transaction_s: float = 0.0
+    stderr: str = ""  # the reason of a refusal
+
+    @property
+    def busy(self) -> bool:
+        """Refused because another history job (the scheduler's checkpoint) held the lease: the
+        documented answer to two history jobs at once, not a failure."""
+        return self.exit_code == 1 and "history lease" in self.stderr
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 or self.busy
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ class Soak:
         if not self.available:
             return True
         return (
-            all(p.exit_code == 0 for p in self.prunes + self.checkpoint_runs)
+            all(p.ok for p in self.prunes + self.checkpoint_runs)
             and self.checkpoints.get("failed", 0) == 0
             and not self.checkpoint_errors
             and all(s.reconcile_clean for s in self.samples)
@@ -324,6 +336,12 @@ def markdown(result: HistoryResult) -> str:
     return "\n".join(lines)
 
 
+def _removed(output: Any) -> int:
+    """Rows a prune's --json says it removed (its "rows": {table: n})."""
+    rows = output.get("rows") if isinstance(output, dict) else None
+    return sum(v for v in rows.values() if isinstance(v, int)) if isinstance(rows, dict) else 0
+
+
 def soak_markdown(soak: Soak) -> list[str]:
     if not soak.available:
         return [f"Soak with retention: not available ({soak.reason})."]
@@ -343,12 +361,18 @@ def soak_markdown(soak: Soak) -> list[str]:
             f"{'' if s.reconcile_clean else ' NOT CLEAN'} | {_opt(s.claim.median_ms)} / "
             f"{_opt(s.claim.p95_ms)} | {_n(s.users_dead)} |"
         )
-    ok_prunes = sum(1 for p in soak.prunes if p.exit_code == 0)
+    done = [p for p in soak.prunes if p.exit_code == 0]
+    busy = sum(1 for p in soak.prunes if p.busy)
+    failed = [p for p in soak.prunes if not p.ok]
+    removed = sum(_removed(p.output) for p in done)
     full = soak.reconcile_full
     lines += [
         "",
-        f"- prunes: {ok_prunes} of {len(soak.prunes)} exited 0 "
-        f"(seconds: {', '.join(str(p.seconds) for p in soak.prunes) or 'none'}); checkpoints: "
+        f"- prunes: {len(done)} done ({_n(removed)} rows removed; seconds "
+        f"{', '.join(str(p.seconds) for p in done) or 'none'}; longest transaction "
+        f"{max((p.longest_transaction_s for p in done), default=0.0)} s), {busy} refused "
+        f"because a checkpoint held the history lease, {len(failed)} failed"
+        f"{': ' + failed[0].stderr if failed else ''}; checkpoints: "
         f"{soak.checkpoints or 'none'}.{_errors(soak.checkpoint_errors)}",
         f"- history tables, last third of the soak vs the first full window: "
         f"{_opt(soak.growth_last_third_vs_first_window, '×')}; reconcile last vs first sample: "
