@@ -69,6 +69,7 @@ Say = Callable[[str], None]
 
 # Engine-written history the soak watches for growth (the state tables are updated in place).
 CHECKPOINT_ERRORS = ("checkpoint.not_taken", "checkpoint.failed")  # the scheduler's log events
+BUSY_RETRY_S = 3.0  # a history command refused for the lease is tried again this soon
 POLL_S = 0.5  # how often the soak and the fill read the runs handed out
 STALL_S = 180.0  # no run in this long while filling: the engine is stuck, the bench stops
 
@@ -201,12 +202,16 @@ class HistoryJobs:
         self.running: str | None = None
         self.runs: dict[str, list[CommandRun]] = {"checkpoint": [], "prune": []}
 
-    def tick(self) -> None:
+    def tick(self, prune_ready: bool = True) -> None:
+        """Start the job that is due, if none runs. `prune_ready`: a verified checkpoint exists
+        (before the first one a prune has nothing to stand on and says so)."""
         if self.task is not None and not self.task.done():
             return
         now = time.monotonic()
         for name in ("checkpoint", "prune"):
             every = self.every[name]
+            if name == "prune" and not prune_ready:
+                continue
             if every is not None and now - self.last.get(name, self.t0) >= every:
                 self.last[name] = now
                 self.running = name
@@ -221,6 +226,10 @@ class HistoryJobs:
         )
         try:
             t = await timed_simctl(args, self.env, self.url, f"simbench-{name}")
+            every = self.every[name]
+            if t.exit_code == 1 and "history lease" in t.stderr and every is not None:
+                # Refused while the scheduler's checkpoint held the lease: again in a moment.
+                self.last[name] = time.monotonic() - every + min(every, BUSY_RETRY_S)
             self.runs[name].append(
                 CommandRun(
                     f"simctl {' '.join(args)}",
@@ -376,6 +385,11 @@ def make_point(label: str, idle: _Idle, engine: Window) -> Point:
         history_bytes=history_bytes(idle.sizes),
         users_dead=idle.dead,
     )
+
+
+async def latest_verified(conn: Conn) -> int:
+    n: int = await conn.fetchval(history_query("hist_latest_verified"))
+    return n
 
 
 async def checkpoint_states(conn: Conn) -> dict[str, int]:
@@ -641,7 +655,7 @@ async def _soak_loop(
     try:
         while time.monotonic() < end:
             engine.check()
-            jobs.tick()
+            jobs.tick(prune_ready=await latest_verified(conn) > 0)
             now = time.monotonic()
             busy = {b for b in (jobs.busy,) if b}
             if sampling is not None and not sampling.done():

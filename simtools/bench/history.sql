@@ -96,5 +96,6 @@ SELECT to_regclass('sim_history') IS NOT NULL
 SELECT id, state, extract(epoch FROM verified_at - started_at)::float8 AS seconds, error
   FROM sim_checkpoints WHERE id > $1::bigint ORDER BY id
 
--- hist_latest_checkpoint --
-SELECT coalesce(max(id), 0) FROM sim_checkpoints
+-- hist_latest_verified --
+-- The newest verified checkpoint (0: none yet): the soak prunes only once one exists.
+SELECT coalesce(max(id), 0) FROM sim_checkpoints WHERE state = 'verified'

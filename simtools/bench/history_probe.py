@@ -134,6 +134,12 @@ def scheduler_events(log: Path, names: Sequence[str]) -> list[dict[str, Any]]:
                     "event": event["event"],
                     "timestamp": event.get("timestamp"),
                     "error": str(event.get("error") or event.get("problems") or "")[:300],
+                    # The driver's own words (a deadlock's DETAIL names the statements).
+                    "detail": " | ".join(
+                        str(e.get("exc_value", ""))[:600]
+                        for e in event.get("exception", [])
+                        if isinstance(e, dict)
+                    ),
                 }
             )
     return out
