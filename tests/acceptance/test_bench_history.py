@@ -71,8 +71,11 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
     assert all(ratios[k] > 0 for k in ("reconcile_s", "status_above_start_s", "pnl_sum_s"))
     soak = data["soak"]
     if soak["available"]:
-        assert soak["clean"] is True and soak["samples"] and soak["prunes"]
-        assert all(p["exit_code"] == 0 for p in soak["prunes"])
+        assert soak["clean"] is True and soak["samples"]
+        # Every prune removed rows or found the scheduler's checkpoint holding the lease.
+        done = [p for p in soak["prunes"] if p["exit_code"] == 0]
+        assert sum(sum(p["output"]["rows"].values()) for p in done) > 0
+        assert all(p["exit_code"] == 0 or "history lease" in p["stderr"] for p in soak["prunes"])
         assert soak["reconcile_full"]["exit_code"] == 0 and soak["doubled_slots"] == 0
         counts = soak["run_counts"]
         assert counts["users_differing"] == 0 and counts["counted"] == counts["explained"] > 0
