@@ -338,3 +338,6 @@ SELECT DISTINCT row_id FROM sim_history_changes
 -- checkpoint_due --
 SELECT NOT EXISTS (SELECT 1 FROM sim_checkpoints
                     WHERE started_at > clock_timestamp() - make_interval(secs => $1))
+
+-- custom_plans --
+SET plan_cache_mode = force_custom_plan

@@ -664,8 +664,9 @@ SELECT id, user_id, trade_type, asset, generated_at, price_usd, stored_usd, expe
 -- 8 decimals as the engine rounds a valuation. Users without runs are not checked here.
 WITH m AS (
     SELECT make_interval(secs => tick_s) AS tick, epoch FROM sim_market WHERE version = 1
-), last_run AS (
-    -- Users with ids in ($1, $2]: one backward probe of (user_id, scheduled_for) each.
+), last_run AS MATERIALIZED (
+    -- Users with ids in ($1, $2]: one backward probe of (user_id, scheduled_for) each
+    -- (materialized: inlined, the probe would be repeated for every use of the slot).
     SELECT u.id AS user_id,
            (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id) AS slot
       FROM users u WHERE u.id > $1 AND u.id <= $2

@@ -179,11 +179,9 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
 
 
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
-    """(lo, hi] in pieces whose ids start at multiples of `step`: (k·step − 1, (k+1)·step − 1],
-    so that a block (ids b·BLOCK … b·BLOCK + BLOCK − 1, step a multiple of BLOCK) lies in one
-    piece. Aligned on the multiples themselves, id k·step ended one piece and its block's other
-    ids began the next: the block was stored twice (a duplicate key on
-    sim_checkpoint_blocks, every checkpoint whose window crossed a multiple of step)."""
+    """(lo, hi] in pieces (a, b] that never split a multiple of `step` from the ids after it
+    below the next one: each piece's ids are within [k*step, (k+1)*step) for one k, so a block
+    (id // BLOCK, BLOCK dividing step) is never split between two pieces."""
     start = lo
     while start < hi:
         end = min(hi, ((start + 1) // step + 1) * step - 1)
@@ -263,6 +261,9 @@ async def _user_ranges(conn: Conn, user_id: int | None) -> list[tuple[int, int]]
 
 async def _since_table(conn: Conn) -> None:
     await conn.execute(q("since_create"))
+    # Every statement planned for its own ids: a generic plan cannot see that `id > cut` is
+    # the last few rows and may walk a user's whole history through another index.
+    await conn.execute(q("custom_plans"))
     await conn.execute(q("since_clear"))
 
 
@@ -420,7 +421,7 @@ async def _verify_window(
                         await _name_block(conn, cid, table, r["block"], prev_cut, cut, stored)
                     )
             for block in stored:
-                if a // BLOCK <= block <= (b - 1) // BLOCK and block not in seen:
+                if (a + 1) // BLOCK <= block <= b // BLOCK and block not in seen:
                     problems.append(
                         await _name_block(conn, cid, table, block, prev_cut, cut, stored)
                     )
@@ -484,6 +485,7 @@ async def checkpoint(
     start = time.monotonic()
     async with leased(conn, f"checkpoint by {taken_by}", lease_s) as lease:
         await conn.execute(q("drop_building"))
+        await conn.execute(q("custom_plans"))
         prev = await conn.fetchrow(q("latest_checkpoint"))
         prev_cut = Cut.of_checkpoint(prev) if prev is not None else ORIGIN
         problems = await recorded_changes(conn)
