@@ -130,14 +130,21 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     floor_id bigint := coalesce(nullif(current_setting('simengine.prune_floor_' || TG_TABLE_NAME, true), ''), '0')::bigint;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
+    -- sim_runs has no sim_run_id column: its statements are apart (PL/pgSQL plans a statement
+    -- only when it runs, per table the trigger is on), or every DELETE of a run (and of a user,
+    -- by cascade) would fail on `o.sim_run_id`.
+    IF TG_TABLE_NAME = 'sim_runs' THEN
+        INSERT INTO sim_history_changes (tbl, row_id, op)
+        SELECT TG_TABLE_NAME, o.id, lower(TG_OP) FROM old_rows o
+         WHERE TG_OP = 'UPDATE' OR o.id > floor_id;
+    ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO sim_history_changes (tbl, row_id, op)
         SELECT TG_TABLE_NAME, o.id, 'delete' FROM old_rows o
-         WHERE (TG_TABLE_NAME = 'sim_runs' OR o.sim_run_id IS NOT NULL) AND o.id > floor_id;
+         WHERE o.sim_run_id IS NOT NULL AND o.id > floor_id;
     ELSE
         INSERT INTO sim_history_changes (tbl, row_id, op)
         SELECT TG_TABLE_NAME, o.id, 'update' FROM old_rows o
-         WHERE TG_TABLE_NAME = 'sim_runs' OR o.sim_run_id IS NOT NULL;
+         WHERE o.sim_run_id IS NOT NULL;
     END IF;
     RETURN NULL;
 END $$;
