@@ -7,7 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.history import BLOCK, CHUNK_IDS, _ranges
+from engine.chain import BLOCK
+from store.history import CHUNK_IDS, _ranges
 
 
 @given(st.integers(0, 5 * CHUNK_IDS), st.integers(0, 5 * CHUNK_IDS))
