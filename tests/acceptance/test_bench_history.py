@@ -54,7 +54,10 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
         if point["reconcile_full"] is not None:
             _timed_sane(point["reconcile_full"])
         status = point["status"]
-        assert status["exit_code"] == 0 and status["status_s"] > status["process_start_s"] > 0
+        # Both measured; their difference may be below zero on a busy box (status at 0 costs
+        # next to nothing), so no order between them is asserted.
+        assert status["exit_code"] == 0 and status["status_s"] > 0 and status["process_start_s"] > 0
+        assert status["above_start_s"] == round(status["status_s"] - status["process_start_s"], 3)
         assert point["pnl_sum_s"] > 0
         assert set(point["table_bytes"]) >= TABLES
         assert point["history_bytes"] == sum(
@@ -68,7 +71,7 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
     assert ratios["runs_per_s"] == round(
         full["engine"]["runs_per_s"] / zero["engine"]["runs_per_s"], 3
     )
-    assert all(ratios[k] > 0 for k in ("reconcile_s", "status_above_start_s", "pnl_sum_s"))
+    assert all(ratios[k] > 0 for k in ("reconcile_s", "pnl_sum_s"))
     soak = data["soak"]
     if soak["available"]:
         assert soak["clean"] is True and soak["samples"]
