@@ -176,8 +176,8 @@ async def status_time(env: dict[str, str], url: str, runs: int = 3) -> StatusTim
         status.append(s)
         h, _ = await asyncio.to_thread(_wall_s, ["--help"], env)
         start.append(h)
-    st, hs = statistics.median(status), statistics.median(start)
-    return StatusTime(round(st, 3), round(hs, 3), round(st - hs, 3), code)
+    st, hs = round(statistics.median(status), 3), round(statistics.median(start), 3)
+    return StatusTime(st, hs, round(st - hs, 3), code)
 
 
 async def pnl_sum_s(conn: Conn) -> float:
