@@ -34,6 +34,50 @@ def bench(
             "Off by default: a run edits nothing.",
         ),
     ] = False,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="Instead of the benchmark: the history bench (a private cluster with the "
+            "server's settings and autovacuum on; the engine and the operators' commands at 0 "
+            "and at --runs runs of history, then a soak with retention on). Needs the Postgres "
+            "server binaries and redis-server.",
+        ),
+    ] = False,
+    runs: Annotated[
+        str,
+        typer.Option("--runs", help="--history: history to fill, in runs (10M, 500k or 200000)."),
+    ] = "10M",
+    users: Annotated[
+        int,
+        typer.Option("--users", min=100, help="--history: users running back to back."),
+    ] = 100_000,
+    measure_s: Annotated[
+        float,
+        typer.Option(
+            "--measure-s", min=1, help="--history: the engine's measured window at 0 and at N."
+        ),
+    ] = 30.0,
+    soak_min: Annotated[
+        float,
+        typer.Option(
+            "--soak-min", min=0, help="--history: minutes of the soak with retention (0: none)."
+        ),
+    ] = 30.0,
+    checkpoint_s: Annotated[
+        float,
+        typer.Option("--checkpoint-s", min=1, help="--history: seconds between checkpoints."),
+    ] = 60.0,
+    prune_s: Annotated[
+        float,
+        typer.Option(
+            "--prune-s", min=1, help="--history: seconds between `prune --keep-days 0` in the soak."
+        ),
+    ] = 60.0,
+    sample_s: Annotated[
+        float,
+        typer.Option("--sample-s", min=1, help="--history: seconds between the soak's samples."),
+    ] = 60.0,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -58,12 +102,23 @@ def bench(
     or not. SIMENGINE_BENCH_CEILING runs another ceiling script. Exit 1 if a ledger does not
     reconcile; 2 if a tool is missing, or for --pinned on fewer than 2 cores.
 
-    Examples (the last: where a run's CPU goes, statement by statement):
+    --history measures what history costs instead (simtools/bench/history.py): on a private
+    cluster with the server's settings and autovacuum on, one scheduler and two workers run
+    --users users back to back until --runs runs are written; at 0 and at N it reports the
+    engine's runs/s over a --measure-s window, the scheduler's claim ms, `simctl reconcile`
+    (and --full) with the longest transaction it held, `simctl status` above process start,
+    the full sim_pnl sum and each engine-written table's size, every ratio against the 0
+    point. Then a soak of --soak-min minutes on a fresh database with checkpoints and `simctl
+    prune --keep-days 0` on a cadence (skipped, saying so, where this checkout has no prune).
+    Exit 1 if a ledger or the history does not check out.
+
+    Examples (the last two: where a run's CPU goes; what history costs):
 
     \b
       simctl bench --quick --json bench.json
       simctl bench --pinned --docs
       simctl bench --steps 50000
+      simctl bench --history --runs 1M --soak-min 10 --json hist.json
     """
     s = settings()
     from simtools.bench.pinned import refusal
@@ -74,6 +129,69 @@ def bench(
 
     def say(message: str) -> None:
         err.print(f"bench: {message}", markup=False)
+
+    history_options = {
+        "--runs": runs != "10M",
+        "--users": users != 100_000,
+        "--measure-s": measure_s != 30.0,
+        "--soak-min": soak_min != 30.0,
+        "--checkpoint-s": checkpoint_s != 60.0,
+        "--prune-s": prune_s != 60.0,
+        "--sample-s": sample_s != 60.0,
+    }
+    if history:
+        if pinned or quick or steps is not None:
+            raise Exit(
+                2,
+                "bench: --history runs on a private cluster of its own; it takes no --pinned, --quick or --steps",
+            )
+        if docs and not bench_docs.is_file():
+            raise Exit(
+                2,
+                "bench: no docs/benchmarks.md here to append to (run from the checkout's root, or leave out --docs)",
+            )
+        from simtools.bench.history import HistoryPlan, run_history
+        from simtools.bench.history_results import markdown as history_markdown
+
+        plan = HistoryPlan(
+            runs=_count(runs),
+            users=users,
+            measure_s=measure_s,
+            soak_min=soak_min,
+            checkpoint_s=checkpoint_s,
+            prune_s=prune_s,
+            sample_s=sample_s,
+        )
+        command = "simctl bench --history" + "".join(
+            f" {name} {value}"
+            for name, value in (
+                ("--runs", runs),
+                ("--users", users),
+                ("--measure-s", f"{measure_s:g}"),
+                ("--soak-min", f"{soak_min:g}"),
+                ("--checkpoint-s", f"{checkpoint_s:g}"),
+                ("--prune-s", f"{prune_s:g}"),
+                ("--sample-s", f"{sample_s:g}"),
+            )
+            if history_options[name]
+        )
+        try:
+            hist = run_async(lambda: run_history(s, plan, command, say))
+        except BenchError as exc:
+            raise Exit(2, f"bench: {exc}") from None
+        table = history_markdown(hist)
+        out.print(table, markup=False)
+        if json_out is not None:
+            json_out.write_text(json.dumps(hist.as_json(), indent=2, default=str), encoding="utf-8")
+        if docs:
+            with bench_docs.open("a", encoding="utf-8") as fh:
+                fh.write(table)
+        if not hist.clean:
+            raise Exit(1, "bench: the ledger or the history does not check out (see the table)")
+        return
+    if any(history_options.values()):
+        named = ", ".join(n for n, given in history_options.items() if given)
+        raise Exit(2, f"bench: {named} go with --history only")
 
     if steps is not None:
         if pinned or quick or docs:
@@ -124,3 +242,15 @@ def bench(
             fh.write(table)
     if not result.clean:
         raise Exit(1, "bench: the ledger does not reconcile after the run")
+
+
+def _count(text: str) -> int:
+    """A run count: digits, optionally with k (thousands) or M (millions): 10M, 500k, 200000."""
+    raw = text.strip()
+    scale = {"k": 1_000, "K": 1_000, "m": 1_000_000, "M": 1_000_000}.get(raw[-1:], 1)
+    digits = raw[:-1] if scale != 1 else raw
+    if not digits.isascii() or not digits.isdigit() or int(digits) * scale <= 0:
+        raise Exit(
+            2, f"bench: --runs takes a positive count such as 10M, 500k or 200000, not {text!r}"
+        )
+    return int(digits) * scale

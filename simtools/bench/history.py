@@ -1,0 +1,702 @@
+"""`simctl bench --history` (scripts/bench-history): the engine and the operators' commands at
+0 and at N runs of history, then a soak with retention on.
+
+Everything runs on a private cluster (simtools.harness: initdb, a free loopback port) with the
+server's settings and autovacuum on, as a production server has it (the shared test server
+runs with it off), and a private redis-server. History is written by the engine itself: one
+scheduler and two workers as real processes over `users` users with a 1 s interval, so every
+user is due again before the engine comes back to it and the engine runs flat out. That is the
+issue's operator's fill (100,000 users back to back), and every row is a real run at the model's
+prices, so reconcile judges a real ledger (a bulk load would have to forge the balances, the
+ledger and the slippage-moved prices run by run to stay clean: docs/benchmarks.md).
+
+    history_probe.py    a command timed with its transactions sampled, status, sizes, claims
+    history_results.py  the results, the ratios to the 0 point, the markdown table
+    history.sql         the queries, beside them
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import platform
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from simconfig import Settings
+from simtools.bench import queries as bench_sql
+from simtools.bench.databases import scratch_database
+from simtools.bench.history_probe import (
+    StatusTime,
+    Timed,
+    claim_stats,
+    clock,
+    counts,
+    history_bytes,
+    history_query,
+    pnl_sum_s,
+    runs_taken,
+    scheduler_events,
+    status_time,
+    table_sizes,
+    timed_simctl,
+    users_dead,
+)
+from simtools.bench.history_results import (
+    CommandRun,
+    Fill,
+    HistoryResult,
+    Point,
+    Soak,
+    SoakSample,
+    Window,
+    ratio,
+    ratios,
+)
+from simtools.bench.pinned import ALWAYS, copied
+from simtools.bench.procs import BenchError
+from simtools.harness.procs import Proc, last_line, run_simctl, simctl_argv, stop
+from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError
+from store.db import Conn, connect
+
+Say = Callable[[str], None]
+
+# Engine-written history the soak watches for growth (the state tables are updated in place).
+CHECKPOINT_ERRORS = ("checkpoint.not_taken", "checkpoint.failed")  # the scheduler's log events
+BUSY_RETRY_S = 3.0  # a history command refused for the lease is tried again this soon
+POLL_S = 0.5  # how often the soak and the fill read the runs handed out
+STALL_S = 180.0  # no run in this long while filling: the engine is stuck, the bench stops
+
+
+@dataclass(frozen=True)
+class HistoryPlan:
+    runs: int = 10_000_000
+    users: int = 100_000
+    interval_s: int = 1
+    workers: int = 2
+    measure_s: float = 30.0
+    warmup_s: float = 5.0
+    soak_min: float = 30.0
+    checkpoint_s: float = 60.0
+    prune_s: float = 60.0
+    sample_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Available:
+    """What the history commands of this checkout offer (the bench runs before and after they
+    exist): `simctl checkpoint`, `simctl prune`, `reconcile --full`, the scheduler's own
+    checkpoints (SIM_CHECKPOINT_INTERVAL_S)."""
+
+    checkpoint: bool
+    prune: bool
+    reconcile_full: bool
+    scheduler_checkpoints: bool
+
+    def soak_refusal(self) -> str | None:
+        missing = [
+            name
+            for name, have in (
+                ("`simctl prune`", self.prune),
+                (
+                    "`simctl checkpoint` or SIM_CHECKPOINT_INTERVAL_S",
+                    self.checkpoint or self.scheduler_checkpoints,
+                ),
+                ("`simctl reconcile --full`", self.reconcile_full),
+            )
+            if not have
+        ]
+        return None if not missing else f"this checkout has no {', '.join(missing)}"
+
+
+def available(env: dict[str, str]) -> Available:
+    def has(*args: str) -> tuple[bool, str]:
+        done = run_simctl(list(args), env, timeout=120)
+        return done.returncode == 0, done.stdout
+
+    checkpoint, _ = has("checkpoint", "--help")
+    prune, _ = has("prune", "--help")
+    _, reconcile_help = has("reconcile", "--help")
+    return Available(
+        checkpoint=checkpoint,
+        prune=prune,
+        reconcile_full="--full" in reconcile_help,
+        scheduler_checkpoints="sim_checkpoint_interval_s" in Settings.model_fields,
+    )
+
+
+def checkpoint_interval(seconds: float) -> int:
+    """`seconds` within the bounds Settings puts on SIM_CHECKPOINT_INTERVAL_S."""
+    value = max(1, round(seconds))
+    info = Settings.model_fields.get("sim_checkpoint_interval_s")
+    for bound in info.metadata if info is not None else []:
+        if (ge := getattr(bound, "ge", None)) is not None:
+            value = max(value, int(ge))
+        if (le := getattr(bound, "le", None)) is not None:
+            value = min(value, int(le))
+    return value
+
+
+class Engine:
+    """One scheduler (its `scheduler.pass` lines logged at info: the claim times) and `workers`
+    workers, real processes on the database at `url`; started and stopped as a group."""
+
+    def __init__(
+        self, env: dict[str, str], url: str, logdir: Path, workers: int, name: str
+    ) -> None:
+        # The engine needs no admin key (only prune does): none in its environment or its logs.
+        self.env = {k: v for k, v in env.items() if k != "SIM_ADMIN_KEY"}
+        self.env["DATABASE_URL"] = url
+        self.logdir = logdir
+        self.workers_n = workers
+        self.name = name
+        self.scheduler_log = logdir / f"{name}-scheduler.log"
+        self.procs: list[Proc] = []
+
+    def start(self, checkpoint_s: int | None) -> None:
+        extra = {} if checkpoint_s is None else {"SIM_CHECKPOINT_INTERVAL_S": str(checkpoint_s)}
+        self.procs = [
+            Proc(
+                simctl_argv("scheduler"),
+                {**self.env, "SIM_LOG_LEVEL": "info", **extra},
+                log=self.scheduler_log,
+            )
+        ]
+        self.procs += [
+            Proc(simctl_argv("worker"), self.env, log=self.logdir / f"{self.name}-worker{i}.log")
+            for i in range(self.workers_n)
+        ]
+
+    def check(self) -> None:
+        """BenchError naming a process that exited (with its last log line)."""
+        for p in self.procs:
+            if not p.alive():
+                line = last_line(p.log) if p.log is not None else ""
+                raise BenchError(f"history: a {self.name} process exited: {line or 'no output'}")
+
+    def stop(self) -> None:
+        stop(self.procs)
+
+
+class HistoryJobs:
+    """The soak's (and, without the scheduler's own, the fill's) history commands, one at a time
+    as the lease would have them anyway: `simctl checkpoint` every `checkpoint_s` (None: the
+    scheduler takes them) and `simctl prune --keep-days 0` every `prune_s` (None: no retention),
+    each timed with its transactions sampled."""
+
+    def __init__(
+        self, env: dict[str, str], url: str, checkpoint_s: float | None, prune_s: float | None
+    ) -> None:
+        self.env = env
+        self.url = url
+        self.every = {"checkpoint": checkpoint_s, "prune": prune_s}
+        self.t0 = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.running: str | None = None
+        self.runs: dict[str, list[CommandRun]] = {"checkpoint": [], "prune": []}
+
+    def tick(self, prune_ready: bool = True) -> None:
+        """Start the job that is due, if none runs. `prune_ready`: a verified checkpoint exists
+        (before the first one a prune has nothing to stand on and says so)."""
+        if self.task is not None and not self.task.done():
+            return
+        now = time.monotonic()
+        for name in ("checkpoint", "prune"):
+            every = self.every[name]
+            if name == "prune" and not prune_ready:
+                continue
+            if every is not None and now - self.last.get(name, self.t0) >= every:
+                self.last[name] = now
+                self.running = name
+                self.task = asyncio.ensure_future(self._run(name, now - self.t0))
+                return
+
+    async def _run(self, name: str, at_s: float) -> None:
+        args = (
+            ["checkpoint", "--json"]
+            if name == "checkpoint"
+            else ["prune", "--keep-days", "0", "--json"]
+        )
+        try:
+            t = await timed_simctl(args, self.env, self.url, f"simbench-{name}")
+            every = self.every[name]
+            if t.exit_code == 1 and "history lease" in t.stderr and every is not None:
+                # Refused while the scheduler's checkpoint held the lease: again in a moment.
+                self.last[name] = time.monotonic() - every + min(every, BUSY_RETRY_S)
+            self.runs[name].append(
+                CommandRun(
+                    f"simctl {' '.join(args)}",
+                    round(at_s, 1),
+                    t.seconds,
+                    t.exit_code,
+                    t.output,
+                    t.longest_transaction_s,
+                    t.stderr,
+                )
+            )
+        finally:
+            self.running = None
+
+    @property
+    def busy(self) -> str | None:
+        return self.running if self.task is not None and not self.task.done() else None
+
+    async def drain(self) -> None:
+        if self.task is not None:
+            await self.task
+
+
+def base_env(settings: Settings, redis_url: str, admin_key: str) -> dict[str, str]:
+    """The processes' and commands' environment: no SIM_ setting of ours but the batch size and
+    concurrency the report states, the market seed, JSON logs, a 100 ms scheduler pass, and an
+    admin key of this run's own (prune needs one; it is accepted by its digest only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}
+    env.update(
+        REDIS_URL=redis_url,
+        SIM_BATCH_SIZE=str(settings.sim_batch_size),
+        SIM_WORKER_CONCURRENCY=str(settings.sim_worker_concurrency),
+        **({} if settings.sim_seed is None else {"SIM_SEED": str(settings.sim_seed)}),
+        SIM_LOG_LEVEL="warning",
+        SIM_LOG_JSON="true",
+        SIM_SCHEDULER_INTERVAL_MS="100",
+        SIM_ADMIN_KEY=admin_key,
+        SIM_ADMIN_KEYS_SHA256=hashlib.sha256(admin_key.encode()).hexdigest(),
+    )
+    return env
+
+
+async def cluster_conf(settings: Settings) -> tuple[dict[str, str], int, int]:
+    """The server's settings as the pinned shape copies them, with autovacuum on (a production
+    server vacuums; this bench measures the engine as it would run there); the server's major
+    version and WAL segment size."""
+    conn = await connect(settings.database_url)
+    try:
+        server = await bench_sql.server(conn)
+        conf = copied(await bench_sql.server_settings(conn, ALWAYS))
+        segment_mb = await bench_sql.wal_segment_mb(conn)
+    finally:
+        await conn.close()
+    conf.update(autovacuum="on", track_counts="on")
+    return conf, server.version_num // 10000, segment_mb
+
+
+async def back_to_back(conn: Conn, interval_s: int) -> None:
+    await conn.execute(history_query("hist_back_to_back"), interval_s)
+
+
+async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
+    """Runs committed in `seconds` of the running engine, and the claims logged meanwhile."""
+    engine.check()
+    start_runs = await runs_taken(conn)
+    t0, h0 = await clock(conn), time.time()
+    await asyncio.sleep(seconds)
+    t1, h1 = await clock(conn), time.time()
+    engine.check()
+    await asyncio.sleep(2)  # the batches in flight at t1 commit
+    # finished_at is stamped as each row is inserted: ids from well before the window's start
+    # cannot fall in it, so the count reads an id range, not the table.
+    runs: int = await conn.fetchval(
+        history_query("hist_runs_finished_between"), max(0, start_runs - 100_000), t0, t1
+    )
+    span = (t1 - t0).total_seconds()
+    return Window(
+        history_runs_at_start=start_runs,
+        seconds=round(span, 2),
+        runs=runs,
+        runs_per_s=round(runs / span, 1),
+        claim=claim_stats(engine.scheduler_log, h0, h1),
+    )
+
+
+async def fill_to(
+    conn: Conn, engine: Engine, target: int, say: Say, jobs: HistoryJobs | None
+) -> None:
+    """Until the engine has handed out `target` run ids, saying how far every 15 s."""
+    said = last_progress = time.monotonic()
+    seen = await runs_taken(conn)
+    rate_from = (said, seen)
+    while seen < target:
+        engine.check()
+        if jobs is not None:
+            jobs.tick()
+        await asyncio.sleep(POLL_S)
+        now, runs = time.monotonic(), await runs_taken(conn)
+        if runs > seen:
+            last_progress = now
+        elif now - last_progress > STALL_S:
+            raise BenchError(f"history: no run written for {STALL_S:.0f} s at {runs} runs")
+        seen = runs
+        if now - said >= 15:
+            rate = (runs - rate_from[1]) / (now - rate_from[0])
+            say(f"history: {runs:,} of {target:,} runs ({rate:,.0f} runs/s)")
+            said, rate_from = now, (now, runs)
+
+
+@dataclass
+class _Idle:
+    """What is measured at a point with the engine stopped."""
+
+    counts: dict[str, int]
+    reconcile: Timed
+    reconcile_full: Timed | None
+    status: StatusTime
+    pnl_s: float
+    sizes: dict[str, int]
+    dead: dict[str, int]
+
+
+async def idle_point(
+    conn: Conn, env: dict[str, str], url: str, avail: Available, say: Say, label: str
+) -> _Idle:
+    say(f"history: at {label}: sizes, reconcile, status, sim_pnl")
+    sizes = await table_sizes(conn)
+    dead = await users_dead(conn)
+    found = await counts(conn)
+    reconcile = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
+    full = (
+        await timed_simctl(["reconcile", "--full", "--json"], env, url, "simbench-reconcile-full")
+        if avail.reconcile_full
+        else None
+    )
+    status = await status_time(env, url)
+    pnl = await pnl_sum_s(conn)
+    return _Idle(found, reconcile, full, status, pnl, sizes, dead)
+
+
+def make_point(label: str, idle: _Idle, engine: Window) -> Point:
+    return Point(
+        label=label,
+        runs=idle.counts["runs"],
+        trades=idle.counts["trades"],
+        ledger_rows=idle.counts["ledger_rows"],
+        engine=engine,
+        reconcile=idle.reconcile,
+        reconcile_full=idle.reconcile_full,
+        status=idle.status,
+        pnl_sum_s=idle.pnl_s,
+        table_bytes=idle.sizes,
+        history_bytes=history_bytes(idle.sizes),
+        users_dead=idle.dead,
+    )
+
+
+async def latest_verified(conn: Conn) -> int:
+    n: int = await conn.fetchval(history_query("hist_latest_verified"))
+    return n
+
+
+async def checkpoint_states(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch(history_query("hist_checkpoints"), 0)
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["state"]] = out.get(r["state"], 0) + 1
+    return out
+
+
+async def run_history(
+    settings: Settings, plan: HistoryPlan, command: str, say: Say
+) -> HistoryResult:
+    started = time.monotonic()
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = os.getloadavg()
+    conf, major, segment_mb = await cluster_conf(settings)
+    cluster = PrivateCluster(conf, major=major, wal_segment_mb=segment_mb)
+    say(f"history: initdb a private cluster ({len(conf)} of the server's settings, autovacuum on)")
+    try:
+        await asyncio.to_thread(cluster.init)
+        await asyncio.to_thread(cluster.start)
+    except ServiceError as exc:
+        await asyncio.to_thread(cluster.close)
+        raise BenchError(f"history: {exc}") from None
+    redis = PrivateRedis()
+    try:
+        try:
+            await asyncio.to_thread(redis.start)
+        except ServiceError as exc:
+            raise BenchError(f"history: {exc}") from None
+        logdir = cluster.dir / "logs"
+        logdir.mkdir()
+        env = base_env(settings, redis.url, secrets.token_hex(24))
+        avail = await asyncio.to_thread(available, {**env, "DATABASE_URL": cluster.url()})
+        private = await connect(cluster.url())
+        try:
+            version = (await bench_sql.server(private)).version
+        finally:
+            await private.close()
+        scheduler_cp = (
+            checkpoint_interval(plan.checkpoint_s) if avail.scheduler_checkpoints else None
+        )
+        checkpoints_by = (
+            f"the scheduler's, SIM_CHECKPOINT_INTERVAL_S={scheduler_cp}"
+            if scheduler_cp is not None
+            else f"`simctl checkpoint` every {plan.checkpoint_s:g} s"
+            if avail.checkpoint
+            else "not available"
+        )
+        zero, full, fill = await fill_and_measure(
+            cluster, env, plan, settings, avail, scheduler_cp, logdir, say
+        )
+        soak = await run_soak(cluster, env, plan, settings, avail, scheduler_cp, logdir, say)
+    finally:
+        redis.close()
+        await asyncio.to_thread(cluster.close)
+    result = HistoryResult(
+        when=when,
+        command=command,
+        machine={
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "postgres": version,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        settings={
+            "runs": plan.runs,
+            "users": plan.users,
+            "interval_s": plan.interval_s,
+            "workers": plan.workers,
+            "batch_size": settings.sim_batch_size,
+            "worker_concurrency": settings.sim_worker_concurrency,
+            "measure_s": plan.measure_s,
+            "checkpoints": checkpoints_by,
+        },
+        cluster=conf,
+        zero=zero,
+        full=full,
+        fill=fill,
+        soak=soak,
+    )
+    result.ratios = ratios(zero, full)
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+async def fill_and_measure(
+    cluster: PrivateCluster,
+    env: dict[str, str],
+    plan: HistoryPlan,
+    settings: Settings,
+    avail: Available,
+    scheduler_cp: int | None,
+    logdir: Path,
+    say: Say,
+) -> tuple[Point, Point, Fill]:
+    name = f"simbench_{os.getpid()}_history"
+    say(f"history: {plan.users:,} users, migrated and seeded")
+    async with scratch_database(
+        cluster.url(), name, users=plan.users, due=False, settings=settings
+    ) as url:
+        conn = await connect(url)
+        try:
+            await bench_sql.park(conn)
+            engine = Engine(env, url, logdir, plan.workers, "fill")
+            engine.start(scheduler_cp)
+            # Without the scheduler's own checkpoints, the bench takes them (checkpoints on).
+            jobs = (
+                HistoryJobs({**env, "DATABASE_URL": url}, url, plan.checkpoint_s, None)
+                if scheduler_cp is None and avail.checkpoint
+                else None
+            )
+            try:
+                # Once untimed: a first simctl of a fresh install compiles its modules.
+                await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
+                zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
+                await back_to_back(conn, plan.interval_s)
+                fill_started = time.monotonic()
+                # Every user is due at once at first: the 0 window starts once each has run
+                # once, when the slots have spread as they stay (a burst's claims walk every
+                # leased due user; steady state's do not).
+                await asyncio.sleep(plan.warmup_s)
+                await fill_to(conn, engine, plan.users, say, jobs)
+                say(f"history: engine window at 0 ({plan.measure_s:g} s)")
+                w0 = await window(conn, engine, plan.measure_s)
+                say(f"history: filling to {plan.runs:,} runs")
+                await fill_to(conn, engine, plan.runs, say, jobs)
+                say(f"history: engine window at {plan.runs:,} runs ({plan.measure_s:g} s)")
+                wn = await window(conn, engine, plan.measure_s)
+                fill_s = time.monotonic() - fill_started
+                if jobs is not None:
+                    await jobs.drain()
+            finally:
+                engine.stop()
+            written = await runs_taken(conn)
+            fill = Fill(
+                runs_target=plan.runs,
+                runs_written=written,
+                seconds=round(fill_s, 1),
+                runs_per_s=round(written / fill_s, 1),
+                checkpoints=await checkpoint_states(conn),
+                checkpoint_errors=scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS),
+            )
+            full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
+        finally:
+            await conn.close()
+    return make_point("0", zero_idle, w0), make_point("N", full_idle, wn), fill
+
+
+async def run_soak(
+    cluster: PrivateCluster,
+    env: dict[str, str],
+    plan: HistoryPlan,
+    settings: Settings,
+    avail: Available,
+    scheduler_cp: int | None,
+    logdir: Path,
+    say: Say,
+) -> Soak:
+    """The engine flat out on a fresh database of the same users for `soak_min`, checkpoints
+    every `checkpoint_s`, `prune --keep-days 0` every `prune_s`, a sample every `sample_s`;
+    then `reconcile --full`, slots run twice, and each user's run count against the history."""
+    if plan.soak_min <= 0:
+        return Soak(available=False, reason="--soak-min 0")
+    reason = avail.soak_refusal()
+    if reason is not None:
+        say(f"history: soak with retention: not available ({reason})")
+        return Soak(available=False, reason=reason)
+    soak = Soak(
+        available=True,
+        reason="",
+        minutes=plan.soak_min,
+        checkpoint_s=plan.checkpoint_s if scheduler_cp is None else scheduler_cp,
+        prune_s=plan.prune_s,
+        checkpoints_by="the scheduler" if scheduler_cp is not None else "simctl checkpoint",
+    )
+    name = f"simbench_{os.getpid()}_soak"
+    say(f"history: soak with retention, {plan.soak_min:g} min")
+    async with scratch_database(
+        cluster.url(), name, users=plan.users, due=False, settings=settings
+    ) as url:
+        conn = await connect(url)
+        cmd_env = {**env, "DATABASE_URL": url}
+        try:
+            await bench_sql.park(conn)
+            engine = Engine(env, url, logdir, plan.workers, "soak")
+            engine.start(scheduler_cp)
+            jobs = HistoryJobs(
+                cmd_env, url, plan.checkpoint_s if scheduler_cp is None else None, plan.prune_s
+            )
+            try:
+                await back_to_back(conn, plan.interval_s)
+                await _soak_loop(conn, engine, jobs, cmd_env, url, plan, soak, say)
+                await jobs.drain()
+            finally:
+                engine.stop()
+            soak.prunes = jobs.runs["prune"]
+            soak.checkpoint_runs = jobs.runs["checkpoint"]
+            say("history: soak done: reconcile --full, slots, run counts")
+            soak.reconcile_full = await timed_simctl(
+                ["reconcile", "--full", "--json"],
+                cmd_env,
+                url,
+                "simbench-reconcile-full",
+            )
+            soak.doubled_slots = await conn.fetchval(history_query("hist_doubled_slots"))
+            row = await conn.fetchrow(history_query("hist_run_counts"))
+            assert row is not None
+            soak.run_counts = {k: int(row[k]) for k in ("users_differing", "counted", "explained")}
+            soak.checkpoints = await checkpoint_states(conn)
+            soak.checkpoint_errors = scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS)
+        finally:
+            await conn.close()
+    summarise_soak(soak)
+    return soak
+
+
+async def _soak_loop(
+    conn: Conn,
+    engine: Engine,
+    jobs: HistoryJobs,
+    env: dict[str, str],
+    url: str,
+    plan: HistoryPlan,
+    soak: Soak,
+    say: Say,
+) -> None:
+    t0 = time.monotonic()
+    end = t0 + plan.soak_min * 60
+    rates: list[tuple[float, int, frozenset[str]]] = []
+    sampling: asyncio.Task[None] | None = None
+    last_sample = (t0, time.time(), await runs_taken(conn))
+
+    async def sample(at: float, since: tuple[float, float, int]) -> None:
+        sizes = await table_sizes(conn_side)
+        dead = await users_dead(conn_side)
+        runs = await runs_taken(conn_side)
+        rec = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
+        s = SoakSample(
+            at_s=round(at - t0, 1),
+            runs=runs,
+            runs_per_s=round((runs - since[2]) / max(at - since[0], 1e-9), 1),
+            history_bytes=history_bytes(sizes),
+            engine_bytes=sum(sizes.values()),
+            table_bytes=sizes,
+            reconcile_s=rec.seconds,
+            reconcile_longest_transaction_s=rec.longest_transaction_s,
+            reconcile_clean=rec.exit_code == 0,
+            claim=claim_stats(engine.scheduler_log, since[1], time.time()),
+            users_dead=dead.get("dead", 0),
+        )
+        soak.samples.append(s)
+        say(
+            f"history: soak {s.at_s:g} s: {s.runs:,} runs, {s.runs_per_s} runs/s, history "
+            f"{s.history_bytes / 2**20:,.1f} MB, reconcile {s.reconcile_s} s, claim median "
+            f"{s.claim.median_ms} ms"
+        )
+
+    conn_side = await connect(url)
+    try:
+        while time.monotonic() < end:
+            engine.check()
+            jobs.tick(prune_ready=await latest_verified(conn) > 0)
+            now = time.monotonic()
+            busy = {b for b in (jobs.busy,) if b}
+            if sampling is not None and not sampling.done():
+                busy.add("reconcile")
+            rates.append((now, await runs_taken(conn), frozenset(busy)))
+            if now - last_sample[0] >= plan.sample_s and (sampling is None or sampling.done()):
+                if sampling is not None:
+                    await sampling  # raise what it raised
+                since = last_sample
+                last_sample = (now, time.time(), rates[-1][1])
+                sampling = asyncio.ensure_future(sample(now, since))
+            await asyncio.sleep(POLL_S)
+        if sampling is not None:
+            await sampling
+    finally:
+        await conn_side.close()
+    pruning = quiet = (0, 0.0)
+    for (ta, ra, ba), (tb, rb, bb) in itertools.pairwise(rates):
+        if "prune" in ba or "prune" in bb:
+            pruning = (pruning[0] + rb - ra, pruning[1] + tb - ta)
+        elif not ba and not bb:
+            quiet = (quiet[0] + rb - ra, quiet[1] + tb - ta)
+    soak.runs_per_s_pruning = round(pruning[0] / pruning[1], 1) if pruning[1] else None
+    soak.runs_per_s_quiet = round(quiet[0] / quiet[1], 1) if quiet[1] else None
+    soak.pruning_vs_quiet = ratio(soak.runs_per_s_pruning, soak.runs_per_s_quiet)
+
+
+def summarise_soak(soak: Soak) -> None:
+    """Growth, reconcile and claim over the soak against its first full window: the first
+    sample taken after the first prune that exited 0 finished (the window is then as full as
+    retention lets it be)."""
+    done = [p.at_s + p.seconds for p in soak.prunes if p.exit_code == 0]
+    if not done or not soak.samples:
+        return
+    after = [s for s in soak.samples if s.at_s >= min(done)]
+    if len(after) < 2:
+        return
+    first = after[0]
+    last_third = soak.samples[len(soak.samples) * 2 // 3 :]
+    soak.growth_last_third_vs_first_window = ratio(
+        max(s.history_bytes for s in last_third), first.history_bytes
+    )
+    soak.reconcile_last_vs_first = ratio(soak.samples[-1].reconcile_s, first.reconcile_s)
+    soak.claim_last_vs_first = ratio(soak.samples[-1].claim.median_ms, first.claim.median_ms)

@@ -1,0 +1,101 @@
+-- Named queries of the history bench (simtools/bench/history*.py, `simctl bench --history`). They
+-- run only against the bench's own databases on its private cluster, never a real one.
+
+-- hist_back_to_back --
+-- Every user due now with an interval of $1 s, unleased: with more users than the engine runs in
+-- $1 s, each user is due again before the engine comes back to it, so the engine runs flat out
+-- (the issue's operator: 100,000 users back to back).
+UPDATE users SET sim_interval_s = $1::int, sim_next_run_at = now(), sim_claimed_until = NULL
+
+-- hist_clock --
+SELECT clock_timestamp()
+
+-- hist_runs_taken --
+-- The highest sim_runs id handed out (the sequence's own page: polling it costs the measured
+-- server next to nothing; the bench's wait_runs explains why not max(id) or count(*)). 0 before
+-- the first run.
+SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('sim_runs', 'id')::regclass), 0)
+
+-- hist_runs_finished_between --
+-- Runs committed by the engine between two server times: finished_at is the run's
+-- clock_timestamp() inside its batch's statement, so a batch straddling an edge counts where it
+-- wrote. Read a few seconds after $2, once the batches in flight then have committed.
+SELECT count(*) FROM sim_runs WHERE id > $1::bigint AND finished_at >= $2 AND finished_at < $3
+
+-- hist_counts --
+-- History at a point: runs, trades and ledger rows the engine wrote (the platform's own rows,
+-- such as the demo users' deposits, are not counted).
+SELECT (SELECT count(*) FROM sim_runs) AS runs,
+       (SELECT count(*) FROM trades WHERE sim_run_id IS NOT NULL) AS trades,
+       (SELECT count(*) FROM transactions WHERE sim_run_id IS NOT NULL) AS ledger_rows
+
+-- hist_table_sizes --
+-- pg_total_relation_size (heap, indexes, TOAST) of every table the engine writes: the history
+-- it appends (trades, transactions, sim_runs), the state it updates once per run (users,
+-- portfolio), its leases and prices, and the checkpoints' own tables. A table not there (an
+-- older schema) is left out.
+SELECT t.name, pg_total_relation_size(to_regclass(t.name))::bigint AS bytes
+  FROM unnest(ARRAY['trades', 'transactions', 'sim_runs', 'users', 'portfolio', 'price_history',
+                    'sim_leases', 'sim_checkpoints', 'sim_checkpoint_blocks',
+                    'sim_checkpoint_users', 'sim_history_changes']) WITH ORDINALITY AS t(name, ord)
+ WHERE to_regclass(t.name) IS NOT NULL
+ ORDER BY t.ord
+
+-- hist_users_dead --
+-- What autovacuum has to keep up with on the platform's hottest table.
+SELECT coalesce(n_dead_tup, 0)::bigint AS dead, coalesce(n_live_tup, 0)::bigint AS live,
+       coalesce(autovacuum_count, 0)::bigint AS autovacuums
+  FROM pg_stat_user_tables WHERE relname = 'users'
+
+-- hist_transactions_of --
+-- Open transactions of the backends whose application_name is $1 (the reconcile being timed),
+-- sampled from a side connection: how long each has held its transaction so far, and the
+-- statement it runs (its comment lines dropped, its spaces collapsed).
+SELECT pid, xact_start, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS held_s,
+       left(btrim(regexp_replace(regexp_replace(query, '--[^\n]*', '', 'g'), '\s+', ' ', 'g')),
+            200) AS query
+  FROM pg_stat_activity
+ WHERE application_name = $1 AND xact_start IS NOT NULL
+
+-- hist_pnl_sum --
+-- The full P&L aggregate, as a dashboard would ask it.
+SELECT sum(total_pnl_usd) FROM sim_pnl
+
+-- hist_doubled_slots --
+-- Slots that ran twice: none may (unique (user_id, scheduled_for) says so; counted anyway).
+SELECT count(*) FROM (SELECT 1 FROM sim_runs GROUP BY user_id, scheduled_for HAVING count(*) > 1) d
+
+-- hist_run_counts --
+-- Each user's sim_run_count against the runs the history explains: the rows still there above
+-- the retention floor, plus the runs the pruned checkpoint's per-user totals stand for. A run
+-- lost (deleted without being counted) or doubled shows as a user whose numbers differ.
+WITH h AS (SELECT pruned_through, runs_floor FROM sim_history),
+     live AS (SELECT r.user_id, count(*) AS n FROM sim_runs r, h WHERE r.id > h.runs_floor
+               GROUP BY r.user_id),
+     carried AS (SELECT c.user_id, c.runs FROM sim_checkpoint_users c
+                   JOIN h ON c.checkpoint_id = h.pruned_through)
+SELECT count(*) FILTER (WHERE u.sim_run_count <> coalesce(l.n, 0) + coalesce(c.runs, 0))
+           AS users_differing,
+       coalesce(sum(u.sim_run_count), 0)::bigint AS counted,
+       coalesce(sum(coalesce(l.n, 0) + coalesce(c.runs, 0)), 0)::bigint AS explained
+  FROM users u LEFT JOIN live l ON l.user_id = u.id LEFT JOIN carried c ON c.user_id = u.id
+
+-- hist_run_counts_plain --
+-- The same before migration 0010 (no retention): every run is still a row.
+WITH live AS (SELECT user_id, count(*) AS n FROM sim_runs GROUP BY user_id)
+SELECT count(*) FILTER (WHERE u.sim_run_count <> coalesce(l.n, 0)) AS users_differing,
+       coalesce(sum(u.sim_run_count), 0)::bigint AS counted,
+       coalesce(sum(coalesce(l.n, 0)), 0)::bigint AS explained
+  FROM users u LEFT JOIN live l ON l.user_id = u.id
+
+-- hist_has_history --
+SELECT to_regclass('sim_history') IS NOT NULL
+
+-- hist_checkpoints --
+-- The checkpoints taken so far (by the scheduler or by `simctl checkpoint`): state and seconds.
+SELECT id, state, extract(epoch FROM verified_at - started_at)::float8 AS seconds, error
+  FROM sim_checkpoints WHERE id > $1::bigint ORDER BY id
+
+-- hist_latest_verified --
+-- The newest verified checkpoint (0: none yet): the soak prunes only once one exists.
+SELECT coalesce(max(id), 0) FROM sim_checkpoints WHERE state = 'verified'
