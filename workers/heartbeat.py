@@ -23,7 +23,6 @@ from workers.logs import get_logger
 
 log = get_logger("simengine.heartbeat")
 
-_FORGET_EVERY_S = 60.0  # how often a scheduler deletes the rows of long-dead processes
 _LEAVE_TIMEOUT_S = 2.0  # a stop never waits longer than this on the delete
 
 
@@ -57,9 +56,8 @@ class Heartbeat:
             queue=queue,
         )
         self.every_s = every_s
-        self.forget = forget  # the scheduler's: delete rows unseen for a day
+        self.forget = forget  # the scheduler's: with each beat, delete rows unseen for a day
         self._beat_at = float("-inf")  # time.monotonic() of the last attempt
-        self._forgot_at = float("-inf")
         self._failing = False
 
     def serving(self, queue: str) -> None:
@@ -74,8 +72,7 @@ class Heartbeat:
         self._beat_at = now
         try:
             await pooled(pool, partial(processes.beat, proc=self.proc))
-            if self.forget and now - self._forgot_at >= _FORGET_EVERY_S:
-                self._forgot_at = now
+            if self.forget:  # a walk of a few rows (the table holds one per process)
                 forgotten = await pooled(pool, processes.forget)
                 if forgotten:
                     log.info("processes.forgotten", rows=forgotten)
