@@ -727,7 +727,6 @@ def create_app(
         from store.runs import deployment_id
         from workers.heartbeat import Heartbeat
 
-        stopping = asyncio.Event()
         beats: Pool | None = None
         beat: Heartbeat | None = None
         beat_task: asyncio.Task[None] | None = None
@@ -744,15 +743,12 @@ def create_app(
             if heartbeat:
                 beats = await create_pool(settings.database_url, min_size=1, max_size=1)
                 beat = Heartbeat("console", queue=console.queue_name)
-                beat_task = asyncio.create_task(beat.run(beats, stopping))
+                beat_task = asyncio.create_task(beat.run(beats))
             yield
         finally:
-            stopping.set()
             if beats is not None:
-                if beat_task is not None:
-                    await beat_task
-                if beat is not None:
-                    await beat.leave(beats)
+                if beat is not None and beat_task is not None:
+                    await beat.stop(beat_task, beats)
                 await beats.close()
             if console.redis is not None:
                 await console.redis.aclose()

@@ -18,7 +18,6 @@ from functools import partial
 from store import processes
 from store.db import Pool, pooled
 from store.errors import StoreError, first_line
-from workers.deps import pause
 from workers.logs import get_logger
 
 log = get_logger("simengine.heartbeat")
@@ -83,12 +82,20 @@ class Heartbeat:
             return
         self._failing = False
 
-    async def run(self, pool: Pool, stopping: asyncio.Event) -> None:
-        """Beat every `every_s` until `stopping` (a task beside a worker's or console's work)."""
+    async def run(self, pool: Pool) -> None:
+        """Beat every `every_s` until cancelled (a task beside a worker's or console's work;
+        `stop` ends it)."""
         while True:
             await self.beat(pool, force=True)
-            if await pause(stopping, self.every_s):
-                return
+            await asyncio.sleep(self.every_s)
+
+    async def stop(self, task: asyncio.Task[None], pool: Pool) -> None:
+        """End the `run` task (cancelled: a beat retrying through an outage must not hold up
+        the stop) and delete the row."""
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self.leave(pool)
 
     async def leave(self, pool: Pool) -> None:
         """Delete the row (a clean stop); quietly gives up after a moment (the row then shows

@@ -136,14 +136,11 @@ async def _serve(settings: Settings, *, burst: bool, jobs: JobsFactory) -> None:
             # This worker's row in sim_processes, beaten by a task of its own while the process
             # lives (Redis away included) and deleted on a clean stop.
             heartbeat = Heartbeat("worker", queue=proc.settings.sim_queue_name)
-            done = asyncio.Event()
-            beating = asyncio.create_task(heartbeat.run(proc.pool, done))
+            beating = asyncio.create_task(heartbeat.run(proc.pool))
             try:
                 await _work(proc, proc.pool, market, burst=burst, jobs=jobs)
             finally:
-                done.set()
-                await beating
-                await heartbeat.leave(proc.pool)
+                await heartbeat.stop(beating, proc.pool)
         log.info("worker.stopped")
     finally:
         if proc.pool is not None:
