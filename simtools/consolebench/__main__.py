@@ -11,9 +11,10 @@ With --engine, the pages are timed twice: idle, then with a real `simctl schedul
 --workers `simctl worker` processes running against the same database (REDIS_URL, default
 redis://127.0.0.1:6379/0; the queue is the scratch database's own). Every seeded user is due at
 start, so the engine works through a backlog at full speed: the busiest the database gets. The
-second table starts once the engine has committed runs and says how many it committed per second
-while the pages were timed. Checkpoints are off (SIM_CHECKPOINT_INTERVAL_S=0): the first one over
-the synthetic history is a one-time cost, not the steady state."""
+second table starts once the engine has committed runs and run --settle-s seconds more, and
+says how many runs it committed per second while the pages were timed. Checkpoints are off
+(SIM_CHECKPOINT_INTERVAL_S=0): the first one over the synthetic history is a one-time cost, not
+the steady state."""
 
 from __future__ import annotations
 
@@ -166,6 +167,14 @@ def main() -> None:
         help="time the pages idle, then again with a scheduler and --workers workers running",
     )
     parser.add_argument("--workers", type=int, default=1, help="workers with --engine")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=30.0,
+        help="with --engine, seconds the engine runs before the pages are timed (its start, "
+        "when every NULL slot is materialised and the first claims ramp up, is not the steady "
+        "state)",
+    )
     args = parser.parse_args()
     admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     database = f"simengine_consolebench_{os.getpid()}"
@@ -200,6 +209,7 @@ def main() -> None:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in engine):
                     raise SystemExit(f"the engine did not start committing runs (see {log})")
                 time.sleep(0.5)
+            time.sleep(args.settle_s)
             first, t0 = asyncio.run(_last_run_id(url)), time.monotonic()
             print()
             _time_pages(
