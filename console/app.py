@@ -731,7 +731,7 @@ def create_app(
         beat: Heartbeat | None = None
         beat_task: asyncio.Task[None] | None = None
         console.pool = await create_pool(
-            settings.database_url, min_size=1, max_size=4, read_only=not enable_actions
+            settings.database_url, min_size=1, max_size=4, read_only=not enable_actions, jit=False
         )
         try:
             async with console.pool.acquire() as conn:

@@ -278,6 +278,16 @@ async def test_a_read_only_consoles_connections_cannot_write(
                 await conn.execute("UPDATE users SET sim_paused = true")
 
 
+async def test_the_consoles_connections_never_jit_compile(console_settings: Settings) -> None:
+    # Its reads are index probes whose estimated costs cross jit_above_cost: compiling them took
+    # 0.8 s of a 0.85 s overview while the engine ran (docs/benchmarks.md).
+    for actions in (False, True):
+        app = create_app(console_settings, enable_actions=actions, redis=False, heartbeat=False)
+        async with app.router.lifespan_context(app):
+            async with app.state.console.pool.acquire() as conn:
+                assert await conn.fetchval("SHOW jit") == "off"
+
+
 async def test_an_action_without_the_sessions_csrf_token_is_refused(
     admin: Client, world: World, pg: asyncpg.Connection, console_settings: Settings
 ) -> None:
