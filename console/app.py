@@ -730,8 +730,18 @@ def create_app(
         beats: Pool | None = None
         beat: Heartbeat | None = None
         beat_task: asyncio.Task[None] | None = None
+        # Planned at each request, never from a cached plan: the console's reads take no
+        # parameters, so Postgres keeps a prepared statement's first plan, and one made while
+        # trades was small walked it whole once the engine had filled it (4 s per overview).
+        # Its traffic is a few requests a second; planning costs a few ms. No JIT either: the
+        # estimated costs of its index probes cross jit_above_cost, and compiling took 0.8 s.
         console.pool = await create_pool(
-            settings.database_url, min_size=1, max_size=4, read_only=not enable_actions, jit=False
+            settings.database_url,
+            min_size=1,
+            max_size=4,
+            read_only=not enable_actions,
+            jit=False,
+            statement_cache_size=0,
         )
         try:
             async with console.pool.acquire() as conn:

@@ -283,9 +283,11 @@ async def test_the_consoles_connections_never_jit_compile(console_settings: Sett
     # 0.8 s of a 0.85 s overview while the engine ran (docs/benchmarks.md).
     for actions in (False, True):
         app = create_app(console_settings, enable_actions=actions, redis=False, heartbeat=False)
-        async with app.router.lifespan_context(app):
-            async with app.state.console.pool.acquire() as conn:
-                assert await conn.fetchval("SHOW jit") == "off"
+        async with (
+            app.router.lifespan_context(app),
+            app.state.console.pool.acquire() as conn,
+        ):
+            assert await conn.fetchval("SHOW jit") == "off"
 
 
 async def test_an_action_without_the_sessions_csrf_token_is_refused(
@@ -740,3 +742,47 @@ async def test_rows_written_together_are_all_counted_by_the_id_estimates(
     data = await overview(pg)
     assert sum(data["series"]["runs"]) == 3 and sum(data["series"]["trades"]) == 6
     assert data["runs_per_s"] == round(3 / 60, 2) and data["trades_per_s"] == round(6 / 60, 2)
+
+
+def _rows_read(node: object) -> int:
+    """Rows an EXPLAIN ANALYZE plan's scans returned or filtered out, over all their loops."""
+    if isinstance(node, list):
+        return sum(_rows_read(n) for n in node)
+    if not isinstance(node, dict):
+        return 0
+    loops = node.get("Actual Loops", 0)
+    read = 0
+    if "Scan" in str(node.get("Node Type", "")):
+        read = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)) * loops
+    return read + sum(_rows_read(v) for v in node.values() if isinstance(v, list | dict))
+
+
+async def test_the_id_estimates_read_one_moments_rows_not_the_history_before_it(
+    pg: asyncpg.Connection,
+) -> None:
+    # 100,000 older trades, then a few batches in the last minute: the first id of a moment is
+    # found among that moment's rows; a walk of the primary key from the oldest row, filtering
+    # on the timestamp, read every older trade (seen with the engine running, docs/benchmarks.md).
+    from store.seed import seed_demo
+    from store.sqlfiles import query
+
+    await seed_demo(pg, 3, 1)
+    await pg.execute(
+        """INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd,
+                               is_simulated, balance_before, balance_after, created_at)
+           SELECT u % 3 + 1, 'buy', 'BTC', 1, 1, 1, 0, true, 1, 0,
+                  now() - interval '30 minutes' + make_interval(secs => u / 100)
+             FROM generate_series(1, 100000) u"""
+    )
+    await pg.execute(
+        """INSERT INTO trades (user_id, trade_type, asset, amount, price_usd, total_usd, fee_usd,
+                               is_simulated, balance_before, balance_after, created_at)
+           SELECT u % 3 + 1, 'buy', 'BTC', 1, 1, 1, 0, true, 1, 0,
+                  now() - make_interval(secs => 30 - u / 100)
+             FROM generate_series(1, 500) u"""
+    )
+    await pg.execute("ANALYZE")
+    for name in ("overview_recent", "overview_series"):
+        plan = await pg.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query(name, "console.sql"))
+        read = _rows_read(json.loads(plan) if isinstance(plan, str) else plan)
+        assert read < 20_000, (name, read)
