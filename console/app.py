@@ -713,18 +713,35 @@ def create_app(
     refresh_s: float = 5.0,
     allowed_hosts: list[str] | None = None,
     redis: bool = True,
+    heartbeat: bool = True,
 ) -> Starlette:
     """The console for `settings`' database (and its Redis for the queue depth, unless
     redis=False). allowed_hosts: the Host headers served (DNS rebinding: another site's name
-    resolving to 127.0.0.1 is refused); default the loopback names."""
+    resolving to 127.0.0.1 is refused); default the loopback names. heartbeat: the console's row
+    in sim_processes, written on a one-connection pool of its own (the only write a read-only
+    console makes: its pages' pool stays read-only)."""
     console = Console(settings, enable_actions, refresh_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         from store.runs import deployment_id
+        from workers.heartbeat import Heartbeat
 
+        beats: Pool | None = None
+        beat: Heartbeat | None = None
+        beat_task: asyncio.Task[None] | None = None
+        # Planned at each request, never from a cached plan: the console's reads take no
+        # parameters, so Postgres keeps a prepared statement's first plan, and one made while
+        # trades was small walked it whole once the engine had filled it (4 s per overview).
+        # Its traffic is a few requests a second; planning costs a few ms. No JIT either: the
+        # estimated costs of its index probes cross jit_above_cost, and compiling took 0.8 s.
         console.pool = await create_pool(
-            settings.database_url, min_size=1, max_size=4, read_only=not enable_actions
+            settings.database_url,
+            min_size=1,
+            max_size=4,
+            read_only=not enable_actions,
+            jit=False,
+            statement_cache_size=0,
         )
         try:
             async with console.pool.acquire() as conn:
@@ -733,8 +750,16 @@ def create_app(
                 from redis.asyncio import Redis
 
                 console.redis = Redis.from_url(settings.redis_url, socket_timeout=1.0)
+            if heartbeat:
+                beats = await create_pool(settings.database_url, min_size=1, max_size=1)
+                beat = Heartbeat("console", queue=console.queue_name)
+                beat_task = asyncio.create_task(beat.run(beats))
             yield
         finally:
+            if beats is not None:
+                if beat is not None and beat_task is not None:
+                    await beat.stop(beat_task, beats)
+                await beats.close()
             if console.redis is not None:
                 await console.redis.aclose()
             await console.pool.close()

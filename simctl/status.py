@@ -28,7 +28,9 @@ def status(
     growth per day from the scheduler's samples, estimated rows), each `integer` id (ids and
     days left; a warning under 90 days), dead row versions on users and its last autovacuum,
     the retention window, and the latest verified checkpoint's age (and any that failed after
-    it). Warnings say what to act on.
+    it). Warnings say what to act on. Last, the schedulers, workers and consoles seen recently
+    (each beats every 5 s; "GONE" when not seen for 30 s: killed, or its host lost; a clean stop
+    removes its row, and a scheduler forgets a gone one after a day).
 
     Queue depth counts the jobs really waiting: taken by no worker (a killed worker's jobs are
     not) and enqueued within the last SIM_LEASE_S (a lapsed job's slots are claimed again).
@@ -50,6 +52,7 @@ def status(
 
         from store.db import connection
         from store.growth import as_json, overview
+        from store.processes import seen
         from store.runs import deployment_id
         from store.status import status as read_status
         from workers.enqueue import is_redis_misconfigured, redis_error
@@ -59,6 +62,7 @@ def status(
             data = await read_status(conn)
             interval_s = s.sim_checkpoint_interval_s or None  # 0: the scheduler takes none
             data.update(as_json(await overview(conn, checkpoint_interval_s=interval_s)))
+            data["processes"] = await seen(conn)
             queue_name = s.queue_name(await deployment_id(conn))
         client = Redis.from_url(s.redis_url)
         try:
@@ -107,12 +111,22 @@ def _status_table(data: dict[str, Any]) -> Any:
 
     data = dict(data)
     ticks = data.pop("last_tick", {}) or {}
+    procs = data.pop("processes", None) or []
     growth = {k: data.pop(k, None) for k in _GROWTH_KEYS}
     for key, value in data.items():
         shown = plain(value) if isinstance(value, Decimal) else str(value)
         row(key.replace("_", " "), "-" if value is None else shown)
     for asset, at in sorted(ticks.items()):
         row(f"last tick {asset}", str(at))
+    if not procs:
+        row("processes", "none seen (no scheduler or worker running?)")
+    for p in procs:
+        state = "GONE, last seen" if p["gone"] else "seen"
+        row(
+            f"{p['kind']} {p['host']} pid {p['pid']}",
+            f"{state} {p['seen_s_ago']} s ago, started {utc(p['started_at'])}"
+            + (f", {p['version']}" if p["version"] else ""),
+        )
     for key, value in growth_lines(growth):
         row(key, value)
     return table

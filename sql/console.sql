@@ -45,15 +45,19 @@ SELECT
 -- idx_sim_runs_finished_at, idx_trades_created_at and the primary keys), never a count of the
 -- history. Lag percentiles over the last minute's newest 1,000 runs at most.
 -- A batch's rows share one timestamp (its transaction's now()): the first id of a moment is the
--- smallest id at the smallest timestamp after it.
+-- smallest id at the smallest timestamp after it. `min(id + 0)`, not `min(id)`: with min(id) the
+-- planner may walk the primary key from the oldest row, filtering on the timestamp, which reads
+-- every row written before that moment (seen with the engine running: 2.4 ms per probe on
+-- 66,000 trades, 7 s per overview as trades grew); min(id + 0) reads only the rows of that
+-- one timestamp through idx_sim_runs_finished_at / idx_trades_created_at (one batch's).
 SELECT
   coalesce((SELECT max(id) FROM sim_runs), 0)
-    - coalesce((SELECT min(id) - 1 FROM sim_runs WHERE finished_at = (
+    - coalesce((SELECT min(id + 0) - 1 FROM sim_runs WHERE finished_at = (
                   SELECT min(finished_at) FROM sim_runs
                    WHERE finished_at > now() - interval '1 minute')),
                (SELECT max(id) FROM sim_runs), 0) AS runs_1m,
   coalesce((SELECT max(id) FROM trades), 0)
-    - coalesce((SELECT min(id) - 1 FROM trades WHERE created_at = (
+    - coalesce((SELECT min(id + 0) - 1 FROM trades WHERE created_at = (
                   SELECT min(created_at) FROM trades
                    WHERE created_at > now() - interval '1 minute')),
                (SELECT max(id) FROM trades), 0) AS trades_1m,
@@ -66,13 +70,14 @@ SELECT
 
 -- overview_series --
 -- The last hour per minute: runs and trades estimated from ids as overview_recent does (the
--- first id written in each minute, one index probe per minute and table), the p99 lag of each
+-- first id written in each minute, one index probe per minute and table, min(id + 0) for the
+-- reason given there), the p99 lag of each
 -- minute's newest 200 runs at most. 60 rows, each minute's even when it had no runs.
 WITH marks AS (
     SELECT m,
-           (SELECT min(id) FROM sim_runs WHERE finished_at = (
+           (SELECT min(id + 0) FROM sim_runs WHERE finished_at = (
                 SELECT min(finished_at) FROM sim_runs WHERE finished_at >= m)) AS run_id,
-           (SELECT min(id) FROM trades WHERE created_at = (
+           (SELECT min(id + 0) FROM trades WHERE created_at = (
                 SELECT min(created_at) FROM trades WHERE created_at >= m)) AS trade_id
       FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
                            date_trunc('minute', now()), interval '1 minute') AS m

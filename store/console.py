@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from store import processes
 from store.bulk import UserFilter, list_users
 from store.db import Conn
 from store.errors import NotFound
@@ -28,7 +29,8 @@ async def overview(conn: Conn) -> dict[str, Any]:
     last ticks) each from an index, runs and trades per second and per minute over the last hour
     estimated from ids (store/status.py counts the last hour's runs, which at a million users is
     millions of rows), lag percentiles over the newest runs, failing and auto-paused users, the
-    claims switch and the latest checkpoint."""
+    claims switch, the latest checkpoint, and the schedulers, workers and consoles on record
+    (sim_processes: a few rows; `gone` when not seen for processes.GONE_AFTER_S)."""
     from engine.assets import ASSETS
 
     counts = await conn.fetchrow(query("overview_counts", "console.sql"), DUE_CAP, list(ASSETS))
@@ -46,6 +48,11 @@ async def overview(conn: Conn) -> dict[str, Any]:
         runs_1h=sum(r["runs"] for r in series),
         **dict(state.items()),
     )
+    procs = await processes.seen(conn)
+    data["processes"] = procs
+    for kind in ("scheduler", "worker", "console"):
+        data[f"{kind}s_seen"] = sum(1 for p in procs if p["kind"] == kind and not p["gone"])
+    data["processes_gone"] = sum(1 for p in procs if p["gone"])
     data["series"] = {
         "minute": [r["minute"] for r in series],
         "runs": [r["runs"] for r in series],

@@ -35,6 +35,7 @@ from workers.deps import (
     redis_settings,
     serve_health,
 )
+from workers.heartbeat import Heartbeat
 from workers.jobs import worker_settings
 from workers.logs import get_logger
 
@@ -132,7 +133,14 @@ async def _serve(settings: Settings, *, burst: bool, jobs: JobsFactory) -> None:
             market = await load_market_retrying(proc.pool, settings)
             # The queue of this database's deployment (SIM_QUEUE_NAME, or named after its id).
             proc.settings = settings.with_queue(await deployment_id_retrying(proc.pool))
-            await _work(proc, proc.pool, market, burst=burst, jobs=jobs)
+            # This worker's row in sim_processes, beaten by a task of its own while the process
+            # lives (Redis away included) and deleted on a clean stop.
+            heartbeat = Heartbeat("worker", queue=proc.settings.sim_queue_name)
+            beating = asyncio.create_task(heartbeat.run(proc.pool))
+            try:
+                await _work(proc, proc.pool, market, burst=burst, jobs=jobs)
+            finally:
+                await heartbeat.stop(beating, proc.pool)
         log.info("worker.stopped")
     finally:
         if proc.pool is not None:

@@ -36,6 +36,7 @@ from workers.deps import (
     serve_health,
 )
 from workers.enqueue import enqueue_batch
+from workers.heartbeat import Heartbeat
 from workers.housekeeping import housekeeping
 from workers.logs import get_logger
 from workers.queue import drop_lapsed_jobs, pending_jobs
@@ -81,6 +82,9 @@ class Scheduler:
         self._growth_sampled_at = float("-inf")  # time.monotonic() of the last sample
         self._claim_batches = 1  # the next claim's size in batches (see run_pass)
         self.deployment: str | None = None  # the database's identity, read by the first pass
+        # This scheduler's row in sim_processes, refreshed after passes that went through (at
+        # most every few seconds); the scheduler also forgets the rows of long-dead processes.
+        self.heartbeat = Heartbeat("scheduler", forget=True)
         # time.monotonic() of the last claim attempt that got the claim lock or found the queue
         # full: claims that stall, whatever the cause, show in /readyz and the gauge.
         self._claim_ok_at = time.monotonic()
@@ -253,6 +257,10 @@ class Scheduler:
                     raise
                 log.error("scheduler.pass_failed", error=first_line(exc), exc_info=exc)
                 report = PassReport()
+            if not failed and not once:
+                if self.heartbeat.proc.queue is None:
+                    self.heartbeat.serving(self.queue_name)
+                await self.heartbeat.beat(self.pool)
             if report.claimed:
                 log.info(
                     "scheduler.pass",
@@ -304,6 +312,8 @@ async def run_scheduler(settings: Settings, once: bool) -> None:
             if keeper is not None:
                 stopping.set()
                 await keeper
+            if not once:
+                await scheduler.heartbeat.leave(deps.pool)
         log.info("scheduler.stopped")
     finally:
         if deps.redis is not None:

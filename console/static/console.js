@@ -46,6 +46,25 @@
       }
     }
 
+    // The processes' table, rebuilt from the JSON as text (never markup).
+    function procs(rows) {
+      const body = document.querySelector("#procs tbody");
+      if (!body) return;
+      const keys = ["kind", "host", "pid", "started_at", "seen_s_ago", "state", "version", "queue"];
+      body.replaceChildren();
+      rows.forEach(function (p) {
+        const tr = document.createElement("tr");
+        if (p.gone) tr.className = "warn";
+        p.state = p.gone ? "gone" : "running";
+        keys.forEach(function (k) {
+          const td = document.createElement("td");
+          td.textContent = p[k] === null || p[k] === undefined ? "-" : String(p[k]);
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      });
+    }
+
     async function poll() {
       try {
         const response = await fetch(live.dataset.url, { headers: { accept: "application/json" } });
@@ -56,6 +75,7 @@
           el.textContent = v === null || v === undefined ? "-" : String(v);
         });
         draw(data.series);
+        procs(data.processes || []);
         updated.textContent = "updated " + new Date().toLocaleTimeString();
         updated.dataset.polls = String((parseInt(updated.dataset.polls || "0", 10)) + 1);
       } catch (err) {

@@ -5,7 +5,16 @@ user's slots 300 s apart, the newest finishing now, so the last hour holds min(r
 of them, as a deployment running every user each 300 s would). `simctl console` (read-only)
 serves the database; each page is fetched --repeat times after one warm-up and the table gives
 p50, p95 and max in milliseconds. Prints a Markdown table; the database is dropped at the end
-unless --keep."""
+unless --keep.
+
+With --engine, the pages are timed twice: idle, then with a real `simctl scheduler` and
+--workers `simctl worker` processes running against the same database (REDIS_URL, default
+redis://127.0.0.1:6379/0; the queue is the scratch database's own). Every seeded user is due at
+start, so the engine works through a backlog at full speed: the busiest the database gets. The
+second table starts once the engine has committed runs and run --settle-s seconds more, and
+says how many runs it committed per second while the pages were timed. Checkpoints are off
+(SIM_CHECKPOINT_INTERVAL_S=0): the first one over the synthetic history is a one-time cost, not
+the steady state."""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
@@ -101,12 +111,70 @@ def _get_ms(url: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _time_pages(base: str, values: dict[str, str], repeat: int, title: str) -> None:
+    print(f"| page ({title}) | p50 ms | p95 ms | max ms |")
+    print("|---|---|---|---|")
+    for page in PAGES:
+        path = page.format(**values)
+        _get_ms(base + path)  # warm-up: plans and pool
+        times = sorted(_get_ms(base + path) for _ in range(repeat))
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        shown = page.replace("{email}", "EMAIL").replace("{mid}", "ID")
+        print(
+            f"| `{shown}` | {statistics.median(times):.1f} | {p95:.1f} | {times[-1]:.1f} |",
+            flush=True,
+        )
+
+
+async def _last_run_id(url: str) -> int:
+    conn = await connect(url)
+    try:
+        value: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM sim_runs")
+        return value
+    finally:
+        await conn.close()
+
+
+def _start_engine(env: dict[str, str], workers: int, log: str) -> list[subprocess.Popen[bytes]]:
+    engine_env = {**env, "SIM_CHECKPOINT_INTERVAL_S": "0", "SIM_METRICS_PORT": "0"}
+    with open(log, "ab") as out:
+        return [
+            subprocess.Popen(simctl_argv(kind), env=engine_env, stdout=out, stderr=out)
+            for kind in ["scheduler"] + ["worker"] * workers
+        ]
+
+
+def _stop_engine(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench-console", description=__doc__)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="time the pages idle, then again with a scheduler and --workers workers running",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="workers with --engine")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=30.0,
+        help="with --engine, seconds the engine runs before the pages are timed (its start, "
+        "when every NULL slot is materialised and the first claims ramp up, is not the steady "
+        "state)",
+    )
     args = parser.parse_args()
     admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     database = f"simengine_consolebench_{os.getpid()}"
@@ -118,6 +186,7 @@ def main() -> None:
     port = _free_port()
     server = subprocess.Popen(simctl_argv("console", "--port", str(port)), env=env)
     base = f"http://127.0.0.1:{port}"
+    engine: list[subprocess.Popen[bytes]] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -128,19 +197,32 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the console did not start") from None
                 time.sleep(0.1)
-        print(f"| page ({args.users} users, {args.runs} runs) | p50 ms | p95 ms | max ms |")
-        print("|---|---|---|---|")
-        for page in PAGES:
-            path = page.format(**values)
-            _get_ms(base + path)  # warm-up: plans and pool
-            times = sorted(_get_ms(base + path) for _ in range(args.repeat))
-            p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-            shown = page.replace("{email}", "EMAIL").replace("{mid}", "ID")
-            print(
-                f"| `{shown}` | {statistics.median(times):.1f} | {p95:.1f} | {times[-1]:.1f} |",
-                flush=True,
+        size = f"{args.users} users, {args.runs} runs"
+        _time_pages(base, values, args.repeat, size + (", engine idle" if args.engine else ""))
+        if args.engine:
+            log = tempfile.mkstemp(prefix="consolebench-engine-", suffix=".log")[1]
+            print(f"engine log: {log}", file=sys.stderr)
+            engine = _start_engine(env, args.workers, log)
+            synthetic = asyncio.run(_last_run_id(url))
+            deadline = time.monotonic() + 300
+            while asyncio.run(_last_run_id(url)) < synthetic + 500:  # the engine is running
+                if time.monotonic() > deadline or any(p.poll() is not None for p in engine):
+                    raise SystemExit(f"the engine did not start committing runs (see {log})")
+                time.sleep(0.5)
+            time.sleep(args.settle_s)
+            first, t0 = asyncio.run(_last_run_id(url)), time.monotonic()
+            print()
+            _time_pages(
+                base,
+                values,
+                args.repeat,
+                f"{size}, engine running: 1 scheduler, {args.workers} worker(s)",
             )
+            rate = (asyncio.run(_last_run_id(url)) - first) / (time.monotonic() - t0)
+            print(f"\nThe engine committed {rate:.0f} runs/s while the pages were timed.")
     finally:
+        if engine:
+            _stop_engine(engine)
         server.terminate()
         server.wait(30)
         if not args.keep:
