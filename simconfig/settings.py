@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         le=7 * 86_400,
         description="A scheduler takes a checkpoint of the engine's history when none started within this many seconds (0 = never on its own; `simctl checkpoint` still works). Reconcile's cost follows the rows written since the latest one.",
     )
+    sim_checkpoint_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        le=1_000_000_000,
+        description="A scheduler also takes a checkpoint as soon as this many engine rows (runs, trades and ledger rows) were written after the latest checkpoint's cut, so reconcile never has more than about this many to sum (0 = by time only; needs SIM_CHECKPOINT_INTERVAL_S > 0).",
+    )
     sim_history_lease_s: int = Field(
         default=60,
         ge=1,

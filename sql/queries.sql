@@ -705,6 +705,7 @@ WITH m AS (
            date_bin(m.tick, l.slot, m.epoch) AS tick_at
       FROM last_run l
       JOIN portfolio p ON p.user_id = l.user_id AND l.slot IS NOT NULL
+                      AND p.user_id > $1 AND p.user_id <= $2
       CROSS JOIN m
       CROSS JOIN LATERAL (VALUES ('BTC', p.btc), ('ETH', p.eth), ('USDT', p.usdt),
                                  ('USDC', p.usdc), ('XRP', p.xrp), ('ADA', p.ada)) AS h(asset, quantity)

@@ -1,7 +1,9 @@
 """The scheduler's housekeeping beside its claims: a checkpoint of the engine's history every
-SIM_CHECKPOINT_INTERVAL_S (store/history.py). Any number of schedulers may run it: the history
-lease lets one work at a time, and a checkpoint is due only when none started within the
-interval, so the schedulers take turns rather than repeat each other."""
+SIM_CHECKPOINT_INTERVAL_S, or sooner once SIM_CHECKPOINT_ROWS engine rows were written after
+the latest one's cut (store/history.py), so reconcile's rows to sum stay bounded at any write
+rate. Any number of schedulers may run it: the history lease lets one work at a time, and a
+checkpoint is due only when none started within the interval and the rows are under the bound,
+so the schedulers take turns rather than repeat each other."""
 
 from __future__ import annotations
 
@@ -17,15 +19,19 @@ from workers.logs import get_logger
 
 log = get_logger("simengine.housekeeping")
 
-# How often a scheduler looks whether a checkpoint is due (at most; the interval if shorter).
-_LOOK_EVERY_S = 30.0
+# How often a scheduler looks whether a checkpoint is due (at most; the interval if shorter):
+# three index probes and a one-row read.
+_LOOK_EVERY_S = 5.0
 
 
 async def checkpoint_if_due(settings: Settings) -> history.CheckpointReport | None:
-    """Take a checkpoint when none started within the interval; None when not due or another
+    """Take a checkpoint when none started within the interval or the rows since the latest
+    one's cut reached SIM_CHECKPOINT_ROWS; None when not due or another
     scheduler (or `simctl checkpoint` / `simctl prune`) holds the history lease."""
     async with connection(settings.history_database_url) as conn:
-        if not await history.checkpoint_due(conn, settings.sim_checkpoint_interval_s):
+        if not await history.checkpoint_due(
+            conn, settings.sim_checkpoint_interval_s, settings.sim_checkpoint_rows
+        ):
             return None
         try:
             report = await history.checkpoint(

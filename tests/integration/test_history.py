@@ -158,6 +158,12 @@ async def test_chunked_checkpoints_and_reconciles_stay_exact_while_runs_commit(
                 judged = await history.reconcile(conn, slippage_bps=5)
                 assert judged.clean, (judged.discrepancies, judged.findings)
                 assert judged.base == cp.id
+
+                async def past_the_cut(cut: int = cp.cut.runs) -> bool:
+                    return bool(await pg.fetchval("SELECT max(id) > $1 FROM sim_runs", cut))
+
+                # The next window holds runs (a checkpoint can be quicker than a run).
+                await wait_until(past_the_cut, 60, "runs after the checkpoint's cut")
             full = await history.reconcile(conn, slippage_bps=5, full=True)
             assert full.clean and full.checkpoints_verified == 4
             # Runs did commit while they worked: the windows were not empty.
@@ -165,7 +171,7 @@ async def test_chunked_checkpoints_and_reconciles_stay_exact_while_runs_commit(
             windows = await pg.fetchval(
                 "SELECT count(*) FROM sim_checkpoints WHERE runs_rows > 0 AND prev_id IS NOT NULL"
             )
-            assert windows >= 1
+            assert windows == 3
         finally:
             await conn.close()
     finally:
@@ -201,3 +207,32 @@ async def test_schedulers_take_checkpoints_on_their_own_one_at_a_time(
     full = simctl(["reconcile", "--full", "--json"], env)
     assert full.returncode == 0, full.stdout
     assert json_of(full)["checkpoints_verified"] == len(chain)
+
+
+async def test_a_checkpoint_falls_due_by_rows_written_as_well_as_by_time(
+    pg: asyncpg.Connection, runner: BatchRunner, db_url: str
+) -> None:
+    # SIM_CHECKPOINT_ROWS bounds what a reconcile sums at any write rate: an hour's interval
+    # is not due, until the engine's rows after the latest cut reach the bound.
+    await seed_due(pg, 20)
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await history.checkpoint_due(conn, 3600, 0)  # none yet: due by time
+        cp = await history.checkpoint(conn, "test", slippage_bps=5)
+        assert cp.state == "verified"
+        assert not await history.checkpoint_due(conn, 3600, 0)
+        assert not await history.checkpoint_due(conn, 3600, 1)
+        assert await run_round(pg, runner) == 20
+        written = await pg.fetchval(
+            "SELECT (SELECT count(*) FROM sim_runs) + (SELECT count(*) FROM trades) "
+            "+ (SELECT count(*) FROM transactions WHERE sim_run_id IS NOT NULL)"
+        )
+        assert written > 20
+        assert await history.checkpoint_due(conn, 3600, written)
+        assert not await history.checkpoint_due(conn, 3600, written + 1)
+        assert not await history.checkpoint_due(conn, 3600, 0)  # 0: by time only
+        cp = await history.checkpoint(conn, "test", slippage_bps=5)
+        assert cp.state == "verified" and sum(cp.rows.values()) == written
+        assert not await history.checkpoint_due(conn, 3600, 1)
+    finally:
+        await conn.close()
