@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,9 +35,10 @@ from store.errors import Refused, StoreError
 from store.ledger import Discrepancy
 from store.sqlfiles import queries, query
 
-# One transaction sums and hashes this many ids of one table (64 blocks: about 0.3 s at
-# 100,000 users on the bench's box).
+# One transaction sums and hashes at most this many ids of one table (64 blocks); fewer when
+# the box is slow: a range is sized to CHUNK_S from how long the last one took (Paced).
 CHUNK_IDS = BLOCK * 64
+CHUNK_S = 0.5
 # Users compared against the live state in one snapshot.
 USER_CHUNK = 5000
 # The history lease: a job renews it as it works; a job silent this long is taken over.
@@ -183,6 +184,31 @@ async def take_cut(conn: Conn, timer: Timer | None = None) -> Cut:
     return await retrying_lock_timeouts(attempt, attempts=10)
 
 
+class Paced:
+    """Ranges of ids (lo, hi] sized to a time budget: a whole number of blocks, from one block
+    to CHUNK_IDS, grown or shrunk from the time the caller's last range took (timed from the
+    range's yield to the request for the next), so a transaction stays near CHUNK_S on a quiet
+    box and on one five times as loaded alike. A range never splits a block: it ends where one
+    ends or at hi, as _ranges."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.top = max(1, CHUNK_IDS // BLOCK)
+        self.blocks = max(1, self.top // 4)
+        self.clock = clock
+
+    def ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        start = lo
+        while start < hi:
+            step = BLOCK * self.blocks
+            end = min(hi, ((start + 1) // step + 1) * step - 1)
+            began = self.clock()
+            yield start, end
+            took = max(self.clock() - began, 1e-3)
+            grown = int(self.blocks * CHUNK_S / took)
+            self.blocks = max(1, min(self.top, 2 * self.blocks, grown))
+            start = end
+
+
 def _ranges(lo: int, hi: int, step: int) -> Iterator[tuple[int, int]]:
     """(lo, hi] in pieces (a, b] that never split a multiple of `step` from the ids after it
     below the next one: each piece's ids are within [k*step, (k+1)*step) for one k, so a block
@@ -284,9 +310,10 @@ async def _sum_range(
     blocks' hashes for checkpoint_id."""
     rows = dict.fromkeys(TABLES, 0)
     await _parts_reset(conn)
+    paced = Paced()
     for table in TABLES:
         insert = _parts_insert(table)
-        for a, b in _ranges(lo.of(table), hi.of(table), CHUNK_IDS):
+        for a, b in paced.ranges(lo.of(table), hi.of(table)):
             async with timer.tx(conn):
                 await conn.execute(insert, a, b, user_id, checkpoint_id)
                 if store_blocks:
@@ -363,12 +390,13 @@ async def _judge(
     for table in TABLES:
         judged.rows_since[table] = max(0, now.of(table) - since.of(table))
     # Prices of the trades, and the times of the runs, after the audit's start.
-    for a, b in _ranges(audit_from.trades, now.trades, CHUNK_IDS):
+    paced = Paced()
+    for a, b in paced.ranges(audit_from.trades, now.trades):
         async with timer.tx(conn, isolation="repeatable_read", readonly=True):
             bad = await conn.fetch(query("reconcile_trade_prices"), user_id, slippage_bps, a, b)
         judged.discrepancies += [_price_discrepancy(r, slippage_bps) for r in bad]
         await renew.renew()
-    for a, b in _ranges(audit_from.runs, now.runs, CHUNK_IDS):
+    for a, b in paced.ranges(audit_from.runs, now.runs):
         async with timer.tx(conn, isolation="repeatable_read", readonly=True):
             early = await early_runs(conn, user_id, (a, b))
         judged.findings += [r.describe() for r in early]
@@ -451,6 +479,7 @@ async def verify_window(
             await conn.execute(_fold("pg_temp.sim_since"))
             await conn.execute(_PARTS_CLEAR)
 
+    paced = Paced()
     for table in TABLES:
         stored = {
             r["block"]: (r["rows"], r["hash"])
@@ -462,7 +491,7 @@ async def verify_window(
                 f"checkpoint {cid}: the stored blocks of {table} no longer give its hash"
             )
         seen: set[int] = set()
-        for a, b in _ranges(prev_cut.of(table), cut.of(table), CHUNK_IDS):
+        for a, b in paced.ranges(prev_cut.of(table), cut.of(table)):
             async with timer.tx(conn):
                 found = await conn.fetch(_blocks(table), a, b)
                 if sum_into:
