@@ -5,26 +5,15 @@ out the next checkpoint redoes it from the previous one and the chain verifies."
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from engine.market import Market
-from simconfig import Settings
-from store.db import create_pool
 from tests.integration.test_history import run_round
 from tests.support.procs import seed_due, simctl, spawn, stop, wait_until
 from workers.batch import BatchRunner
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=4)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 async def test_a_checkpoint_killed_half_way_is_redone(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -23,13 +22,6 @@ from tests.support.services import create_database, drop_database, url_for
 from workers.batch import BatchRunner
 
 SLOT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=4)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 async def claims_of(conn: Conn) -> list[Claim]:

@@ -5,28 +5,17 @@ while runs commit meanwhile, and the scheduler taking them on its own, one at a 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from engine.market import Market
-from simconfig import Settings
 from store import history
-from store.db import create_pool
 from store.ledger import reconcile as oracle
 from store.runs import Claim
 from tests.support.procs import seed_due, simctl, spawn, stop, wait_until
 from workers.batch import BatchRunner
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=4)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 async def run_round(pg: asyncpg.Connection, runner: BatchRunner) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -30,13 +29,6 @@ from workers.batch import BatchRunner
 
 ACTOR = "sha256:test"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=2)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 async def new_user(

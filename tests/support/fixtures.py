@@ -19,8 +19,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from engine.market import Market
 from simconfig import Settings
-from store.db import connect
+from store.db import connect, create_pool
 from tests.support.services import (
     ROOT,
     RedisServer,
@@ -30,6 +31,7 @@ from tests.support.services import (
     drop_template,
     url_for,
 )
+from workers.batch import BatchRunner
 
 # A folder of the run's own, made by the controller and inherited by its xdist workers: it holds
 # the lock the template is built under and the template's name once it exists.
@@ -144,3 +146,12 @@ def settings(env: dict[str, str]) -> Settings:
         k.lower(): v for k, v in env.items() if k.startswith(("SIM_", "DATABASE_", "REDIS_"))
     }
     return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
+    """The workers' batch runner on the test's database: runs claims in-process, as a worker's
+    job does (BatchRunner.run), without Redis."""
+    pool = await create_pool(db_url, max_size=4)
+    yield BatchRunner(pool, settings, Market(settings.market_params()))
+    await pool.close()
