@@ -272,7 +272,8 @@ def _timed(t: Timed | None) -> str:
         return "not available"
     verdict = "clean" if t.exit_code == 0 else f"exit {t.exit_code}"
     since = ""
-    if (rows := rows_since(t)) is not None:
+    full = isinstance(t.output, dict) and t.output.get("full") is True  # from the start, all
+    if (rows := rows_since(t)) is not None and not full:
         base = from_checkpoint(t)
         since = f"; {rows:,} rows since {'checkpoint ' + str(base) if base else 'the start'}"
     return f"{t.seconds} s (longest transaction {t.longest_transaction_s} s{since}; {verdict})"
@@ -377,8 +378,7 @@ def markdown(result: HistoryResult) -> str:
             "claim_ms_per_1000_users",
         ),
         row(
-            "the scheduler's checkpoints during the fill before the point: how many: median / "
-            "max s, median / max rows",
+            "the scheduler's checkpoints in the fill before: n: median / max s, median / max rows",
             lambda p: _scheduler(p.scheduler_checkpoints),
         ),
         row(
