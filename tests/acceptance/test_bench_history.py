@@ -15,7 +15,7 @@ import pytest
 from tests.support.procs import simctl
 from tests.support.services import ROOT, server_url
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
 
 TABLES = {"trades", "transactions", "sim_runs", "users", "portfolio", "price_history"}
 
@@ -37,7 +37,7 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
          "--measure-s", "2", "--soak-min", "0.4", "--checkpoint-s", "4",
          "--checkpoint-rows", "3000", "--prune-s", "4", "--sample-s", "5", "--json", str(out)],
         {**env, "DATABASE_URL": server_url()},
-        timeout=400,
+        timeout=580,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
