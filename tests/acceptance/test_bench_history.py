@@ -84,7 +84,9 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
             point["table_bytes"][t] for t in ("trades", "transactions", "sim_runs")
         )
     # The windows start after their fills; history grew, and so did its tables.
-    assert full["engine"]["history_runs_at_start"] >= 20_000 > mid["engine"]["history_runs_at_start"]
+    assert (
+        full["engine"]["history_runs_at_start"] >= 20_000 > mid["engine"]["history_runs_at_start"]
+    )
     assert mid["engine"]["history_runs_at_start"] >= 4000 > zero["engine"]["history_runs_at_start"]
     assert full["history_bytes"] > mid["history_bytes"] > zero["history_bytes"]
     # The scheduler's own checkpoints: none before 0; those of each fill, read from its log,
