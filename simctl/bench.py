@@ -10,6 +10,10 @@ import typer
 
 from simctl.common import Exit, err, out, run_async, settings
 
+# The history bench's --checkpoint-rows default: Settings' SIM_CHECKPOINT_ROWS default (a unit
+# test holds them equal; simconfig is not imported at a command's start).
+_CHECKPOINT_ROWS = 1_000_000
+
 
 def bench(
     quick: Annotated[
@@ -48,6 +52,14 @@ def bench(
         str,
         typer.Option("--runs", help="--history: history to fill, in runs (10M, 500k or 200000)."),
     ] = "10M",
+    mid_runs: Annotated[
+        str | None,
+        typer.Option(
+            "--mid-runs",
+            help="--history: a middle point, in runs (default 1M when --runs is more, else "
+            "none; 0: none): the engine stopped there for the same commands as at 0 and N.",
+        ),
+    ] = None,
     users: Annotated[
         int,
         typer.Option("--users", min=100, help="--history: users running back to back."),
@@ -68,6 +80,15 @@ def bench(
         float,
         typer.Option("--checkpoint-s", min=1, help="--history: seconds between checkpoints."),
     ] = 60.0,
+    checkpoint_rows: Annotated[
+        int,
+        typer.Option(
+            "--checkpoint-rows",
+            min=0,
+            help="--history: the scheduler's SIM_CHECKPOINT_ROWS (engine rows after the latest "
+            "checkpoint's cut that make the next one due; 0: by time only).",
+        ),
+    ] = _CHECKPOINT_ROWS,
     prune_s: Annotated[
         float,
         typer.Option(
@@ -104,11 +125,14 @@ def bench(
 
     --history measures what history costs instead (simtools/bench/history.py): on a private
     cluster with the server's settings and autovacuum on, one scheduler and two workers run
-    --users users back to back until --runs runs are written; at 0 and at N it reports the
-    engine's runs/s over a --measure-s window, the scheduler's claim ms, `simctl reconcile`
-    (and --full) with the longest transaction it held, `simctl status` above process start,
-    the full sim_pnl sum and each engine-written table's size, every ratio against the 0
-    point. Then a soak of --soak-min minutes on a fresh database with checkpoints and `simctl
+    --users users back to back until --runs runs are written, stopping at --mid-runs on the
+    way; at 0, the middle point and N it reports the engine's runs/s over a --measure-s
+    window, the scheduler's claim ms and its own checkpoints (SIM_CHECKPOINT_INTERVAL_S =
+    --checkpoint-s, SIM_CHECKPOINT_ROWS = --checkpoint-rows), and with the engine stopped
+    `simctl reconcile` as the engine left it, a `simctl checkpoint`, reconcile right after it,
+    `reconcile --full` (each with the longest transaction it held), `simctl status` above
+    process start, the full sim_pnl sum and each engine-written table's size; every ratio of
+    N against 0 and against the middle point. Then a soak of --soak-min minutes on a fresh database with checkpoints and `simctl
     prune --keep-days 0` on a cadence (skipped, saying so, where this checkout has no prune).
     Exit 1 if a ledger or the history does not check out.
 
@@ -119,6 +143,7 @@ def bench(
       simctl bench --pinned --docs
       simctl bench --steps 50000
       simctl bench --history --runs 1M --soak-min 10 --json hist.json
+      simctl bench --history --runs 10M --mid-runs 1M --json hist.json
     """
     s = settings()
     from simtools.bench.pinned import refusal
@@ -132,10 +157,12 @@ def bench(
 
     history_options = {
         "--runs": runs != "10M",
+        "--mid-runs": mid_runs is not None,
         "--users": users != 100_000,
         "--measure-s": measure_s != 30.0,
         "--soak-min": soak_min != 30.0,
         "--checkpoint-s": checkpoint_s != 60.0,
+        "--checkpoint-rows": checkpoint_rows != _CHECKPOINT_ROWS,
         "--prune-s": prune_s != 60.0,
         "--sample-s": sample_s != 60.0,
     }
@@ -150,11 +177,24 @@ def bench(
                 2,
                 "bench: no docs/benchmarks.md here to append to (run from the checkout's root, or leave out --docs)",
             )
-        from simtools.bench.history import HistoryPlan, run_history
+        from simtools.bench.history import HistoryPlan, mid_runs_for, run_history
         from simtools.bench.history_results import markdown as history_markdown
 
+        total = _count(runs)
+        mid = mid_runs_for(
+            total,
+            None
+            if mid_runs is None
+            else 0
+            if mid_runs.strip() == "0"
+            else _count(mid_runs, "--mid-runs"),
+        )
+        if mid is not None and mid >= total:
+            raise Exit(2, f"bench: --mid-runs ({mid:,}) must be below --runs ({total:,})")
         plan = HistoryPlan(
-            runs=_count(runs),
+            runs=total,
+            mid_runs=mid,
+            checkpoint_rows=checkpoint_rows,
             users=users,
             measure_s=measure_s,
             soak_min=soak_min,
@@ -166,10 +206,12 @@ def bench(
             f" {name} {value}"
             for name, value in (
                 ("--runs", runs),
+                ("--mid-runs", mid_runs),
                 ("--users", users),
                 ("--measure-s", f"{measure_s:g}"),
                 ("--soak-min", f"{soak_min:g}"),
                 ("--checkpoint-s", f"{checkpoint_s:g}"),
+                ("--checkpoint-rows", checkpoint_rows),
                 ("--prune-s", f"{prune_s:g}"),
                 ("--sample-s", f"{sample_s:g}"),
             )
@@ -244,13 +286,13 @@ def bench(
         raise Exit(1, "bench: the ledger does not reconcile after the run")
 
 
-def _count(text: str) -> int:
+def _count(text: str, option: str = "--runs") -> int:
     """A run count: digits, optionally with k (thousands) or M (millions): 10M, 500k, 200000."""
     raw = text.strip()
     scale = {"k": 1_000, "K": 1_000, "m": 1_000_000, "M": 1_000_000}.get(raw[-1:], 1)
     digits = raw[:-1] if scale != 1 else raw
     if not digits.isascii() or not digits.isdigit() or int(digits) * scale <= 0:
         raise Exit(
-            2, f"bench: --runs takes a positive count such as 10M, 500k or 200000, not {text!r}"
+            2, f"bench: {option} takes a positive count such as 10M, 500k or 200000, not {text!r}"
         )
     return int(digits) * scale

@@ -1,5 +1,6 @@
 """`simctl bench --history` (scripts/bench-history): the engine and the operators' commands at
-0 and at N runs of history, then a soak with retention on.
+0, at a middle point (`--mid-runs`, default 1 M when N is more) and at N runs of history, then a
+soak with retention on.
 
 Everything runs on a private cluster (simtools.harness: initdb, a free loopback port) with the
 server's settings and autovacuum on, as a production server has it (the shared test server
@@ -33,8 +34,10 @@ from simconfig import Settings
 from simtools.bench import queries as bench_sql
 from simtools.bench.databases import scratch_database
 from simtools.bench.history_probe import (
+    CheckpointStats,
     StatusTime,
     Timed,
+    checkpoint_stats,
     claim_stats,
     clock,
     counts,
@@ -56,8 +59,10 @@ from simtools.bench.history_results import (
     Soak,
     SoakSample,
     Window,
+    from_checkpoint,
     ratio,
     ratios,
+    rows_since,
 )
 from simtools.bench.pinned import ALWAYS, copied
 from simtools.bench.procs import BenchError
@@ -72,6 +77,15 @@ CHECKPOINT_ERRORS = ("checkpoint.not_taken", "checkpoint.failed")  # the schedul
 BUSY_RETRY_S = 3.0  # a history command refused for the lease is tried again this soon
 POLL_S = 0.5  # how often the soak and the fill read the runs handed out
 STALL_S = 180.0  # no run in this long while filling: the engine is stuck, the bench stops
+MID_RUNS = 1_000_000  # the middle point when --runs is more and --mid-runs is not given
+CHECKPOINT_ROWS = int(Settings.model_fields["sim_checkpoint_rows"].default)
+
+
+def mid_runs_for(runs: int, given: int | None) -> int | None:
+    """The middle point: `given` (0: none), else MID_RUNS when `runs` is more, else none."""
+    if given is not None:
+        return given or None
+    return MID_RUNS if runs > MID_RUNS else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,8 @@ class HistoryPlan:
     checkpoint_s: float = 60.0
     prune_s: float = 60.0
     sample_s: float = 60.0
+    mid_runs: int | None = None  # a point between 0 and N (mid_runs_for: its default)
+    checkpoint_rows: int = CHECKPOINT_ROWS  # the scheduler's SIM_CHECKPOINT_ROWS
 
 
 @dataclass(frozen=True)
@@ -144,8 +160,9 @@ def checkpoint_interval(seconds: float) -> int:
 
 
 class Engine:
-    """One scheduler (its `scheduler.pass` lines logged at info: the claim times) and `workers`
-    workers, real processes on the database at `url`; started and stopped as a group."""
+    """One scheduler (logging at info: its `scheduler.pass` lines, the claim times, and its
+    `checkpoint.verified` ones) and `workers` workers, real processes on the database at `url`;
+    started and stopped as a group."""
 
     def __init__(
         self, env: dict[str, str], url: str, logdir: Path, workers: int, name: str
@@ -158,9 +175,18 @@ class Engine:
         self.name = name
         self.scheduler_log = logdir / f"{name}-scheduler.log"
         self.procs: list[Proc] = []
+        self.started_at = self.stopped_at = 0.0  # host times (time.time())
 
-    def start(self, checkpoint_s: int | None) -> None:
-        extra = {} if checkpoint_s is None else {"SIM_CHECKPOINT_INTERVAL_S": str(checkpoint_s)}
+    def start(self, checkpoint_s: int | None, checkpoint_rows: int = CHECKPOINT_ROWS) -> None:
+        self.started_at = time.time()
+        extra = (
+            {}
+            if checkpoint_s is None
+            else {
+                "SIM_CHECKPOINT_INTERVAL_S": str(checkpoint_s),
+                "SIM_CHECKPOINT_ROWS": str(checkpoint_rows),
+            }
+        )
         self.procs = [
             Proc(
                 simctl_argv("scheduler"),
@@ -182,6 +208,11 @@ class Engine:
 
     def stop(self) -> None:
         stop(self.procs)
+        self.stopped_at = time.time()
+
+    def checkpoints(self) -> CheckpointStats:
+        """The scheduler's own checkpoints verified while it ran."""
+        return checkpoint_stats(self.scheduler_log, self.started_at, self.stopped_at or time.time())
 
 
 class HistoryJobs:
@@ -345,6 +376,8 @@ class _Idle:
 
     counts: dict[str, int]
     reconcile: Timed
+    checkpoint: Timed | None
+    reconcile_after: Timed | None
     reconcile_full: Timed | None
     status: StatusTime
     pnl_s: float
@@ -352,14 +385,33 @@ class _Idle:
     dead: dict[str, int]
 
 
+async def bench_checkpoint(env: dict[str, str], url: str, wait_s: float) -> Timed:
+    """`simctl checkpoint --json`, timed; tried again while a checkpoint the stopped scheduler
+    left (its lease not yet given back or run out) holds the history lease, for up to wait_s."""
+    until = time.monotonic() + wait_s
+    while True:
+        t = await timed_simctl(["checkpoint", "--json"], env, url, "simbench-checkpoint")
+        if not (t.exit_code == 1 and "history lease" in t.stderr) or time.monotonic() > until:
+            return t
+        await asyncio.sleep(BUSY_RETRY_S)
+
+
 async def idle_point(
     conn: Conn, env: dict[str, str], url: str, avail: Available, say: Say, label: str
 ) -> _Idle:
-    say(f"history: at {label}: sizes, reconcile, status, sim_pnl")
+    """Sizes; reconcile as the engine left it (rows since the latest checkpoint wherever the
+    scheduler's cycle was); a checkpoint by the bench and reconcile again (rows since: none);
+    reconcile --full, status, the sim_pnl sum."""
+    say(f"history: at {label}: sizes, reconcile, checkpoint, reconcile, status, sim_pnl")
     sizes = await table_sizes(conn)
     dead = await users_dead(conn)
     found = await counts(conn)
     reconcile = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
+    checkpoint = after = None
+    if avail.checkpoint:
+        lease_s = float(Settings.model_fields["sim_history_lease_s"].default or 60)
+        checkpoint = await bench_checkpoint(env, url, lease_s + 15)
+        after = await timed_simctl(["reconcile", "--json"], env, url, "simbench-reconcile")
     full = (
         await timed_simctl(["reconcile", "--full", "--json"], env, url, "simbench-reconcile-full")
         if avail.reconcile_full
@@ -367,10 +419,13 @@ async def idle_point(
     )
     status = await status_time(env, url)
     pnl = await pnl_sum_s(conn)
-    return _Idle(found, reconcile, full, status, pnl, sizes, dead)
+    return _Idle(found, reconcile, checkpoint, after, full, status, pnl, sizes, dead)
 
 
-def make_point(label: str, idle: _Idle, engine: Window) -> Point:
+NO_CHECKPOINTS = CheckpointStats(0, None, None, None, None, None)
+
+
+def make_point(label: str, idle: _Idle, engine: Window, scheduler: CheckpointStats) -> Point:
     return Point(
         label=label,
         runs=idle.counts["runs"],
@@ -378,6 +433,12 @@ def make_point(label: str, idle: _Idle, engine: Window) -> Point:
         ledger_rows=idle.counts["ledger_rows"],
         engine=engine,
         reconcile=idle.reconcile,
+        reconcile_rows_since=rows_since(idle.reconcile),
+        reconcile_from_checkpoint=from_checkpoint(idle.reconcile),
+        checkpoint=idle.checkpoint,
+        reconcile_after_checkpoint=idle.reconcile_after,
+        reconcile_after_rows_since=rows_since(idle.reconcile_after),
+        scheduler_checkpoints=scheduler,
         reconcile_full=idle.reconcile_full,
         status=idle.status,
         pnl_sum_s=idle.pnl_s,
@@ -434,13 +495,14 @@ async def run_history(
             checkpoint_interval(plan.checkpoint_s) if avail.scheduler_checkpoints else None
         )
         checkpoints_by = (
-            f"the scheduler's, SIM_CHECKPOINT_INTERVAL_S={scheduler_cp}"
+            f"the scheduler's, SIM_CHECKPOINT_INTERVAL_S={scheduler_cp}, "
+            f"SIM_CHECKPOINT_ROWS={plan.checkpoint_rows}"
             if scheduler_cp is not None
             else f"`simctl checkpoint` every {plan.checkpoint_s:g} s"
             if avail.checkpoint
             else "not available"
         )
-        zero, full, fill = await fill_and_measure(
+        zero, mid, full, fill = await fill_and_measure(
             cluster, env, plan, settings, avail, scheduler_cp, logdir, say
         )
         soak = await run_soak(cluster, env, plan, settings, avail, scheduler_cp, logdir, say)
@@ -466,15 +528,20 @@ async def run_history(
             "batch_size": settings.sim_batch_size,
             "worker_concurrency": settings.sim_worker_concurrency,
             "measure_s": plan.measure_s,
+            "mid_runs": plan.mid_runs,
+            "checkpoint_s": scheduler_cp if scheduler_cp is not None else plan.checkpoint_s,
+            "checkpoint_rows": plan.checkpoint_rows if scheduler_cp is not None else None,
             "checkpoints": checkpoints_by,
         },
         cluster=conf,
         zero=zero,
+        mid=mid,
         full=full,
         fill=fill,
         soak=soak,
     )
     result.ratios = ratios(zero, full)
+    result.ratios_mid = ratios(mid, full) if mid is not None else {}
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
@@ -488,7 +555,10 @@ async def fill_and_measure(
     scheduler_cp: int | None,
     logdir: Path,
     say: Say,
-) -> tuple[Point, Point, Fill]:
+) -> tuple[Point, Point | None, Point, Fill]:
+    """The 0 point (before the engine starts), then the fill: the engine's window at 0, on to
+    --mid-runs (its window; the engine stopped for the middle point's commands, then started
+    again), on to --runs (its window; stopped for the N point's commands)."""
     name = f"simbench_{os.getpid()}_history"
     say(f"history: {plan.users:,} users, migrated and seeded")
     async with scratch_database(
@@ -497,18 +567,21 @@ async def fill_and_measure(
         conn = await connect(url)
         try:
             await bench_sql.park(conn)
-            engine = Engine(env, url, logdir, plan.workers, "fill")
-            engine.start(scheduler_cp)
             # Without the scheduler's own checkpoints, the bench takes them (checkpoints on).
             jobs = (
                 HistoryJobs({**env, "DATABASE_URL": url}, url, plan.checkpoint_s, None)
                 if scheduler_cp is None and avail.checkpoint
                 else None
             )
+            # Once untimed: a first simctl of a fresh install compiles its modules.
+            await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
+            zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
+            engines = [Engine(env, url, logdir, plan.workers, "fill")]
+            engine = engines[0]
+            engine.start(scheduler_cp, plan.checkpoint_rows)
+            mid: Point | None = None
+            paused_s = 0.0
             try:
-                # Once untimed: a first simctl of a fresh install compiles its modules.
-                await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
-                zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
                 await back_to_back(conn, plan.interval_s)
                 fill_started = time.monotonic()
                 # Every user is due at once at first: the 0 window starts once each has run
@@ -518,11 +591,28 @@ async def fill_and_measure(
                 await fill_to(conn, engine, plan.users, say, jobs)
                 say(f"history: engine window at 0 ({plan.measure_s:g} s)")
                 w0 = await window(conn, engine, plan.measure_s)
+                if plan.mid_runs is not None:
+                    say(f"history: filling to {plan.mid_runs:,} runs")
+                    await fill_to(conn, engine, plan.mid_runs, say, jobs)
+                    say(f"history: engine window at {plan.mid_runs:,} runs ({plan.measure_s:g} s)")
+                    wm = await window(conn, engine, plan.measure_s)
+                    if jobs is not None:
+                        await jobs.drain()
+                    paused = time.monotonic()
+                    engine.stop()
+                    mid_idle = await idle_point(
+                        conn, env, url, avail, say, f"{await runs_taken(conn):,} runs"
+                    )
+                    mid = make_point("mid", mid_idle, wm, engine.checkpoints())
+                    engine = Engine(env, url, logdir, plan.workers, "fill-after-mid")
+                    engines.append(engine)
+                    engine.start(scheduler_cp, plan.checkpoint_rows)
+                    paused_s = time.monotonic() - paused
                 say(f"history: filling to {plan.runs:,} runs")
                 await fill_to(conn, engine, plan.runs, say, jobs)
                 say(f"history: engine window at {plan.runs:,} runs ({plan.measure_s:g} s)")
                 wn = await window(conn, engine, plan.measure_s)
-                fill_s = time.monotonic() - fill_started
+                fill_s = time.monotonic() - fill_started - paused_s
                 if jobs is not None:
                     await jobs.drain()
             finally:
@@ -534,12 +624,17 @@ async def fill_and_measure(
                 seconds=round(fill_s, 1),
                 runs_per_s=round(written / fill_s, 1),
                 checkpoints=await checkpoint_states(conn),
-                checkpoint_errors=scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS),
+                checkpoint_errors=[
+                    e
+                    for one in engines
+                    for e in scheduler_events(one.scheduler_log, CHECKPOINT_ERRORS)
+                ],
             )
             full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
         finally:
             await conn.close()
-    return make_point("0", zero_idle, w0), make_point("N", full_idle, wn), fill
+    zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS)
+    return zero, mid, make_point("N", full_idle, wn, engine.checkpoints()), fill
 
 
 async def run_soak(
@@ -579,7 +674,7 @@ async def run_soak(
         try:
             await bench_sql.park(conn)
             engine = Engine(env, url, logdir, plan.workers, "soak")
-            engine.start(scheduler_cp)
+            engine.start(scheduler_cp, plan.checkpoint_rows)
             jobs = HistoryJobs(
                 cmd_env, url, plan.checkpoint_s if scheduler_cp is None else None, plan.prune_s
             )

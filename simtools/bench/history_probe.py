@@ -1,7 +1,7 @@
 """What the history bench measures at a point in history: a simctl command's wall time and the
 longest transaction its backends held (pg_stat_activity sampled from a side connection), status
-above process start, the full sim_pnl sum, table sizes, and the scheduler's claim times read
-from its log."""
+above process start, the full sim_pnl sum, table sizes, and the scheduler's claim times and own
+checkpoints read from its log."""
 
 from __future__ import annotations
 
@@ -242,6 +242,56 @@ def claim_stats(log: Path, since: float, until: float) -> ClaimStats:
         median_ms=round(statistics.median(ms), 2) if ms else None,
         p95_ms=_percentile(ms, 0.95),
         ms_per_1000_users=round(sum(ms) / users * 1000, 2) if users else None,
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """The scheduler's own checkpoints over a span, from its `checkpoint.verified` log lines
+    (each names the window's rows per table, its seconds and its longest transaction): how many,
+    median and max seconds, median and max rows (all tables of the window together), and the
+    longest transaction any of them held."""
+
+    count: int
+    median_s: float | None
+    max_s: float | None
+    median_rows: int | None
+    max_rows: int | None
+    longest_tx_max_s: float | None
+
+
+def checkpoint_stats(log: Path, since: float, until: float) -> CheckpointStats:
+    """The scheduler's verified checkpoints logged between two host times (time.time())."""
+    seconds: list[float] = []
+    rows: list[int] = []
+    longest: list[float] = []
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if '"checkpoint.verified"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+            if event.get("event") != "checkpoint.verified" or not since <= at < until:
+                continue
+            window = event.get("rows") or {}
+            n = sum(int(v) for v in window.values()) if isinstance(window, dict) else int(window)
+            took, tx = float(event["seconds"]), float(event.get("longest_tx_s") or 0.0)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        seconds.append(took)
+        rows.append(n)
+        longest.append(tx)
+    return CheckpointStats(
+        count=len(seconds),
+        median_s=round(statistics.median(seconds), 3) if seconds else None,
+        max_s=round(max(seconds), 3) if seconds else None,
+        median_rows=round(statistics.median(rows)) if rows else None,
+        max_rows=max(rows) if rows else None,
+        longest_tx_max_s=round(max(longest), 3) if longest else None,
     )
 
 

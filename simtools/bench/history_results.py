@@ -1,13 +1,15 @@
 """The history bench's typed results (`as_json` is the --json file's content, what
 tests/acceptance/test_bench_history.py reads) and its markdown table. Every ratio is against the
-0-history point measured in the same run; no figure is judged against a threshold here."""
+0-history point, or the middle one (`--mid-runs`), measured in the same run; no figure is judged
+against a threshold here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from simtools.bench.history_probe import ClaimStats, StatusTime, Timed
+from simtools.bench.history_probe import CheckpointStats, ClaimStats, StatusTime, Timed
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,29 @@ class Window:
     claim: ClaimStats
 
 
+def rows_since(t: Timed | None) -> int | None:
+    """The engine rows a reconcile summed on top of its checkpoint (its --json `rows_since`,
+    all tables together); None without that output."""
+    out = t.output if t is not None else None
+    if not isinstance(out, dict) or not isinstance(out.get("rows_since"), dict):
+        return None
+    return sum(v for v in out["rows_since"].values() if isinstance(v, int))
+
+
+def from_checkpoint(t: Timed | None) -> int | None:
+    """The checkpoint a reconcile judged from (its --json `from_checkpoint`; None: the start)."""
+    out = t.output if t is not None else None
+    base = out.get("from_checkpoint") if isinstance(out, dict) else None
+    return base if isinstance(base, int) else None
+
+
 @dataclass(frozen=True)
 class Point:
     """One history size: what was written, the engine's window, and the operators' commands
-    timed with the engine stopped."""
+    timed with the engine stopped. `reconcile` is as the engine left it (rows since the latest
+    checkpoint wherever the scheduler's cycle was); `checkpoint` is one the bench then took
+    (`simctl checkpoint --json`: the cost of checkpointing those rows) and
+    `reconcile_after_checkpoint` the reconcile right after it (rows since: none)."""
 
     label: str
     runs: int
@@ -33,6 +54,12 @@ class Point:
     ledger_rows: int
     engine: Window
     reconcile: Timed
+    reconcile_rows_since: int | None  # engine rows since its checkpoint (None: no such output)
+    reconcile_from_checkpoint: int | None  # the checkpoint it judged from (None: the start)
+    checkpoint: Timed | None  # None: `simctl checkpoint` not available
+    reconcile_after_checkpoint: Timed | None  # None: no checkpoint taken
+    reconcile_after_rows_since: int | None
+    scheduler_checkpoints: CheckpointStats  # the scheduler's own, during the fill before it
     reconcile_full: Timed | None  # None: `reconcile --full` not available
     status: StatusTime
     pnl_sum_s: float
@@ -140,22 +167,27 @@ class HistoryResult:
     settings: dict[str, Any]
     cluster: dict[str, str]  # the private cluster's settings (the server's, autovacuum on)
     zero: Point
+    mid: Point | None  # --mid-runs (None: no middle point)
     full: Point
     fill: Fill
     soak: Soak
-    ratios: dict[str, float | None] = field(default_factory=dict)
+    ratios: dict[str, float | None] = field(default_factory=dict)  # N / 0
+    ratios_mid: dict[str, float | None] = field(default_factory=dict)  # N / mid ({}: no mid)
     seconds: float = 0.0
 
     @property
+    def points(self) -> list[Point]:
+        return [p for p in (self.zero, self.mid, self.full) if p is not None]
+
+    @property
     def clean(self) -> bool:
-        """Both points reconcile, every checkpoint of the fill verified, and the soak found
-        nothing wrong."""
+        """Every point reconciles (as found, after its checkpoint, and --full) and its
+        checkpoint verified, every checkpoint of the fill verified, and the soak found nothing
+        wrong."""
         return (
-            self.zero.reconcile.exit_code == 0
+            all(point_clean(p) for p in self.points)
             and not self.fill.checkpoint_errors
             and self.fill.checkpoints.get("failed", 0) == 0
-            and self.full.reconcile.exit_code == 0
-            and (self.full.reconcile_full is None or self.full.reconcile_full.exit_code == 0)
             and self.soak.clean
         )
 
@@ -170,23 +202,54 @@ def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
     return None if a is None or not b else round(a / b, digits)
 
 
-def ratios(zero: Point, full: Point) -> dict[str, float | None]:
-    """At N against at 0: the same measure, the same run, the same machine."""
+def point_clean(p: Point) -> bool:
+    return all(
+        t is None or t.exit_code == 0
+        for t in (p.reconcile, p.checkpoint, p.reconcile_after_checkpoint, p.reconcile_full)
+    )
+
+
+def _seconds(t: Timed | None) -> float | None:
+    return None if t is None else t.seconds
+
+
+def _own(t: Timed | None, key: str) -> float | None:
+    """A figure of a command's own --json (a checkpoint's `seconds`, `longest_transaction_s`)."""
+    out = t.output if t is not None else None
+    v = out.get(key) if isinstance(out, dict) else None
+    return float(v) if isinstance(v, int | float) else None
+
+
+def ratios(base: Point, full: Point) -> dict[str, float | None]:
+    """At N against at `base` (the 0 point, or the middle one): the same measure, the same run,
+    the same machine."""
     per_m = (
         round(full.history_bytes / full.runs * 1e6 / 2**20, 1) if full.runs else None
     )  # MiB per million runs
     return {
-        "runs_per_s": ratio(full.engine.runs_per_s, zero.engine.runs_per_s),
-        "claim_median_ms": ratio(full.engine.claim.median_ms, zero.engine.claim.median_ms),
+        "runs_per_s": ratio(full.engine.runs_per_s, base.engine.runs_per_s),
+        "claim_median_ms": ratio(full.engine.claim.median_ms, base.engine.claim.median_ms),
         "claim_ms_per_1000_users": ratio(
-            full.engine.claim.ms_per_1000_users, zero.engine.claim.ms_per_1000_users
+            full.engine.claim.ms_per_1000_users, base.engine.claim.ms_per_1000_users
         ),
-        "reconcile_s": ratio(full.reconcile.seconds, zero.reconcile.seconds),
+        "reconcile_s": ratio(full.reconcile.seconds, base.reconcile.seconds),
         "reconcile_longest_transaction_s": ratio(
-            full.reconcile.longest_transaction_s, zero.reconcile.longest_transaction_s
+            full.reconcile.longest_transaction_s, base.reconcile.longest_transaction_s
         ),
-        "status_above_start_s": ratio(full.status.above_start_s, zero.status.above_start_s),
-        "pnl_sum_s": ratio(full.pnl_sum_s, zero.pnl_sum_s),
+        "reconcile_after_checkpoint_s": ratio(
+            _seconds(full.reconcile_after_checkpoint), _seconds(base.reconcile_after_checkpoint)
+        ),
+        "reconcile_after_checkpoint_longest_transaction_s": ratio(
+            full.reconcile_after_checkpoint.longest_transaction_s
+            if full.reconcile_after_checkpoint
+            else None,
+            base.reconcile_after_checkpoint.longest_transaction_s
+            if base.reconcile_after_checkpoint
+            else None,
+        ),
+        "reconcile_full_s": ratio(_seconds(full.reconcile_full), _seconds(base.reconcile_full)),
+        "status_above_start_s": ratio(full.status.above_start_s, base.status.above_start_s),
+        "pnl_sum_s": ratio(full.pnl_sum_s, base.pnl_sum_s),
         "history_mib_per_million_runs": per_m,
     }
 
@@ -209,11 +272,38 @@ def _timed(t: Timed | None) -> str:
         return "not available"
     verdict = "clean" if t.exit_code == 0 else f"exit {t.exit_code}"
     since = ""
-    if isinstance(t.output, dict) and isinstance(t.output.get("rows_since"), dict):
-        rows = sum(v for v in t.output["rows_since"].values() if isinstance(v, int))
-        base = t.output.get("from_checkpoint")
+    full = isinstance(t.output, dict) and t.output.get("full") is True  # from the start, all
+    if (rows := rows_since(t)) is not None and not full:
+        base = from_checkpoint(t)
         since = f"; {rows:,} rows since {'checkpoint ' + str(base) if base else 'the start'}"
     return f"{t.seconds} s (longest transaction {t.longest_transaction_s} s{since}; {verdict})"
+
+
+def _checkpoint(t: Timed | None) -> str:
+    """The bench's `simctl checkpoint --json` at a point: its own seconds and longest
+    transaction (as it measured them), the rows of its window, the wall time with the process."""
+    if t is None:
+        return "not available"
+    verdict = "verified" if t.exit_code == 0 else f"exit {t.exit_code}"
+    out = t.output if isinstance(t.output, dict) else {}
+    window = out.get("rows")
+    rows = (
+        sum(v for v in window.values() if isinstance(v, int)) if isinstance(window, dict) else None
+    )
+    return (
+        f"{_opt(_own(t, 'seconds'))} s, longest transaction "
+        f"{_opt(_own(t, 'longest_transaction_s'))} s; {'—' if rows is None else f'{rows:,}'} rows "
+        f"({t.seconds} s with the process; {verdict})"
+    )
+
+
+def _scheduler(c: CheckpointStats) -> str:
+    if not c.count:
+        return "none"
+    return (
+        f"{c.count}: {c.median_s} / {c.max_s} s, {_n(c.median_rows or 0)} / "
+        f"{_n(c.max_rows or 0)} rows (longest transaction {c.longest_tx_max_s} s)"
+    )
 
 
 def _errors(events: list[dict[str, Any]]) -> str:
@@ -225,13 +315,33 @@ def _errors(events: list[dict[str, Any]]) -> str:
     )
 
 
-def _row(name: str, zero: str, full: str, r: float | None) -> str:
-    return f"| {name} | {zero} | {full} | {_opt(r, '×')} |"
+def _row(name: str, cells: list[str], rs: list[float | None]) -> str:
+    return f"| {name} | {' | '.join(cells)} | {' | '.join(_opt(r, '×') for r in rs)} |"
 
 
 def markdown(result: HistoryResult) -> str:
-    z, f, soak = result.zero, result.full, result.soak
-    r = result.ratios
+    z, m, f, soak = result.zero, result.mid, result.full, result.soak
+    points = result.points
+    bases = [result.ratios] + ([result.ratios_mid] if m is not None else [])
+
+    def row(name: str, cell: Callable[[Point], str], key: str | None = None) -> str:
+        return _row(name, [cell(p) for p in points], [r.get(key) if key else None for r in bases])
+
+    def size_row(table: str) -> str:
+        """A table's size at each point; its ratios computed here (N over each base)."""
+        return _row(
+            f"`{table}`",
+            [_mb(p.table_bytes.get(table, 0)) for p in points],
+            [
+                ratio(f.table_bytes.get(table), b.table_bytes.get(table))
+                for b in ([z] + ([m] if m is not None else []))
+            ],
+        )
+
+    heads = (
+        ["at 0"] + ([f"at {_n(m.runs)} runs"] if m is not None else []) + [f"at {_n(f.runs)} runs"]
+    )
+    ratio_heads = ["N / 0"] + (["N / mid"] if m is not None else [])
     lines = [
         "",
         f"### History bench, {result.when}",
@@ -246,78 +356,64 @@ def markdown(result: HistoryResult) -> str:
         f"{result.machine.get('load_average_after')} (other jobs on the box count in every "
         "figure).",
         "",
-        f"| measure | at 0 | at {_n(f.runs)} runs | N / 0 |",
-        "|---|---|---|---|",
-        _row(
+        f"| measure | {' | '.join(heads)} | {' | '.join(ratio_heads)} |",
+        "|---|" + "---|" * (len(heads) + len(ratio_heads)),
+        row(
             "runs / trades / ledger rows at the point",
-            f"{_n(z.runs)} / {_n(z.trades)} / {_n(z.ledger_rows)}",
-            f"{_n(f.runs)} / {_n(f.trades)} / {_n(f.ledger_rows)}",
-            None,
+            lambda p: f"{_n(p.runs)} / {_n(p.trades)} / {_n(p.ledger_rows)}",
         ),
-        _row(
+        row(
             f"engine runs/s ({z.engine.seconds:g} s window)",
-            f"{z.engine.runs_per_s} (from {_n(z.engine.history_runs_at_start)} runs)",
-            f"{f.engine.runs_per_s} (from {_n(f.engine.history_runs_at_start)} runs)",
-            r.get("runs_per_s"),
+            lambda p: f"{p.engine.runs_per_s} (from {_n(p.engine.history_runs_at_start)} runs)",
+            "runs_per_s",
         ),
-        _row(
+        row(
             "claim ms per pass, median / p95",
-            f"{_opt(z.engine.claim.median_ms)} / {_opt(z.engine.claim.p95_ms)}",
-            f"{_opt(f.engine.claim.median_ms)} / {_opt(f.engine.claim.p95_ms)}",
-            r.get("claim_median_ms"),
+            lambda p: f"{_opt(p.engine.claim.median_ms)} / {_opt(p.engine.claim.p95_ms)}",
+            "claim_median_ms",
         ),
-        _row(
+        row(
             "claim ms per 1,000 users claimed",
-            _opt(z.engine.claim.ms_per_1000_users),
-            _opt(f.engine.claim.ms_per_1000_users),
-            r.get("claim_ms_per_1000_users"),
+            lambda p: _opt(p.engine.claim.ms_per_1000_users),
+            "claim_ms_per_1000_users",
         ),
-        _row("`simctl reconcile`", _timed(z.reconcile), _timed(f.reconcile), r.get("reconcile_s")),
-        _row(
-            "`simctl reconcile --full`",
-            _timed(z.reconcile_full),
-            _timed(f.reconcile_full),
-            ratio(
-                f.reconcile_full.seconds if f.reconcile_full else None,
-                z.reconcile_full.seconds if z.reconcile_full else None,
-            ),
+        row(
+            "the scheduler's checkpoints in the fill before: n: median / max s, median / max rows",
+            lambda p: _scheduler(p.scheduler_checkpoints),
         ),
-        _row(
+        row(
+            "`simctl reconcile` as the engine left it", lambda p: _timed(p.reconcile), "reconcile_s"
+        ),
+        row("`simctl checkpoint` then (by the bench)", lambda p: _checkpoint(p.checkpoint)),
+        row(
+            "`simctl reconcile` right after it",
+            lambda p: _timed(p.reconcile_after_checkpoint),
+            "reconcile_after_checkpoint_s",
+        ),
+        row("`simctl reconcile --full`", lambda p: _timed(p.reconcile_full), "reconcile_full_s"),
+        row(
             "`simctl status` above process start",
-            f"{z.status.above_start_s} s ({z.status.status_s} − {z.status.process_start_s})",
-            f"{f.status.above_start_s} s ({f.status.status_s} − {f.status.process_start_s})",
-            r.get("status_above_start_s"),
+            lambda p: (
+                f"{p.status.above_start_s} s ({p.status.status_s} − {p.status.process_start_s})"
+            ),
+            "status_above_start_s",
         ),
-        _row(
-            "`SELECT sum(total_pnl_usd) FROM sim_pnl`",
-            f"{z.pnl_sum_s} s",
-            f"{f.pnl_sum_s} s",
-            r.get("pnl_sum_s"),
-        ),
+        row("`SELECT sum(total_pnl_usd) FROM sim_pnl`", lambda p: f"{p.pnl_sum_s} s", "pnl_sum_s"),
     ]
-    for name in f.table_bytes:
-        lines.append(
-            _row(
-                f"`{name}`",
-                _mb(z.table_bytes.get(name, 0)),
-                _mb(f.table_bytes[name]),
-                ratio(f.table_bytes[name], z.table_bytes.get(name)),
-            )
-        )
+    lines += [size_row(name) for name in f.table_bytes]
     lines += [
-        _row("trades + transactions + sim_runs", _mb(z.history_bytes), _mb(f.history_bytes), None),
-        _row(
+        row("trades + transactions + sim_runs", lambda p: _mb(p.history_bytes)),
+        row(
             "dead / live tuples on `users` (autovacuums so far)",
-            f"{_n(z.users_dead.get('dead', 0))} / {_n(z.users_dead.get('live', 0))} "
-            f"({z.users_dead.get('autovacuums', 0)})",
-            f"{_n(f.users_dead.get('dead', 0))} / {_n(f.users_dead.get('live', 0))} "
-            f"({f.users_dead.get('autovacuums', 0)})",
-            None,
+            lambda p: (
+                f"{_n(p.users_dead.get('dead', 0))} / {_n(p.users_dead.get('live', 0))} "
+                f"({p.users_dead.get('autovacuums', 0)})"
+            ),
         ),
         "",
         f"Fill: {_n(result.fill.runs_written)} runs in {result.fill.seconds} s "
         f"({result.fill.runs_per_s} runs/s); "
-        f"{_opt(r.get('history_mib_per_million_runs'))} MB of trades + transactions + "
+        f"{_opt(result.ratios.get('history_mib_per_million_runs'))} MB of trades + transactions + "
         f"sim_runs per million runs; checkpoints during the fill: "
         f"{result.fill.checkpoints or 'none'}.{_errors(result.fill.checkpoint_errors)}",
         "",

@@ -1,7 +1,9 @@
 """`simctl bench --history` at a tiny size runs end to end on its private cluster and reports
-every figure at 0 and at N, with ratios against the 0 point; the soak with retention runs where
-this checkout has `simctl prune` and is reported as not available otherwise. No speed
-threshold: only the report's shape, numbers present and sane, and a ledger that checks out."""
+every figure at 0, at a middle point and at N, with ratios of N against 0 and against the middle
+point, reconcile as the engine left it and right after a checkpoint the bench took; the soak
+with retention runs where this checkout has `simctl prune` and is reported as not available
+otherwise. No speed threshold: only the report's shape, numbers present and sane, and a ledger
+that checks out."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from tests.support.procs import simctl
 from tests.support.services import ROOT, server_url
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
 
 TABLES = {"trades", "transactions", "sim_runs", "users", "portfolio", "price_history"}
 
@@ -24,27 +26,31 @@ def _timed_sane(t: dict[str, object]) -> None:
     assert t["exit_code"] == 0 and seconds > 0 and 0 <= longest <= seconds
 
 
-def test_tiny_history_bench_reports_both_points_and_the_soak(
+def test_tiny_history_bench_reports_three_points_and_the_soak(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "history.json"
     docs = ROOT / "docs" / "benchmarks.md"
     docs_before = docs.read_bytes()
     result = simctl(
-        ["bench", "--history", "--runs", "8k", "--users", "1000", "--measure-s", "2",
-         "--soak-min", "0.4", "--checkpoint-s", "4", "--prune-s", "4", "--sample-s", "5",
-         "--json", str(out)],
+        ["bench", "--history", "--runs", "20k", "--mid-runs", "4k", "--users", "1000",
+         "--measure-s", "2", "--soak-min", "0.4", "--checkpoint-s", "4",
+         "--checkpoint-rows", "3000", "--prune-s", "4", "--sample-s", "5", "--json", str(out)],
         {**env, "DATABASE_URL": server_url()},
-        timeout=400,
+        timeout=580,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["clean"] is True
     assert data["cluster"]["autovacuum"] == "on"
-    zero, full = data["zero"], data["full"]
-    assert zero["runs"] == 0 and full["runs"] >= 8000
+    zero, mid, full = data["zero"], data["mid"], data["full"]
+    # Each point is where the engine stopped: past its target by what ran in its window and since.
+    assert zero["runs"] == 0 and 4000 <= mid["runs"] < 20_000 <= full["runs"]
     assert full["trades"] > 0 and full["ledger_rows"] == full["trades"]
-    for point in (zero, full):
+    assert data["settings"]["mid_runs"] == 4000 and data["settings"]["checkpoint_rows"] == 3000
+    assert "SIM_CHECKPOINT_ROWS=3000" in data["settings"]["checkpoints"]
+    assert "SIM_CHECKPOINT_INTERVAL_S=4" in data["settings"]["checkpoints"]
+    for point in (zero, mid, full):
         engine = point["engine"]
         assert engine["runs"] > 0 and engine["runs_per_s"] > 0 and engine["seconds"] >= 2
         claim = engine["claim"]
@@ -53,6 +59,20 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
         _timed_sane(point["reconcile"])
         if point["reconcile_full"] is not None:
             _timed_sane(point["reconcile_full"])
+        # Reconcile as the engine left it, a checkpoint by the bench, reconcile again: nothing
+        # since that checkpoint (the engine is stopped), judged from it.
+        assert point["reconcile_rows_since"] == sum(
+            point["reconcile"]["output"]["rows_since"].values()
+        )
+        checkpoint, after = point["checkpoint"], point["reconcile_after_checkpoint"]
+        _timed_sane(checkpoint)
+        _timed_sane(after)
+        assert checkpoint["output"]["state"] == "verified"
+        # Its window is the rows reconcile summed (ids a rolled-back batch took count there).
+        assert 0 <= sum(checkpoint["output"]["rows"].values()) <= point["reconcile_rows_since"]
+        assert 0 <= checkpoint["output"]["longest_transaction_s"] <= checkpoint["output"]["seconds"]
+        assert after["output"]["from_checkpoint"] == checkpoint["output"]["id"]
+        assert point["reconcile_after_rows_since"] == 0 and after["output"]["clean"] is True
         status = point["status"]
         # Both measured; their difference may be below zero on a busy box (status at 0 costs
         # next to nothing), so no order between them is asserted.
@@ -63,15 +83,40 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
         assert point["history_bytes"] == sum(
             point["table_bytes"][t] for t in ("trades", "transactions", "sim_runs")
         )
-    # The window at N starts after the fill; history grew, and so did its tables.
-    assert full["engine"]["history_runs_at_start"] >= 8000 > zero["engine"]["history_runs_at_start"]
-    assert full["history_bytes"] > zero["history_bytes"]
+    # The windows start after their fills; history grew, and so did its tables.
+    assert (
+        full["engine"]["history_runs_at_start"] >= 20_000 > mid["engine"]["history_runs_at_start"]
+    )
+    assert mid["engine"]["history_runs_at_start"] >= 4000 > zero["engine"]["history_runs_at_start"]
+    assert full["history_bytes"] > mid["history_bytes"] > zero["history_bytes"]
+    # The scheduler's own checkpoints: none before 0; those of each fill, read from its log,
+    # are the verified rows of sim_checkpoints at the end of the fill but the bench's own (at 0
+    # and at the middle point).
+    assert zero["scheduler_checkpoints"]["count"] == 0
+    by_scheduler = mid["scheduler_checkpoints"]["count"] + full["scheduler_checkpoints"]["count"]
+    assert by_scheduler > 0
+    assert data["fill"]["checkpoints"].get("verified") == by_scheduler + 2
+    assert "failed" not in data["fill"]["checkpoints"]
+    for point in (mid, full):
+        stats = point["scheduler_checkpoints"]
+        if stats["count"]:
+            assert 0 < stats["median_s"] <= stats["max_s"]
+            assert 0 < stats["median_rows"] <= stats["max_rows"]
     assert data["fill"]["runs_written"] >= full["runs"] and data["fill"]["runs_per_s"] > 0
     ratios = data["ratios"]
     assert ratios["runs_per_s"] == round(
         full["engine"]["runs_per_s"] / zero["engine"]["runs_per_s"], 3
     )
-    assert all(ratios[k] > 0 for k in ("reconcile_s", "pnl_sum_s"))
+    assert all(ratios[k] > 0 for k in ("reconcile_s", "reconcile_after_checkpoint_s", "pnl_sum_s"))
+    to_mid = data["ratios_mid"]
+    assert to_mid["reconcile_after_checkpoint_s"] == round(
+        full["reconcile_after_checkpoint"]["seconds"]
+        / mid["reconcile_after_checkpoint"]["seconds"],
+        3,
+    )
+    assert to_mid["runs_per_s"] == round(
+        full["engine"]["runs_per_s"] / mid["engine"]["runs_per_s"], 3
+    )
     soak = data["soak"]
     if soak["available"]:
         assert soak["clean"] is True and soak["samples"]
@@ -87,17 +132,27 @@ def test_tiny_history_bench_reports_both_points_and_the_soak(
     else:
         assert "no `simctl prune`" in soak["reason"]
         assert "Soak with retention: not available" in result.stdout
-    assert "| measure | at 0 |" in result.stdout
+    assert (
+        f"| measure | at 0 | at {mid['runs']:,} runs | at {full['runs']:,} runs | N / 0 | N / mid |"
+        in result.stdout
+    )
     # Without --docs a run edits nothing in the checkout.
     assert docs.read_bytes() == docs_before
 
 
 def test_history_options_need_history_and_a_count(env: dict[str, str]) -> None:
-    alone = simctl(["bench", "--runs", "1M", "--soak-min", "5"], env)
+    alone = simctl(["bench", "--runs", "1M", "--mid-runs", "100k", "--soak-min", "5"], env)
     assert alone.returncode == 2
     assert alone.stderr.strip().splitlines() == [
-        "simctl: bench: --runs, --soak-min go with --history only"
+        "simctl: bench: --runs, --mid-runs, --soak-min go with --history only"
     ]
+    rows = simctl(["bench", "--checkpoint-rows", "5000"], env)
+    assert rows.returncode == 2 and "--checkpoint-rows go with --history only" in rows.stderr
+    above = simctl(["bench", "--history", "--runs", "8k", "--mid-runs", "8k"], env)
+    assert above.returncode == 2
+    assert "--mid-runs (8,000) must be below --runs (8,000)" in above.stderr
+    odd = simctl(["bench", "--history", "--mid-runs", "half"], env)
+    assert odd.returncode == 2 and "--mid-runs takes a positive count" in odd.stderr
     bad = simctl(["bench", "--history", "--runs", "ten"], env)
     assert bad.returncode == 2 and "--runs takes a positive count" in bad.stderr
     mixed = simctl(["bench", "--history", "--pinned"], env)

@@ -1,5 +1,6 @@
-"""The history bench's pure parts: claim times read from a scheduler's JSON log, command output
-kept as figures, and the soak's summary against its first full window."""
+"""The history bench's pure parts: claim times and the scheduler's own checkpoints read from its
+JSON log, command output kept as figures, the middle point's default, the table's columns, and
+the soak's summary against its first full window."""
 
 from __future__ import annotations
 
@@ -7,9 +8,30 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from simtools.bench.history import summarise_soak
-from simtools.bench.history_probe import ClaimStats, claim_stats, compact, scheduler_events
-from simtools.bench.history_results import CommandRun, Soak, SoakSample
+from simconfig import Settings
+from simctl.bench import _CHECKPOINT_ROWS
+from simtools.bench.history import CHECKPOINT_ROWS, NO_CHECKPOINTS, mid_runs_for, summarise_soak
+from simtools.bench.history_probe import (
+    CheckpointStats,
+    ClaimStats,
+    StatusTime,
+    Timed,
+    checkpoint_stats,
+    claim_stats,
+    compact,
+    scheduler_events,
+)
+from simtools.bench.history_results import (
+    CommandRun,
+    Fill,
+    HistoryResult,
+    Point,
+    Soak,
+    SoakSample,
+    Window,
+    markdown,
+    ratios,
+)
 
 
 def _line(at: datetime, **fields: object) -> str:
@@ -99,3 +121,117 @@ def test_soak_without_a_prune_that_worked_has_no_summary() -> None:
     soak.prunes = [CommandRun("simctl prune", at_s=5.0, seconds=1.0, exit_code=1)]
     summarise_soak(soak)
     assert soak.growth_last_third_vs_first_window is None
+
+
+def test_the_schedulers_checkpoints_of_a_span_are_counted_with_their_rows(tmp_path: Path) -> None:
+    log = tmp_path / "scheduler.log"
+    t = [datetime(2026, 12, 6, 7, 0, s, tzinfo=UTC) for s in range(6)]
+    rows = {"trades": 400, "transactions": 400, "sim_runs": 200}
+    log.write_text(
+        "\n".join(
+            [
+                _line(t[0], event="checkpoint.verified", rows=rows, seconds=9.0, longest_tx_s=9.0),
+                _line(t[1], event="checkpoint.verified", rows=rows, seconds=1.0, longest_tx_s=0.5),
+                _line(t[2], event="scheduler.pass", claimed=400, claim_ms=10.0),
+                _line(t[2], event="checkpoint.failed", problems=["user 7"]),
+                _line(
+                    t[3],
+                    event="checkpoint.verified",
+                    rows={"trades": 3000, "transactions": 3000, "sim_runs": 1000},
+                    seconds=4.0,
+                    longest_tx_s=1.5,
+                ),
+                _line(t[4], event="checkpoint.verified", rows=rows, seconds=2.0, longest_tx_s=0.7),
+                _line(t[5], event="checkpoint.verified", rows=rows, seconds=8.0, longest_tx_s=8.0),
+            ]
+        )
+    )
+    stats = checkpoint_stats(log, t[1].timestamp(), t[5].timestamp())
+    assert stats == CheckpointStats(
+        count=3, median_s=2.0, max_s=4.0, median_rows=1000, max_rows=7000, longest_tx_max_s=1.5
+    )
+    assert checkpoint_stats(log, 0, 1) == NO_CHECKPOINTS
+    assert checkpoint_stats(tmp_path / "missing.log", 0, 2e9).count == 0
+
+
+def test_the_middle_point_is_1m_when_n_is_more_unless_given() -> None:
+    assert mid_runs_for(10_000_000, None) == 1_000_000
+    assert mid_runs_for(1_000_000, None) is None
+    assert mid_runs_for(8_000, None) is None
+    assert mid_runs_for(8_000, 4_000) == 4_000
+    assert mid_runs_for(10_000_000, 0) is None
+    # The bench's checkpoint settings default to the scheduler's own.
+    default = Settings.model_fields["sim_checkpoint_rows"].default
+    assert CHECKPOINT_ROWS == _CHECKPOINT_ROWS == default
+
+
+def _timed(seconds: float, output: object = None) -> Timed:
+    return Timed(seconds, 0, seconds / 2, 1, output=output)
+
+
+def _point(label: str, runs: int, found: float, after: float) -> Point:
+    claim = ClaimStats(10, 5.0, 9.0, 1.0)
+    found_t = _timed(found, {"from_checkpoint": 3, "rows_since": {"trades": 600, "sim_runs": 200}})
+    return Point(
+        label=label,
+        runs=runs,
+        trades=runs,
+        ledger_rows=runs,
+        engine=Window(runs, 30.0, 3000, 100.0, claim),
+        reconcile=found_t,
+        reconcile_rows_since=800,
+        reconcile_from_checkpoint=3,
+        checkpoint=_timed(
+            2.5, {"seconds": 2.0, "longest_transaction_s": 0.4, "rows": {"trades": 600}}
+        ),
+        reconcile_after_checkpoint=_timed(after, {"from_checkpoint": 4, "rows_since": {}}),
+        reconcile_after_rows_since=0,
+        scheduler_checkpoints=CheckpointStats(2, 1.0, 1.5, 500, 900, 0.3),
+        reconcile_full=_timed(found * 3),
+        status=StatusTime(0.6, 0.5, 0.1, 0),
+        pnl_sum_s=0.2,
+        table_bytes={"trades": runs * 100 + 1},
+        history_bytes=runs * 100 + 1,
+        users_dead={"dead": 1, "live": 2, "autovacuums": 0},
+    )
+
+
+def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle() -> None:
+    zero, mid, full = (
+        _point("0", 0, 1.0, 0.5),
+        _point("mid", 1000, 4.0, 1.0),
+        _point("N", 10_000, 2.0, 1.1),
+    )
+    result = HistoryResult(
+        when="now",
+        command="simctl bench --history",
+        machine={"cpus": 2},
+        settings={"users": 100, "interval_s": 1, "workers": 2, "checkpoints": "x"},
+        cluster={},
+        zero=zero,
+        mid=mid,
+        full=full,
+        fill=Fill(10_000, 10_000, 10.0, 1000.0, {"verified": 3}),
+        soak=Soak(available=False, reason="--soak-min 0"),
+    )
+    result.ratios, result.ratios_mid = ratios(zero, full), ratios(mid, full)
+    assert result.ratios_mid["reconcile_after_checkpoint_s"] == 1.1
+    assert result.ratios["reconcile_s"] == 2.0 and result.ratios_mid["reconcile_s"] == 0.5
+    table = markdown(result)
+    assert "| measure | at 0 | at 1,000 runs | at 10,000 runs | N / 0 | N / mid |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| `simctl reconcile` right")]
+    assert rows == [
+        "| `simctl reconcile` right after it | 0.5 s (longest transaction 0.25 s; 0 rows since "
+        "checkpoint 4; clean) | 1.0 s (longest transaction 0.5 s; 0 rows since checkpoint 4; "
+        "clean) | 1.1 s (longest transaction 0.55 s; 0 rows since checkpoint 4; clean) | 2.2× | "
+        "1.1× |"
+    ]
+    assert "800 rows since checkpoint 3" in table
+    assert "2.0 s, longest transaction 0.4 s; 600 rows (2.5 s with the process; verified)" in table
+    assert "2: 1.0 / 1.5 s, 500 / 900 rows (longest transaction 0.3 s)" in table
+    assert all(line.count("|") == 7 for line in table.splitlines() if line.startswith("| "))
+    # Without a middle point: 0 and N, one ratio column.
+    result.mid, result.ratios_mid = None, {}
+    table = markdown(result)
+    assert "| measure | at 0 | at 10,000 runs | N / 0 |" in table
+    assert all(line.count("|") == 5 for line in table.splitlines() if line.startswith("| "))
