@@ -223,10 +223,10 @@ SELECT w.id, w.user_id, u.email, w.asset, w.amount, w.address, w.status, w.tx_ha
 SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY rolname
 
 -- market_events --
--- The market's history in the audit: its definition, its changes, the imports (never a seed:
--- these rows are written without it).
+-- The market's history in the audit: its definition, its changes and cancels, the imports
+-- (never a seed: these rows are written without it).
 SELECT id, admin_key, action, details, created_at FROM admin_audit
- WHERE action IN ('market_define', 'market_change', 'prices_import')
+ WHERE action IN ('market_define', 'market_change', 'market_cancel', 'prices_import')
  ORDER BY id DESC LIMIT $1
 
 -- asset_prices --
