@@ -33,6 +33,7 @@ import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
 from simtools.harness.procs import simctl_argv
+from simtools.harness.services import PrivateCluster
 from store.db import connect
 from store.seed import seed_demo
 
@@ -202,8 +203,67 @@ def main() -> None:
         "when every NULL slot is materialised and the first claims ramp up, is not the steady "
         "state)",
     )
+    parser.add_argument(
+        "--private-cluster",
+        action="store_true",
+        help="run it all in a Postgres cluster of its own (initdb in a temporary folder, removed "
+        "at the end) with the server's settings and autovacuum on, as `simctl bench --history` "
+        "does: a production server vacuums, and a shared test server may not",
+    )
     args = parser.parse_args()
     admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    if args.private_cluster:
+        if args.database:
+            parser.error("--database names a database of the shared server, not a private cluster")
+        cluster = _private_cluster(admin)
+        try:
+            _bench(args, cluster.url())
+        finally:
+            cluster.close()
+        return
+    _bench(args, admin)
+
+
+# The server's settings a private cluster copies (their values as `SHOW` gives them): memory,
+# WAL, commit and planner costs; never a path, a port or an address.
+_COPIED = (
+    "shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size",
+    "max_connections", "max_wal_size", "min_wal_size", "synchronous_commit", "fsync",
+    "full_page_writes", "jit", "random_page_cost", "effective_io_concurrency",
+    "max_parallel_workers_per_gather", "default_statistics_target", "autovacuum_naptime",
+    "autovacuum_max_workers",
+)  # fmt: skip
+
+
+async def _server_conf(admin: str) -> tuple[dict[str, str], int]:
+    conn = await connect(admin)
+    try:
+        rows = await conn.fetch(
+            "SELECT name, current_setting(name) AS value FROM unnest($1::text[]) AS name",
+            list(_COPIED),
+        )
+        major: int = await conn.fetchval("SELECT current_setting('server_version_num')::int")
+    finally:
+        await conn.close()
+    return {r["name"]: r["value"] for r in rows}, major // 10000
+
+
+def _private_cluster(admin: str) -> PrivateCluster:
+    """A cluster of our own with the server's settings and autovacuum on, started."""
+    conf, major = asyncio.run(_server_conf(admin))
+    conf.update(autovacuum="on", track_counts="on")
+    cluster = PrivateCluster(conf, major=major)
+    print(f"private cluster: {cluster.dir} (autovacuum on)", file=sys.stderr)
+    try:
+        cluster.init()
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _bench(args: argparse.Namespace, admin: str) -> None:
     database = args.database or f"simengine_consolebench_{os.getpid()}"
     url = _url(admin, database)
     env = {**os.environ, "DATABASE_URL": url, "SIM_SEED": "7"}

@@ -656,7 +656,7 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
 ) -> None:
     from engine.assets import ASSETS
     from store.bulk import UserFilter, filtered
-    from store.console import DUE_CAP
+    from store.console import DUE_CAP, overview
     from store.seed import seed_demo
     from store.sqlfiles import query
 
@@ -705,6 +705,11 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
         # row or a few; admin_audit is small here.
         allowed = {"sim_control", "sim_checkpoints", "sim_processes", "admin_audit"}
         assert scanned <= allowed, (name, scanned)
+    # 50,000 users due: the overview says "at least", having read DUE_CAP of them.
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    data = await overview(pg)
+    assert (data["due_now"], data["due_capped"]) == (DUE_CAP, True)
+    assert data["due_shown"] == "≥ 10,000"
 
 
 async def test_the_market_page_shows_the_definition_and_prices_up_to_now_never_the_seed(
