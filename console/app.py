@@ -515,9 +515,22 @@ async def market_page(request: Request) -> Response:
     async with reading(request) as conn:
         versions = await describe(conn)
         events = await market_events(conn)
+        now: datetime = await conn.fetchval("SELECT now()")
     for e in events:
         e["details_text"] = json.dumps(e["details"], default=str, ensure_ascii=False)[:2000]
-    return render(request, "market.html", title="Market", versions=versions, events=events)
+    # The one version a cancel may be of: the newest not cancelled, if it starts later than now
+    # (cancel_change decides, with its margin, under its locks).
+    live = [v for v in versions if v["cancelled_at"] is None]
+    newest = live[-1]
+    pending = (
+        newest["version"]
+        if newest["effective_from"] is not None
+        and datetime.fromisoformat(newest["effective_from"]) > now
+        else None
+    )
+    return render(
+        request, "market.html", title="Market", versions=versions, events=events, pending=pending
+    )
 
 
 @page
@@ -696,6 +709,33 @@ async def reader_drop(request: Request) -> Response:
     )
 
 
+@page
+async def market_cancel(request: Request) -> Response:
+    """Cancel a pending market change: store.market.cancel_change, as `simctl market cancel`
+    does (the same refusals: in force or within the margin, version 1, not the newest)."""
+    from engine.text import check_text
+    from store.market import cancel_change
+
+    form, actor = await action_form(request)
+    text = form.get("version", "")
+    if not (text.isascii() and text.isdigit()) or not 1 <= len(text) <= 9:
+        raise Refused("version must be a version number")
+    if form.get("confirm", "") != text:
+        raise Refused("type the version's number again to confirm")
+    reason = form.get("reason", "").strip()
+    if not reason:
+        raise Refused("say why the change is cancelled (reason)")
+    check_text(reason, "reason", "reason")
+    async with writing(request) as conn:
+        result = await cancel_change(conn, actor, int(text), reason)
+    return render(
+        request,
+        "message.html",
+        title="Done",
+        message=f"market version {text} cancelled: audit row {result['audit_id']} by {actor}",
+    )
+
+
 async def claims_json(request: Request) -> Response:
     async with reading(request) as conn:
         return json_response(await claims_state(conn))
@@ -783,6 +823,7 @@ def create_app(
         Route("/actions/bulk", bulk_preview, methods=["GET"]),
         Route("/actions/bulk", bulk_apply, methods=["POST"]),
         Route("/actions/claims", claims_apply, methods=["POST"]),
+        Route("/actions/market/cancel", market_cancel, methods=["POST"]),
         Route("/favicon.ico", favicon),
         Mount("/static", static, name="static"),
     ]

@@ -107,3 +107,40 @@ def change(
             )
 
     print_json(run_async(go))
+
+
+@app.command()
+def cancel(
+    version: Annotated[
+        int,
+        typer.Argument(
+            metavar="VERSION", min=1, max=2**31 - 1, help="The version to cancel (`market show`)."
+        ),
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in admin_audit).")] = "",
+    admin_key: KeyOpt = None,
+) -> None:
+    """Cancel a stored market change that is not in force yet: the newest version, starting
+    more than 60 s from now. It is kept, marked cancelled, and prices nothing: running workers
+    drop it before their next batch, and the cancel waits for the batches in flight. An admin
+    act (audited). Refused (exit 1) for a version in force or starting within 60 s, version 1,
+    one already cancelled, one with a later change on top of it, or one never stored.
+
+    Example: simctl market cancel 3 --reason "wrong volatility"
+    """
+    from engine.values import parse_text
+
+    s = settings()
+    actor = admin_fingerprint(s, admin_key)
+    if not reason.strip():
+        raise Exit(2, "--reason is required: say why the change is cancelled")
+    parse_text(reason, "--reason", "reason")
+
+    async def go() -> dict[str, Any]:
+        from store.db import connection
+        from store.market import cancel_change
+
+        async with connection(s.database_url) as conn:
+            return await cancel_change(conn, actor, version, reason)
+
+    print_json(run_async(go))

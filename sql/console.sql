@@ -5,8 +5,9 @@
 -- idx_sim_runs_finished_at, and everything else is keyset-paged by primary key.
 
 -- overview_counts --
--- The users' side, each from an index: due now (idx_users_sim_due, counted up to $1 and no
--- further: a backlog of millions is "at least $1"), the oldest due slot (the same index, in slot
+-- The users' side, each from an index: due now (counted up to $1 = store.console.DUE_CAP and
+-- no further: a backlog of millions is "≥ $1"; each counted user is a row read, and at
+-- 1,000,000 users with the engine running 100,000 of them took 290 ms), the oldest due slot (the same index, in slot
 -- order), users backing off (the few failing ones, idx_users_failing), eligible users as
 -- Postgres estimates them (from the statistics of idx_users_sim_due, whose predicate is
 -- eligibility; counted while fewer than 10,000), the last tick per asset ($2: one backward probe
@@ -223,10 +224,10 @@ SELECT w.id, w.user_id, u.email, w.asset, w.amount, w.address, w.status, w.tx_ha
 SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1 ORDER BY rolname
 
 -- market_events --
--- The market's history in the audit: its definition, its changes, the imports (never a seed:
--- these rows are written without it).
+-- The market's history in the audit: its definition, its changes and cancels, the imports
+-- (never a seed: these rows are written without it).
 SELECT id, admin_key, action, details, created_at FROM admin_audit
- WHERE action IN ('market_define', 'market_change', 'prices_import')
+ WHERE action IN ('market_define', 'market_change', 'market_cancel', 'prices_import')
  ORDER BY id DESC LIMIT $1
 
 -- asset_prices --

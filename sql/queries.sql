@@ -70,17 +70,19 @@ DELETE FROM sim_leases WHERE id = $1
 -- batch_prelude --
 -- The runs' side of the fence against `prices import`: ROW EXCLUSIVE on sim_price_fence
 -- (migration 0008), taken when this statement is planned by its DELETE, which matches nothing
--- and writes nothing; the import takes EXCLUSIVE. Then the imported spans, the newest stored
--- market version (a change is seen by the next batch; it only prices ticks after a lead time,
--- so a batch that started before it was stored never needs it), and the transaction's now():
--- no slot later than it runs, and no model tick later than it is written.
+-- and writes nothing; the import and a market cancel take EXCLUSIVE. Then the imported spans,
+-- the newest stored market version not cancelled (a change is seen by the next batch; it only
+-- prices ticks after a lead time, so a batch that started before it was stored never needs it;
+-- a cancel lowers the number, so the next batch drops the cancelled version: migration 0015),
+-- and the transaction's now(): no slot later than it runs, and no model tick later than it is
+-- written.
 WITH fence AS (
     DELETE FROM sim_price_fence WHERE false
 )
 SELECT now() AS db_now,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(asset, first_at, last_at)), '[]'::jsonb)
           FROM price_import_spans) AS spans,
-       (SELECT max(version) FROM sim_market) AS market_version
+       (SELECT max(version) FROM sim_market WHERE cancelled_at IS NULL) AS market_version
 
 -- lock_batch --
 -- Locks the batch's users in id order (overlapping batches wait for each other, never deadlock)
@@ -748,13 +750,14 @@ SELECT holdings_value_usd, equity_usd, net_contributions_usd, total_pnl_usd
 -- ---------------------------------------------------------------------------------------------
 
 -- lock_market --
--- Serialises the first store of the market definition and every change: the 'market' row of
--- sim_locks, waited for (a row lock needs UPDATE privilege, which only the engine has).
+-- Serialises the first store of the market definition and every change or cancel: the 'market'
+-- row of sim_locks, waited for (a row lock needs UPDATE privilege, which only the engine has).
 SELECT name FROM sim_locks WHERE name = 'market' FOR UPDATE
 
 -- lock_price_fence --
--- `prices import`'s side of the fence (see batch_prelude): EXCLUSIVE conflicts with the
--- batches' ROW EXCLUSIVE, so it waits for the running ones and the next ones wait for it.
+-- `prices import`'s and `market cancel`'s side of the fence (see batch_prelude): EXCLUSIVE
+-- conflicts with the batches' ROW EXCLUSIVE, so it waits for the running ones and the next
+-- ones wait for it.
 LOCK TABLE sim_price_fence IN EXCLUSIVE MODE
 
 -- deployment_id --

@@ -16,8 +16,10 @@ from store.sqlfiles import query
 
 # The largest id a keyset page starts below (bigint's maximum).
 NEWEST = 2**63 - 1
-# Due users are counted up to this many: a backlog of millions shows as "at least".
-DUE_CAP = 100_000
+# Due users are counted up to this many: a backlog shows as "≥ 10,000" (with the oldest due
+# slot's lag beside it). The count reads a row per due user, with the engine writing those
+# rows: 100,000 took 290 ms of a 300 ms overview at 1,000,000 users with the engine running.
+DUE_CAP = 10_000
 
 
 def _seconds(value: timedelta | None) -> float | None:
@@ -41,6 +43,7 @@ async def overview(conn: Conn) -> dict[str, Any]:
     data: dict[str, Any] = dict(counts.items())
     data.update(
         due_capped=data["due_now"] >= DUE_CAP,
+        due_shown=f"≥ {DUE_CAP:,}" if data["due_now"] >= DUE_CAP else str(data["due_now"]),
         runs_per_s=round(recent["runs_1m"] / 60, 2),
         trades_per_s=round(recent["trades_1m"] / 60, 2),
         lag_p50_s=_seconds(recent["lag_p50"]),

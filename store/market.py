@@ -3,7 +3,8 @@
 Prices are a pure function of (stored definition, asset, tick). SIM_SEED and the market settings
 only choose what the first migrate stores; afterwards a process given a market setting that
 differs from the stored definition refuses to start (MarketMismatch, exit 2), so two processes
-can never price one tick differently. Changes are versions effective from a tick after a lead time.
+can never price one tick differently. Changes are versions effective from a tick after a lead time;
+a change not yet in force can be cancelled (marked, never deleted: see cancel_change).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from engine.errors import SimError
 from engine.market import AssetParams, Market, MarketParams
 from simconfig import Settings
 from store.db import Conn, Pool, Record, UndefinedTable, retrying
-from store.errors import Refused
+from store.errors import NotFound, Refused
 from store.runs import audit
 from store.sqlfiles import query
 
 _GENESIS_TICK = -(2**62)  # version 1 is in force from the beginning of time
 LEGACY_SEED = 42  # what SIM_SEED defaulted to before the market was stored
 MIN_LEAD_S = 300
+# A change may be cancelled only while its first tick starts more than this many seconds after
+# the cancel's check (Postgres's clock, taken while the cancel holds the price fence).
+CANCEL_MARGIN_S = 60
 
 
 class MarketMismatch(SimError):
@@ -40,6 +44,8 @@ class MarketVersion:
     effective_tick: int
     params: MarketParams
     created_at: datetime
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
 
 
 def _assets_json(params: MarketParams) -> dict[str, dict[str, Any]]:
@@ -67,15 +73,27 @@ def _params(row: Record) -> MarketParams:
     )
 
 
-async def _versions(conn: Conn) -> list[MarketVersion]:
+async def _versions(conn: Conn, *, cancelled: bool = False) -> list[MarketVersion]:
+    """The stored versions in order: those in force or to come, and with `cancelled` the
+    cancelled ones too (which price nothing)."""
     try:
-        rows = await conn.fetch("SELECT * FROM sim_market ORDER BY version")
+        rows = await conn.fetch(
+            "SELECT * FROM sim_market WHERE $1 OR cancelled_at IS NULL ORDER BY version", cancelled
+        )
     except UndefinedTable:
         raise MarketMismatch(
             "configuration error: the database has no stored market: run `simctl migrate` first"
         ) from None
     return [
-        MarketVersion(r["version"], r["effective_tick"], _params(r), r["created_at"]) for r in rows
+        MarketVersion(
+            r["version"],
+            r["effective_tick"],
+            _params(r),
+            r["created_at"],
+            r["cancelled_at"],
+            r["cancelled_by"],
+        )
+        for r in rows
     ]
 
 
@@ -143,8 +161,10 @@ async def load_market_retrying(pool: Pool, settings: Settings) -> Market:
 
 
 async def current_market(conn: Conn, market: Market, stored_version: int | None) -> Market:
-    """`market`, or the stored one if a change was stored since (`stored_version` is the newest
-    version number the caller read in its transaction)."""
+    """`market`, or the stored one if a change was stored or cancelled since (`stored_version`
+    is the newest version not cancelled that the caller read in its transaction: numbers are
+    never given twice and only the newest version can be cancelled, so that number names the
+    whole set of versions in force)."""
     if stored_version is None or stored_version == market.version:
         return market
     return _build(await _versions(conn))
@@ -244,20 +264,23 @@ async def _insert(
 
 
 async def describe(conn: Conn) -> list[dict[str, Any]]:
-    """Every stored version without its seed (for `simctl market show`)."""
+    """Every stored version without its seed (for `simctl market show`), cancelled ones with
+    when and by whom (they price nothing)."""
     versions = await _versions(conn)
     if not versions:
         raise MarketMismatch("configuration error: the database has no stored market")
     out = []
     market = _build(versions)
     now_tick = market.tick_of(await conn.fetchval("SELECT now()"))
-    for v in versions:
+    for v in await _versions(conn, cancelled=True):
         ahead = v.effective_tick > now_tick
         entry: dict[str, Any] = {"version": v.version, **_public(v.params, ahead=ahead)}
         entry["effective_from"] = (
             None if v.version == 1 else market.tick_time(v.effective_tick).isoformat()
         )
         entry["created_at"] = v.created_at.isoformat()
+        entry["cancelled_at"] = None if v.cancelled_at is None else v.cancelled_at.isoformat()
+        entry["cancelled_by"] = v.cancelled_by
         out.append(entry)
     return out
 
@@ -308,7 +331,8 @@ async def change_market(
             assets=assets,
             model_version=last.model_version,  # a database keeps its model
         )
-        version = versions[-1].version + 1
+        # Never a cancelled version's number again (current_market relies on it).
+        version = await conn.fetchval("SELECT max(version) + 1 FROM sim_market")
         await _insert(conn, version, tick, params, actor)
         details = {
             **_public(params, ahead=True),
@@ -320,3 +344,64 @@ async def change_market(
         }
         await audit(conn, actor, "market_change", None, details)
     return {**details, "prices_now": _prices_at_tick(market, market.tick_of(now))}
+
+
+async def cancel_change(
+    conn: Conn, actor: str, version: int, reason: str, *, margin_s: float = CANCEL_MARGIN_S
+) -> dict[str, Any]:
+    """Cancel a stored change that is not in force yet: the newest version, whose first tick
+    starts more than `margin_s` after now, is marked cancelled (kept, with its admin_audit row
+    market_cancel, in the same transaction) and prices nothing, ever.
+
+    Why no process can price a tick with it: every batch and the ticker read the newest
+    version not cancelled in their own transaction, under the price fence's shared side
+    (batch_prelude), and rebuild their market when it changed (current_market). The cancel takes
+    the fence's exclusive side first, so it waits for the batches in flight and the next ones
+    wait for its commit; it then checks the time on Postgres's clock. A batch prices no tick
+    later than its transaction's now(), so the batches before the cancel never reached the
+    version's first tick, and every batch after it reads the cancel. NotFound for a version
+    never stored; Refused for version 1, one already cancelled, one with a later version on top
+    of it, or one starting within `margin_s` (or already in force)."""
+    async with conn.transaction():
+        # The fence before the market's row lock, in `prices import`'s order of the two.
+        await conn.execute(query("lock_price_fence"))
+        await _lock_market(conn)
+        stored = await _versions(conn, cancelled=True)
+        found = next((v for v in stored if v.version == version), None)
+        if found is None:
+            raise NotFound(f"no market version {version} is stored")
+        if version == 1:
+            raise Refused("version 1 is the market's definition, in force from the beginning")
+        if found.cancelled_at is not None:
+            raise Refused(
+                f"version {version} was already cancelled at "
+                f"{found.cancelled_at.isoformat(timespec='seconds')} by {found.cancelled_by}"
+            )
+        live = [v for v in stored if v.cancelled_at is None]
+        if live[-1].version != version:
+            raise Refused(
+                f"version {live[-1].version} is stored after version {version} and builds on "
+                f"it: cancel version {live[-1].version} first"
+            )
+        market = _build(live)
+        starts = market.tick_time(found.effective_tick)
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        if starts <= now + timedelta(seconds=margin_s):
+            state = "is in force since" if starts <= now else "starts at"
+            raise Refused(
+                f"version {version} {state} {starts.isoformat(timespec='seconds')}: only a "
+                f"change starting more than {margin_s:g} s from now can be cancelled"
+            )
+        await conn.execute(
+            "UPDATE sim_market SET cancelled_at = now(), cancelled_by = $2 WHERE version = $1",
+            version,
+            actor,
+        )
+        details = {
+            "version": version,
+            "effective_from": starts.isoformat(),
+            "newest_version_after": live[-2].version,
+            "reason": reason,
+        }
+        audit_id = await audit(conn, actor, "market_cancel", None, details)
+    return {**details, "audit_id": audit_id}

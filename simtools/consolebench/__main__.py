@@ -5,7 +5,9 @@ user's slots 300 s apart, the newest finishing now, so the last hour holds min(r
 of them, as a deployment running every user each 300 s would). `simctl console` (read-only)
 serves the database; each page is fetched --repeat times after one warm-up and the table gives
 p50, p95 and max in milliseconds. Prints a Markdown table; the database is dropped at the end
-unless --keep.
+unless --keep. --database NAME builds it under that name, or times an existing one as it is
+(a copy made with `CREATE DATABASE copy TEMPLATE NAME` keeps the build for another run), and
+keeps it.
 
 With --engine, the pages are timed twice: idle, then with a real `simctl scheduler` and
 --workers `simctl worker` processes running against the same database (REDIS_URL, default
@@ -31,6 +33,7 @@ import urllib.request
 from urllib.parse import urlsplit, urlunsplit
 
 from simtools.harness.procs import simctl_argv
+from simtools.harness.services import PrivateCluster
 from store.db import connect
 from store.seed import seed_demo
 
@@ -89,6 +92,26 @@ async def _build(url: str, users: int, runs: int) -> dict[str, str]:
         await conn.execute("UPDATE users SET sim_strategy = 'dca' WHERE id % 7 = 0")
         await conn.execute("ANALYZE")
         print(f"wrote {runs} runs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    finally:
+        await conn.close()
+    return await _values(url, users)
+
+
+async def _exists(admin: str, database: str) -> bool:
+    conn = await connect(admin)
+    try:
+        found: bool = await conn.fetchval(
+            "SELECT exists (SELECT 1 FROM pg_database WHERE datname = $1)", database
+        )
+        return found
+    finally:
+        await conn.close()
+
+
+async def _values(url: str, users: int) -> dict[str, str]:
+    """What the page paths are filled with: the middle user's id and its email in upper case."""
+    conn = await connect(url)
+    try:
         email = await conn.fetchval("SELECT upper(email) FROM users WHERE id = $1", users // 2)
     finally:
         await conn.close()
@@ -162,6 +185,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument(
+        "--database",
+        help="the scratch database's name: built if it does not exist, used as it is if it does "
+        "(--users and --runs must then be the ones it was built with), and kept at the end",
+    )
+    parser.add_argument(
         "--engine",
         action="store_true",
         help="time the pages idle, then again with a scheduler and --workers workers running",
@@ -175,14 +203,76 @@ def main() -> None:
         "when every NULL slot is materialised and the first claims ramp up, is not the steady "
         "state)",
     )
+    parser.add_argument(
+        "--private-cluster",
+        action="store_true",
+        help="run it all in a Postgres cluster of its own (initdb in a temporary folder, removed "
+        "at the end) with the server's settings and autovacuum on, as `simctl bench --history` "
+        "does: a production server vacuums, and a shared test server may not",
+    )
     args = parser.parse_args()
     admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    database = f"simengine_consolebench_{os.getpid()}"
+    if args.private_cluster:
+        if args.database:
+            parser.error("--database names a database of the shared server, not a private cluster")
+        cluster = _private_cluster(admin)
+        try:
+            _bench(args, cluster.url())
+        finally:
+            cluster.close()
+        return
+    _bench(args, admin)
+
+
+# The server's settings a private cluster copies (their values as `SHOW` gives them): memory,
+# WAL, commit and planner costs; never a path, a port or an address.
+_COPIED = (
+    "shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size",
+    "max_connections", "max_wal_size", "min_wal_size", "synchronous_commit", "fsync",
+    "full_page_writes", "jit", "random_page_cost", "effective_io_concurrency",
+    "max_parallel_workers_per_gather", "default_statistics_target", "autovacuum_naptime",
+    "autovacuum_max_workers",
+)  # fmt: skip
+
+
+async def _server_conf(admin: str) -> tuple[dict[str, str], int]:
+    conn = await connect(admin)
+    try:
+        rows = await conn.fetch(
+            "SELECT name, current_setting(name) AS value FROM unnest($1::text[]) AS name",
+            list(_COPIED),
+        )
+        major: int = await conn.fetchval("SELECT current_setting('server_version_num')::int")
+    finally:
+        await conn.close()
+    return {r["name"]: r["value"] for r in rows}, major // 10000
+
+
+def _private_cluster(admin: str) -> PrivateCluster:
+    """A cluster of our own with the server's settings and autovacuum on, started."""
+    conf, major = asyncio.run(_server_conf(admin))
+    conf.update(autovacuum="on", track_counts="on")
+    cluster = PrivateCluster(conf, major=major)
+    print(f"private cluster: {cluster.dir} (autovacuum on)", file=sys.stderr)
+    try:
+        cluster.init()
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _bench(args: argparse.Namespace, admin: str) -> None:
+    database = args.database or f"simengine_consolebench_{os.getpid()}"
     url = _url(admin, database)
-    asyncio.run(_create(admin, database))
     env = {**os.environ, "DATABASE_URL": url, "SIM_SEED": "7"}
-    subprocess.run(simctl_argv("migrate"), env=env, check=True, capture_output=True)
-    values = asyncio.run(_build(url, args.users, args.runs))
+    if args.database and asyncio.run(_exists(admin, database)):
+        values = asyncio.run(_values(url, args.users))
+    else:
+        asyncio.run(_create(admin, database))
+        subprocess.run(simctl_argv("migrate"), env=env, check=True, capture_output=True)
+        values = asyncio.run(_build(url, args.users, args.runs))
     port = _free_port()
     server = subprocess.Popen(simctl_argv("console", "--port", str(port)), env=env)
     base = f"http://127.0.0.1:{port}"
@@ -225,7 +315,7 @@ def main() -> None:
             _stop_engine(engine)
         server.terminate()
         server.wait(30)
-        if not args.keep:
+        if not args.keep and not args.database:
 
             async def drop() -> None:
                 conn = await connect(admin)

@@ -254,6 +254,7 @@ async def test_a_read_only_console_refuses_every_write(
             "/actions/claims",
             f"/actions/withdrawals/{world.withdrawal}",
             "/actions/readers",
+            "/actions/market/cancel",
             "/",
             "/users",
             "/no/such/route",
@@ -353,6 +354,11 @@ async def test_an_action_without_an_accepted_admin_key_is_refused(
             f"/actions/withdrawals/{world.withdrawal}", {"csrf": token, "step": "process", **key}
         )
         assert step.status_code == 403
+        cancel = await admin.post(
+            "/actions/market/cancel",
+            {"csrf": token, "version": "2", "confirm": "2", "reason": "x", **key},
+        )
+        assert cancel.status_code == 403 and "admin key" in cancel.text
     assert await pg.fetchval("SELECT count(*) FROM admin_audit") == audited
     assert not await pg.fetchval("SELECT claims_paused FROM sim_control")
     assert await pg.fetchval("SELECT status FROM withdrawals") == "pending"
@@ -650,7 +656,7 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
 ) -> None:
     from engine.assets import ASSETS
     from store.bulk import UserFilter, filtered
-    from store.console import DUE_CAP
+    from store.console import DUE_CAP, overview
     from store.seed import seed_demo
     from store.sqlfiles import query
 
@@ -699,6 +705,11 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
         # row or a few; admin_audit is small here.
         allowed = {"sim_control", "sim_checkpoints", "sim_processes", "admin_audit"}
         assert scanned <= allowed, (name, scanned)
+    # 50,000 users due: the overview says "at least", having read DUE_CAP of them.
+    await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
+    data = await overview(pg)
+    assert (data["due_now"], data["due_capped"]) == (DUE_CAP, True)
+    assert data["due_shown"] == "≥ 10,000"
 
 
 async def test_the_market_page_shows_the_definition_and_prices_up_to_now_never_the_seed(
@@ -717,6 +728,50 @@ async def test_the_market_page_shows_the_definition_and_prices_up_to_now_never_t
     assert prices["BTC"]["price_usd"] == [50000.0, 51000.0]  # the tick to come is not shown
     assert prices["BTC"]["last_usd"] == "51000.00000000"
     assert (await reader.get("/api/market/prices?hours=0")).status_code == 400
+
+
+async def test_a_pending_market_change_is_cancelled_from_the_market_page(
+    admin: Client, reader: Client, pg: asyncpg.Connection
+) -> None:
+    from store.market import change_market
+
+    await change_market(pg, ACTOR, volatility={}, reseed=True, lead_s=3600, reason="rotation")
+    shown = await reader.get("/market")
+    assert "pending" in shown.text and 'action="/actions/market/cancel"' not in shown.text
+    page = await admin.get("/market")
+    assert page.text.count('action="/actions/market/cancel"') == 1  # version 2 only
+    token = await admin.csrf()
+    form = {"csrf": token, "admin_key": KEY, "version": "2", "reason": "wrong <seed>"}
+    unconfirmed = await admin.post("/actions/market/cancel", {**form, "confirm": "1"})
+    assert unconfirmed.status_code == 400 and "confirm" in unconfirmed.text
+    no_csrf = await admin.post(
+        "/actions/market/cancel", {k: v for k, v in form.items() if k != "csrf"} | {"confirm": "2"}
+    )
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+    assert await pg.fetchval("SELECT count(*) FROM sim_market WHERE cancelled_at IS NOT NULL") == 0
+    done = await admin.post("/actions/market/cancel", {**form, "confirm": "2"})
+    assert done.status_code == 200 and "market version 2 cancelled" in done.text
+    row = await pg.fetchrow(
+        "SELECT admin_key, details FROM admin_audit WHERE action = 'market_cancel'"
+    )
+    assert (
+        row is not None
+        and row["admin_key"] == FINGERPRINT
+        and row["details"]["reason"] == "wrong <seed>"
+    )
+    assert await pg.fetchval("SELECT cancelled_by FROM sim_market WHERE version = 2") == FINGERPRINT
+    # The same refusals as the command: version 1, or one cancelled already.
+    for version, said in (("1", "version 1 is the market"), ("2", "already cancelled")):
+        refused = await admin.post(
+            "/actions/market/cancel", {**form, "version": version, "confirm": version}
+        )
+        assert refused.status_code == 400 and said in refused.text
+    missing = await admin.post("/actions/market/cancel", {**form, "version": "9", "confirm": "9"})
+    assert missing.status_code == 404
+    after = await admin.get("/market")
+    assert 'action="/actions/market/cancel"' not in after.text and FINGERPRINT in after.text
+    assert "wrong <seed>" not in after.text  # escaped wherever the audit's reason is shown
+    _no_secret(after.text)
 
 
 def test_simctl_console_refuses_a_database_it_cannot_read_in_one_line(env: dict[str, str]) -> None:
