@@ -424,7 +424,13 @@ class Drill:
             drain_until = last_fault + timedelta(seconds=plan.drain)
             say(f"faults over; draining until {plan.drain:.0f} s after the last fault")
             await asyncio.sleep(max(0.0, (drain_until - now_utc()).total_seconds()))
-            left = await mon.call(lambda c: checks.left_due(c, plan.bound_s))
+            # Postgres may still be recovering from the last crash: ask until it answers.
+            left = None
+            for _ in range(60):
+                left = await mon.call(lambda c: checks.left_due(c, plan.bound_s))
+                if left is not None:
+                    break
+                await asyncio.sleep(0.5)
             end = now_utc()
         finally:
             for task in background:

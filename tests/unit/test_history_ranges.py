@@ -4,7 +4,7 @@ failed every checkpoint whose window crossed a multiple of CHUNK_IDS)."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.chain import BLOCK
@@ -18,6 +18,7 @@ def test_the_chunk_is_a_multiple_of_the_block() -> None:
     assert CHUNK_IDS % BLOCK == 0
 
 
+@settings(deadline=None)  # list building, slow on a loaded box; no time is judged
 @given(st.integers(0, 5 * STEP), st.integers(0, 5 * STEP))
 def test_each_id_and_each_block_falls_in_one_range(lo: int, span: int) -> None:
     hi = lo + span
@@ -50,6 +51,7 @@ class Clock:
         self.i += 1
 
 
+@settings(deadline=None)  # list building, slow on a loaded box; no time is judged
 @given(
     st.integers(0, 5 * STEP),
     st.integers(0, 5 * STEP),
