@@ -195,12 +195,11 @@ class PruneReport:
     # Every transaction of the prune (the verification before the deletes included).
     timer: Timer = field(default_factory=Timer)
 
-    def batch(self, rows: int, held_s: float, worked_s: float) -> None:
+    def batch(self, rows: int, held_s: float) -> None:
         self.batches += 1
         self.longest_batch_s = max(self.longest_batch_s, held_s)
         self.batch_rows_min = rows if self.batches == 1 else min(self.batch_rows_min, rows)
         self.batch_rows_max = max(self.batch_rows_max, rows)
-        self.working_s += worked_s
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -493,11 +492,13 @@ async def _delete_table(
             return True
         hi, deleted, held_s = batch
         worked_s = time.monotonic() - began
-        report.rows[table] += deleted
-        report.batch(deleted, held_s, worked_s)
-        report.timer.transactions += 1
-        report.timer.longest_s = max(report.timer.longest_s, held_s)
-        pacer.held(held_s)
+        report.working_s += worked_s
+        if held_s is not None:  # None: an archived range with no row to delete, no transaction
+            report.rows[table] += deleted
+            report.batch(deleted, held_s)
+            report.timer.transactions += 1
+            report.timer.longest_s = max(report.timer.longest_s, held_s)
+            pacer.held(held_s)
         cursor = hi
         pause_s = pacer.pause_s(worked_s)
         if pause_s > 0:
@@ -522,7 +523,7 @@ async def _batch_settings(conn: Conn, p: Plan, lease: Lease) -> None:
 
 async def _delete_batch(
     conn: Conn, table: str, p: Plan, lease: Lease, cursor: int, floor: int, rows: int
-) -> tuple[int, int, float] | None:
+) -> tuple[int, int, float | None] | None:
     """One batch without an archive, one transaction: the next `rows` ids after the cursor up
     to the floor, deleted. (upper id, rows deleted, seconds held); None: nothing left."""
     began = time.monotonic()
@@ -544,7 +545,7 @@ async def _delete_archived_batch(
     cursor: int,
     floor: int,
     rows: int,
-) -> tuple[int, int, float] | None:
+) -> tuple[int, int, float | None] | None:
     """One archived batch. Its rows' lines are read (one statement) and written to the archive
     (compressed, fsynced, pending in the manifest) before its transaction opens, so the
     delete's locks and snapshot are held for the delete alone. Exact all the same: the rows are
@@ -557,7 +558,7 @@ async def _delete_archived_batch(
         return None
     lines = sorted((r["id"], r["line"]) for r in await conn.fetch(_going(table), cursor, hi))
     if not lines:  # every run in the range is its user's latest
-        return hi, 0, 0.0
+        return hi, 0, None
     writer.begin(table, lines)
     digest = hashlib.sha256("\n".join(line for _, line in lines).encode()).hexdigest()
     began = time.monotonic()

@@ -65,7 +65,7 @@ async def _pause_between_transactions(side: Conn, pid: int) -> None:
 async def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     settings = Settings()
     conf, major, segment_mb = await cluster_conf(settings)
-    cluster = PrivateCluster(conf, major=major, wal_segment_mb=segment_mb)
+    cluster = PrivateCluster(conf, major=major, wal_segment_mb=segment_mb, folder=args.keep)
     await asyncio.to_thread(cluster.init)
     await asyncio.to_thread(cluster.start)
     redis = PrivateRedis()
@@ -92,9 +92,10 @@ async def _run(
 ) -> dict[str, Any]:
     conn = await connect(url)
     side = await connect(url)
+    pauser = await connect(url)
     cmd_env = {**env, "DATABASE_URL": url}
     engine = Engine(env, url, logdir, 2, "pace")
-    out: dict[str, Any] = {"args": vars(args), "windows": []}
+    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "configs": []}
     try:
         await bench_sql.park(conn)
         engine.start(0)  # SIM_CHECKPOINT_INTERVAL_S=0: the checkpoint below is the only one
@@ -109,76 +110,110 @@ async def _run(
         if done.returncode != 0:
             raise SystemExit(f"checkpoint failed: {done.stderr[-500:]}")
         say(f"checkpoint took {out['checkpoint_s']} s")
-        prune_env = {
-            **cmd_env,
-            "DATABASE_URL": with_app_name(url, APP),
-            "SIM_HISTORY_LEASE_S": "3600",  # it is stopped between windows
-            "SIM_PRUNE_MAX_S": "86400",
-            **{k: v for k, v in (("SIM_PRUNE_DUTY", args.duty),
-                                 ("SIM_PRUNE_BATCH_MS", args.batch_ms)) if v is not None},
-        }  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *simctl_argv("prune", "--keep-days", "0", "--json"),
-            env=prune_env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        held: dict[tuple[int, Any], float] = {}
-        stop = asyncio.Event()
-        sampler = asyncio.ensure_future(_sample(side, held, stop))
-        # Its verification before the deletes: wait until it deletes.
+        for config in args.configs.split(","):
+            duty, batch_ms = config.split("/")
+            out["configs"].append(
+                await _windows(args, engine, conn, side, pauser, cmd_env, duty, batch_ms, say)
+            )
+        # The last: the default pacing until SIM_PRUNE_MAX_S stops it, for its own report.
+        say(f"a default prune for {args.final_s} s (its --json report)")
+        proc = await _start_prune(cmd_env, {"SIM_PRUNE_MAX_S": str(args.final_s)})
+        stdout, stderr = await proc.communicate()
+        out["final_prune"] = {
+            "exit": proc.returncode,
+            "report": json.loads(stdout) if proc.returncode == 0 else None,
+            "stderr": stderr.decode()[-500:],
+        }
+    finally:
+        engine.stop()
+        for c in (pauser, side, conn):
+            await c.close()
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+async def _start_prune(env: dict[str, str], extra: dict[str, str]) -> Any:
+    prune_env = {
+        **env,
+        "DATABASE_URL": with_app_name(env["DATABASE_URL"], APP),
+        "SIM_HISTORY_LEASE_S": "3600",  # it is stopped between windows
+        **extra,
+    }
+    return await asyncio.create_subprocess_exec(
+        *simctl_argv("prune", "--keep-days", "0", "--json"),
+        env=prune_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _windows(
+    args: argparse.Namespace,
+    engine: Engine,
+    conn: Conn,
+    side: Conn,
+    pauser: Conn,
+    env: dict[str, str],
+    duty: str,
+    batch_ms: str,
+    say: Any,
+) -> dict[str, Any]:
+    """Windows with and without one prune paced at `duty` / `batch_ms`; then it is killed
+    (SIGKILL: nothing half done stays, docs/operations.md) and its lease expired."""
+    extra = {"SIM_PRUNE_MAX_S": "86400", "SIM_PRUNE_DUTY": duty, "SIM_PRUNE_BATCH_MS": batch_ms}
+    proc = await _start_prune(env, extra)
+    held: dict[tuple[int, Any], float] = {}
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample(side, held, stop))
+    result: dict[str, Any] = {"duty": duty, "batch_ms": batch_ms, "windows": []}
+    try:
+        # Its verification before the deletes (the first prune only): wait until it deletes.
         while True:
             if await conn.fetchval("SELECT pruned_through FROM sim_history") is not None:
                 break
             if proc.returncode is not None:
                 _, err = await proc.communicate()
-                stop.set()
-                await sampler
                 raise SystemExit(f"the prune exited before it deleted anything: {err.decode()}")
             await asyncio.sleep(0.5)
-        say("prune deleting; windows")
+        await asyncio.sleep(2)
+        say(f"duty {duty}, budget {batch_ms} ms: deleting; windows")
+        engine_rows = (
+            "SELECT (SELECT count(*) FROM sim_runs WHERE id <= h.runs_floor) FROM sim_history h"
+        )
+        left_before = await conn.fetchval(engine_rows)
         running = True
         for n in range(args.pairs * 2):
             with_prune = n % 2 == 0
             if with_prune and not running:
                 os.kill(proc.pid, signal.SIGCONT)
             elif not with_prune:
-                await _pause_between_transactions(side, proc.pid)
+                await _pause_between_transactions(pauser, proc.pid)
             running = with_prune
             if proc.returncode is not None:
                 say("the prune finished before the windows did")
                 break
             w = await window(conn, engine, args.window_s)
-            out["windows"].append({"prune": with_prune, "runs_per_s": w.runs_per_s,
-                                   "runs": w.runs, "seconds": w.seconds})  # fmt: skip
+            result["windows"].append({"prune": with_prune, "runs_per_s": w.runs_per_s,
+                                      "runs": w.runs, "seconds": w.seconds})  # fmt: skip
             say(f"window {n}: prune={with_prune} {w.runs_per_s} runs/s")
-        os.kill(proc.pid, signal.SIGCONT)
-        say("the windows are done; the prune finishes (the engine running)")
-        try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), args.finish_s)
-            out["prune_exit"] = proc.returncode
-            out["prune_report"] = json.loads(stdout) if proc.returncode == 0 else None
-            out["prune_stderr"] = stderr.decode()[-500:]
-        except TimeoutError:
+        result["runs_below_floor_deleted"] = left_before - await conn.fetchval(engine_rows)
+    finally:
+        if proc.returncode is None:
             proc.kill()
-            await proc.wait()
-            out["prune_exit"] = "killed after --finish-s"
+        await proc.wait()
         stop.set()
         await sampler
-        out["prune_longest_transaction_sampled_s"] = round(max(held.values(), default=0.0), 3)
-        out["prune_transactions_sampled"] = len(held)
-    finally:
-        engine.stop()
-        await side.close()
-        await conn.close()
-    on = [w["runs_per_s"] for w in out["windows"] if w["prune"]]
-    off = [w["runs_per_s"] for w in out["windows"] if not w["prune"]]
+    await conn.execute("UPDATE sim_history SET lease_until = now() - interval '1 second'")
+    result["longest_transaction_sampled_s"] = round(max(held.values(), default=0.0), 3)
+    result["transactions_sampled"] = len(held)
+    on = [w["runs_per_s"] for w in result["windows"] if w["prune"]]
+    off = [w["runs_per_s"] for w in result["windows"] if not w["prune"]]
     if on and off:
-        out["runs_per_s_with"] = round(statistics.mean(on), 1)
-        out["runs_per_s_without"] = round(statistics.mean(off), 1)
-        out["ratio"] = round(out["runs_per_s_with"] / out["runs_per_s_without"], 3)
-    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return out
+        result["runs_per_s_with"] = round(statistics.mean(on), 1)
+        result["runs_per_s_without"] = round(statistics.mean(off), 1)
+        result["ratio"] = round(result["runs_per_s_with"] / result["runs_per_s_without"], 3)
+    say(f"duty {duty}: ratio {result.get('ratio')}")
+    return result
 
 
 def main() -> None:
@@ -187,10 +222,15 @@ def main() -> None:
     p.add_argument("--fill-s", type=float, default=180)
     p.add_argument("--window-s", type=float, default=30)
     p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--duty", default=None, help="SIM_PRUNE_DUTY for the prune (unset: default)")
-    p.add_argument("--batch-ms", default=None, help="SIM_PRUNE_BATCH_MS (unset: default)")
-    p.add_argument("--finish-s", type=float, default=900, help="wait this long for it to end")
+    p.add_argument(
+        "--configs",
+        default="0.1/250,1/60000",
+        help="SIM_PRUNE_DUTY/SIM_PRUNE_BATCH_MS of each prune measured, in turn (1/60000: no "
+        "duty, 5,000-row batches: the pacing before the duty cycle)",
+    )
+    p.add_argument("--final-s", type=int, default=120, help="SIM_PRUNE_MAX_S of the last prune")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--keep", type=Path, default=None, help="the cluster's folder, kept (logs)")
     args = p.parse_args()
 
     def say(msg: str) -> None:
