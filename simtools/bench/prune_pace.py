@@ -3,14 +3,16 @@ transactions (`python -m simtools.bench.prune_pace`; docs/operations.md, "Pace")
 
 On a private cluster with the server's settings and autovacuum on (as `simctl bench --history`
 makes it): `--users` demo users back to back, one scheduler and two workers with no checkpoints
-of their own, filled for `--fill-s`; then `simctl checkpoint` with the engine running, and one
-`simctl prune --keep-days 0 --json` started beside it. Windows of `--window-s` alternate with
-and without the prune (stopped with SIGSTOP between its transactions, resumed with SIGCONT; the
-lease is made long enough for that), `--pairs` times, so the box's other load falls on both.
-A side connection samples the prune's open transactions every 20 ms: the longest it saw.
-Then the prune is left to finish (up to `--finish-s`), the engine still running. Prints JSON:
-every window, the mean runs/s of each kind, their ratio, the prune's own report.
-"""
+of their own, filled for `--fill-s`; then `simctl checkpoint` with the engine running. For each
+pacing of `--configs` (SIM_PRUNE_DUTY/SIM_PRUNE_BATCH_MS/pairs), one `simctl prune --keep-days 0`
+runs beside the engine while windows of `--window-s` alternate with and without it (stopped
+with SIGSTOP between its transactions, resumed with SIGCONT; its lease made long enough), so
+the box's other load falls on both kinds; then it is killed (SIGKILL leaves nothing half done)
+and the next pacing goes on from where it stopped. A side connection samples the prune's open
+transactions every 20 ms: the longest it saw (the first prune's verification included). Last,
+a prune at the default pacing for `--final-s` (SIM_PRUNE_MAX_S), never stopped, for its own
+`--json` report. Prints JSON: every window, the mean runs/s of each kind and their ratio per
+pacing, the last prune's report."""
 
 from __future__ import annotations
 
@@ -47,19 +49,37 @@ async def _sample(side: Conn, held: dict[tuple[int, Any], float], stop: asyncio.
         await asyncio.sleep(SAMPLE_S)
 
 
+async def _open(side: Conn) -> bool:
+    n: int = await side.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND (xact_start IS NOT NULL OR state <> 'idle')",
+        APP,
+    )
+    return n > 0
+
+
 async def _pause_between_transactions(side: Conn, pid: int) -> None:
     """SIGSTOP the prune when it has no transaction open (else resume and try again)."""
     while True:
         os.kill(pid, signal.SIGSTOP)
-        await asyncio.sleep(0.05)
-        if not await side.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-            "AND xact_start IS NOT NULL",
-            APP,
-        ):
+        await asyncio.sleep(0.1)
+        if not await _open(side):
             return
         os.kill(pid, signal.SIGCONT)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+
+
+async def _keep_paused(side: Conn, pid: int, stop: asyncio.Event) -> None:
+    """While a window without the prune runs: a statement the prune sent just before SIGSTOP
+    (read by its backend late, on a loaded box) would hold a transaction open for the whole
+    window; seen, the prune is let on until it is between transactions again."""
+    await _pause_between_transactions(side, pid)
+    while not stop.is_set():
+        await asyncio.sleep(0.1)
+        if await _open(side):
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0.02)
+            await _pause_between_transactions(side, pid)
 
 
 async def measure(args: argparse.Namespace, say: Any) -> dict[str, Any]:
@@ -111,9 +131,11 @@ async def _run(
             raise SystemExit(f"checkpoint failed: {done.stderr[-500:]}")
         say(f"checkpoint took {out['checkpoint_s']} s")
         for config in args.configs.split(","):
-            duty, batch_ms = config.split("/")
+            duty, batch_ms, pairs = config.split("/")
             out["configs"].append(
-                await _windows(args, engine, conn, side, pauser, cmd_env, duty, batch_ms, say)
+                await _windows(
+                    args, engine, conn, side, pauser, cmd_env, duty, batch_ms, int(pairs), say
+                )
             )
         # The last: the default pacing until SIM_PRUNE_MAX_S stops it, for its own report.
         say(f"a default prune for {args.final_s} s (its --json report)")
@@ -156,6 +178,7 @@ async def _windows(
     env: dict[str, str],
     duty: str,
     batch_ms: str,
+    pairs: int,
     say: Any,
 ) -> dict[str, Any]:
     """Windows with and without one prune paced at `duty` / `batch_ms`; then it is killed
@@ -181,18 +204,22 @@ async def _windows(
             "SELECT (SELECT count(*) FROM sim_runs WHERE id <= h.runs_floor) FROM sim_history h"
         )
         left_before = await conn.fetchval(engine_rows)
-        running = True
-        for n in range(args.pairs * 2):
+        for n in range(pairs * 2):
             with_prune = n % 2 == 0
-            if with_prune and not running:
-                os.kill(proc.pid, signal.SIGCONT)
-            elif not with_prune:
-                await _pause_between_transactions(pauser, proc.pid)
-            running = with_prune
             if proc.returncode is not None:
                 say("the prune finished before the windows did")
                 break
-            w = await window(conn, engine, args.window_s)
+            if with_prune:
+                w = await window(conn, engine, args.window_s)
+            else:
+                done = asyncio.Event()
+                guard = asyncio.ensure_future(_keep_paused(pauser, proc.pid, done))
+                try:
+                    w = await window(conn, engine, args.window_s)
+                finally:
+                    done.set()
+                    await guard
+                    os.kill(proc.pid, signal.SIGCONT)
             result["windows"].append({"prune": with_prune, "runs_per_s": w.runs_per_s,
                                       "runs": w.runs, "seconds": w.seconds})  # fmt: skip
             say(f"window {n}: prune={with_prune} {w.runs_per_s} runs/s")
@@ -221,12 +248,11 @@ def main() -> None:
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--fill-s", type=float, default=180)
     p.add_argument("--window-s", type=float, default=30)
-    p.add_argument("--pairs", type=int, default=3)
     p.add_argument(
         "--configs",
-        default="0.1/250,1/60000",
-        help="SIM_PRUNE_DUTY/SIM_PRUNE_BATCH_MS of each prune measured, in turn (1/60000: no "
-        "duty, 5,000-row batches: the pacing before the duty cycle)",
+        default="0.1/250/3,1/60000/3",
+        help="SIM_PRUNE_DUTY/SIM_PRUNE_BATCH_MS/pairs of windows of each prune measured, in "
+        "turn (1/60000: no duty, 5,000-row batches: the pacing before the duty cycle)",
     )
     p.add_argument("--final-s", type=int, default=120, help="SIM_PRUNE_MAX_S of the last prune")
     p.add_argument("--json", type=Path, default=None)
