@@ -41,12 +41,34 @@ APP = "prunepace-prune"
 SAMPLE_S = 0.02
 
 
-async def _sample(side: Conn, held: dict[tuple[int, Any], float], stop: asyncio.Event) -> None:
+async def _sample(
+    side: Conn, held: dict[tuple[int, Any], float], doing: dict[tuple[int, Any], str],
+    stop: asyncio.Event,
+) -> None:  # fmt: skip
     while not stop.is_set():
         for row in await side.fetch(history_query("hist_transactions_of"), APP):
             key = (row["pid"], row["xact_start"])
-            held[key] = max(held.get(key, 0.0), row["held_s"])
+            if row["held_s"] >= held.get(key, 0.0):
+                held[key] = row["held_s"]
+                doing[key] = row["query"]
         await asyncio.sleep(SAMPLE_S)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _prune_pids(side: Conn, proc_pid: int) -> list[int]:
+    """The prune's process and its server backend."""
+    backend = await side.fetchval(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", APP
+    )
+    return [proc_pid] + ([backend] if backend else [])
 
 
 async def _open(side: Conn) -> bool:
@@ -59,14 +81,18 @@ async def _open(side: Conn) -> bool:
 
 
 async def _pause_between_transactions(side: Conn, pid: int) -> None:
-    """SIGSTOP the prune when it has no transaction open (else resume and try again)."""
+    """SIGSTOP the prune when it has no transaction open (else resume it until its transaction
+    ends, and try again)."""
     while True:
         os.kill(pid, signal.SIGSTOP)
         await asyncio.sleep(0.1)
         if not await _open(side):
             return
         os.kill(pid, signal.SIGCONT)
-        await asyncio.sleep(0.02)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not await _open(side):
+                break
 
 
 async def _keep_paused(side: Conn, pid: int, stop: asyncio.Event) -> None:
@@ -78,7 +104,6 @@ async def _keep_paused(side: Conn, pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.1)
         if await _open(side):
             os.kill(pid, signal.SIGCONT)
-            await asyncio.sleep(0.02)
             await _pause_between_transactions(side, pid)
 
 
@@ -186,8 +211,9 @@ async def _windows(
     extra = {"SIM_PRUNE_MAX_S": "86400", "SIM_PRUNE_DUTY": duty, "SIM_PRUNE_BATCH_MS": batch_ms}
     proc = await _start_prune(env, extra)
     held: dict[tuple[int, Any], float] = {}
+    doing: dict[tuple[int, Any], str] = {}
     stop = asyncio.Event()
-    sampler = asyncio.ensure_future(_sample(side, held, stop))
+    sampler = asyncio.ensure_future(_sample(side, held, doing, stop))
     result: dict[str, Any] = {"duty": duty, "batch_ms": batch_ms, "windows": []}
     try:
         # Its verification before the deletes (the first prune only): wait until it deletes.
@@ -209,8 +235,13 @@ async def _windows(
             if proc.returncode is not None:
                 say("the prune finished before the windows did")
                 break
+            cpu = {}
             if with_prune:
+                pids = await _prune_pids(pauser, proc.pid)
+                before = [_cpu_s(p) for p in pids]
                 w = await window(conn, engine, args.window_s)
+                used = sum(_cpu_s(p) - b for p, b in zip(pids, before, strict=True))
+                cpu = {"prune_cpu_per_s": round(used / w.seconds, 3)}
             else:
                 done = asyncio.Event()
                 guard = asyncio.ensure_future(_keep_paused(pauser, proc.pid, done))
@@ -221,7 +252,7 @@ async def _windows(
                     await guard
                     os.kill(proc.pid, signal.SIGCONT)
             result["windows"].append({"prune": with_prune, "runs_per_s": w.runs_per_s,
-                                      "runs": w.runs, "seconds": w.seconds})  # fmt: skip
+                                      "runs": w.runs, "seconds": w.seconds, **cpu})  # fmt: skip
             say(f"window {n}: prune={with_prune} {w.runs_per_s} runs/s")
         result["runs_below_floor_deleted"] = left_before - await conn.fetchval(engine_rows)
     finally:
@@ -232,6 +263,11 @@ async def _windows(
         await sampler
     await conn.execute("UPDATE sim_history SET lease_until = now() - interval '1 second'")
     result["longest_transaction_sampled_s"] = round(max(held.values(), default=0.0), 3)
+    top = sorted(held, key=lambda k: -held[k])[:5]
+    result["longest_sampled"] = [
+        {"started": str(k[1]), "held_s": round(held[k], 3), "last_seen_running": doing[k]}
+        for k in top
+    ]
     result["transactions_sampled"] = len(held)
     on = [w["runs_per_s"] for w in result["windows"] if w["prune"]]
     off = [w["runs_per_s"] for w in result["windows"] if not w["prune"]]
@@ -239,6 +275,18 @@ async def _windows(
         result["runs_per_s_with"] = round(statistics.mean(on), 1)
         result["runs_per_s_without"] = round(statistics.mean(off), 1)
         result["ratio"] = round(result["runs_per_s_with"] / result["runs_per_s_without"], 3)
+        # Each window with the prune against the mean of the windows without beside it: the
+        # box's other load drifts over minutes, and the median resists a window it hit.
+        pair_ratios = []
+        for i, w in enumerate(result["windows"]):
+            if w["prune"]:
+                near = [x["runs_per_s"] for x in result["windows"][max(0, i - 1) : i + 2]
+                        if not x["prune"]]  # fmt: skip
+                if near:
+                    pair_ratios.append(w["runs_per_s"] / statistics.mean(near))
+        result["ratio_median_of_neighbours"] = round(statistics.median(pair_ratios), 3)
+        cpus = [w["prune_cpu_per_s"] for w in result["windows"] if "prune_cpu_per_s" in w]
+        result["prune_cpu_per_s"] = round(statistics.mean(cpus), 3) if cpus else None
     say(f"duty {duty}: ratio {result.get('ratio')}")
     return result
 
