@@ -54,23 +54,6 @@ async def _sample(
         await asyncio.sleep(SAMPLE_S)
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _prune_pids(side: Conn, proc_pid: int) -> list[int]:
-    """The prune's process and its server backend."""
-    backend = await side.fetchval(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", APP
-    )
-    return [proc_pid] + ([backend] if backend else [])
-
-
 async def _open(side: Conn) -> bool:
     n: int = await side.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
@@ -235,13 +218,8 @@ async def _windows(
             if proc.returncode is not None:
                 say("the prune finished before the windows did")
                 break
-            cpu = {}
             if with_prune:
-                pids = await _prune_pids(pauser, proc.pid)
-                before = [_cpu_s(p) for p in pids]
                 w = await window(conn, engine, args.window_s)
-                used = sum(_cpu_s(p) - b for p, b in zip(pids, before, strict=True))
-                cpu = {"prune_cpu_per_s": round(used / w.seconds, 3)}
             else:
                 done = asyncio.Event()
                 guard = asyncio.ensure_future(_keep_paused(pauser, proc.pid, done))
@@ -252,7 +230,7 @@ async def _windows(
                     await guard
                     os.kill(proc.pid, signal.SIGCONT)
             result["windows"].append({"prune": with_prune, "runs_per_s": w.runs_per_s,
-                                      "runs": w.runs, "seconds": w.seconds, **cpu})  # fmt: skip
+                                      "runs": w.runs, "seconds": w.seconds})  # fmt: skip
             say(f"window {n}: prune={with_prune} {w.runs_per_s} runs/s")
         result["runs_below_floor_deleted"] = left_before - await conn.fetchval(engine_rows)
     finally:
@@ -285,8 +263,6 @@ async def _windows(
                 if near:
                     pair_ratios.append(w["runs_per_s"] / statistics.mean(near))
         result["ratio_median_of_neighbours"] = round(statistics.median(pair_ratios), 3)
-        cpus = [w["prune_cpu_per_s"] for w in result["windows"] if "prune_cpu_per_s" in w]
-        result["prune_cpu_per_s"] = round(statistics.mean(cpus), 3) if cpus else None
     say(f"duty {duty}: ratio {result.get('ratio')}")
     return result
 
