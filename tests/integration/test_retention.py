@@ -407,9 +407,17 @@ async def test_each_delete_walks_the_primary_key(
     for table in ("trades", "transactions", "sim_runs"):
         async with pg.transaction():
             await pg.execute("SET LOCAL enable_seqscan = off")
-            for name in (f"prune_next_{table}", f"prune_delete_{table}"):
+            for name in (
+                f"prune_next_{table}",
+                f"prune_delete_{table}",
+                f"prune_delete_archived_{table}",
+            ):
                 sql = query(name, "retention.sql")
-                args = (0, 100, 10) if name.startswith("prune_next") else (0, 100)
+                args: tuple[Any, ...] = (0, 100)
+                if name.startswith("prune_next"):
+                    args = (0, 100, 10)
+                elif "archived" in name:
+                    args = (0, 100, [1, 2, 3])
                 plan = await pg.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
                 text = json.dumps(plan)
                 assert f'"Index Name": "{table}_pkey"' in text, (name, text)
