@@ -190,13 +190,25 @@ class Settings(BaseSettings):
         default=5000,
         ge=1,
         le=100_000,
-        description="simctl prune: rows deleted per transaction (a range of the primary key; small batches keep each transaction short beside a busy engine).",
+        description="simctl prune: the most rows one batch deletes (a range of the primary key, its own transaction); each batch is sized to SIM_PRUNE_BATCH_MS, between 10 rows (or this, if smaller) and this.",
+    )
+    sim_prune_batch_ms: int = Field(
+        default=250,
+        ge=1,
+        le=60_000,
+        description="simctl prune: the time budget of one batch's transaction; the next batch's rows grow (at most 2x) or shrink (at most 4x) by how long the last one held, so a batch stays this short whatever the rows' width or the server's load.",
+    )
+    sim_prune_duty: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="simctl prune: the share of wall time the pruner may work; after a batch that took t, it pauses t x (1 - duty) / duty (at least SIM_PRUNE_PAUSE_MS). 1 = only SIM_PRUNE_PAUSE_MS between batches.",
     )
     sim_prune_pause_ms: int = Field(
         default=50,
         ge=0,
         le=10_000,
-        description="simctl prune: pause between two batches, so the engine's writes and vacuum keep up (at most a third of SIM_HISTORY_LEASE_S).",
+        description="simctl prune: the least pause between two batches, so the engine's writes and vacuum keep up (every pause at most a third of SIM_HISTORY_LEASE_S).",
     )
     sim_prune_max_s: int = Field(
         default=3600,

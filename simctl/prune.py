@@ -53,9 +53,17 @@ def prune(
     window, or when another prune or checkpoint holds the history lease (named, with until
     when). An admin act (key needed, audited as 'prune'); --dry-run needs no key.
 
-    Rows go in batches of SIM_PRUNE_BATCH by primary-key range, each its own transaction,
-    SIM_PRUNE_PAUSE_MS apart, for at most SIM_PRUNE_MAX_S (then it stops; the next prune goes
-    on). A prune killed at any point leaves the views exact; run it again to finish.
+    Rows go in batches by primary-key range, each its own transaction, for at most
+    SIM_PRUNE_MAX_S (then it stops; the next prune goes on). Each batch is sized to a time
+    budget, SIM_PRUNE_BATCH_MS (250): the next batch's rows grow or shrink by how long the last
+    one's transaction was open, from 10 up to SIM_PRUNE_BATCH (5000). After a batch that worked
+    t, the prune pauses t x (1 - SIM_PRUNE_DUTY) / SIM_PRUNE_DUTY (duty 0.1: 9 t), at least
+    SIM_PRUNE_PAUSE_MS (50): it works at most that share of the time, so the engine keeps its
+    pace; at duty d it deletes about d / (seconds per row) rows a second (docs/operations.md,
+    "Pace"). With --archive, a batch's rows are read and written to the archive before its
+    delete's transaction opens. A prune killed at any point leaves the views exact; run it
+    again to finish. --json reports the batches, their rows, the longest batch's and the
+    longest transaction's seconds, and the seconds worked and paused.
 
     Examples:
 
@@ -88,6 +96,8 @@ def prune(
         pause_ms=s.sim_prune_pause_ms,
         max_s=s.sim_prune_max_s,
         lease_s=s.sim_history_lease_s,
+        batch_ms=s.sim_prune_batch_ms,
+        duty=s.sim_prune_duty,
     )
 
     async def go() -> PruneReport:
@@ -101,6 +111,13 @@ def prune(
     rows = ", ".join(f"{n:,} {t}" for t, n in report.rows.items())
     cp = report.plan.checkpoint
     out.print(f"pruned through checkpoint {cp.id if cp else '-'}: removed {rows}", markup=False)
+    out.print(
+        f"{report.batches:,} batch(es) of {report.batch_rows_min:,}-{report.batch_rows_max:,} "
+        f"rows, the longest held {report.longest_batch_s:.3f} s (longest transaction "
+        f"{report.timer.longest_s:.3f} s); worked {report.working_s:.1f} s, paused "
+        f"{report.paused_s:.1f} s, {report.seconds:.1f} s in all",
+        markup=False,
+    )
     if report.archive_sha256:
         out.print(f"archive {archive}: manifest sha256 {report.archive_sha256}", markup=False)
     if not report.complete:

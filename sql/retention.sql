@@ -97,6 +97,32 @@ DELETE FROM sim_runs r
    AND EXISTS (SELECT 1 FROM sim_runs l WHERE l.user_id = r.user_id AND l.scheduled_for > r.scheduled_for)
 RETURNING r.id
 
+-- prune_going_sim_runs --
+-- The runs of ($1, $2] a batch deletes (not their user's latest), whole rows: store/retention.py
+-- reads their canonical lines through rows_sim_runs (sql/history.sql) before the delete.
+SELECT r.* FROM sim_runs r
+ WHERE r.id > $1 AND r.id <= $2
+   AND EXISTS (SELECT 1 FROM sim_runs l WHERE l.user_id = r.user_id AND l.scheduled_for > r.scheduled_for)
+
+-- prune_delete_archived_trades --
+-- An archived batch: only the ids archived ($3), within the batch's range of the pkey; the
+-- whole rows go back so the caller hashes the lines it removed (store/retention.py).
+DELETE FROM trades
+ WHERE id > $1 AND id <= $2 AND id = ANY($3::bigint[]) AND sim_run_id IS NOT NULL
+RETURNING *
+
+-- prune_delete_archived_transactions --
+DELETE FROM transactions
+ WHERE id > $1 AND id <= $2 AND id = ANY($3::bigint[]) AND sim_run_id IS NOT NULL
+RETURNING *
+
+-- prune_delete_archived_sim_runs --
+-- Still never a user's latest run (the same rule as prune_delete_sim_runs).
+DELETE FROM sim_runs r
+ WHERE r.id > $1 AND r.id <= $2 AND r.id = ANY($3::bigint[])
+   AND EXISTS (SELECT 1 FROM sim_runs l WHERE l.user_id = r.user_id AND l.scheduled_for > r.scheduled_for)
+RETURNING r.*
+
 -- prune_present_trades --
 -- Which of these ids are still there (an interrupted archived batch: did it commit?).
 SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])

@@ -8,7 +8,11 @@ The order that keeps every view exact whenever the process dies:
    rows, so deleting them, all or some, changes nothing a view shows.
 2. Batches delete those rows by primary-key range, each in its own transaction with the change
    log's floors set locally (the trigger does not record retention's own deletes), the history
-   lease renewed, a pause between them and a bound on the whole run.
+   lease renewed, and a bound on the whole run. Each batch is sized to a time budget and
+   followed by a pause that keeps the pruner to its duty cycle (`Pacer`). With an archive, a
+   batch's rows are read and written to the archive before its delete's transaction opens;
+   the delete takes exactly those ids and proves, by count and digest of the rows it removed,
+   that they are the lines archived (or rolls back).
 3. The per-user totals no checkpoint will stand on again are deleted, and the prune is audited.
 Only one history job (a prune or a checkpoint) runs at a time: the lease in sim_history, taken
 without waiting. A prune killed at any point leaves floors and totals consistent; the next prune
@@ -18,6 +22,7 @@ deletes what is left (and settles the archive's last batch).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +65,12 @@ MAX_KEEP_DAYS = 36_500
 # engine; something else holding one is waited out this long, then the prune stops, nothing of
 # that batch done).
 BATCH_LOCK_TIMEOUT = "5s"
+# The fewest rows a batch is sized down to (SIM_PRUNE_BATCH, when smaller, wins): below this a
+# batch's round trips, not its rows, are its cost. Each prune starts here and grows.
+MIN_BATCH_ROWS = 10
+# How far one batch's duration moves the next one's size: grow at most 2x (a quick batch may be
+# luck), shrink up to 4x (a slow one is a server telling us something).
+_GROW, _SHRINK = 2.0, 0.25
 
 
 def _q(name: str) -> str:
@@ -74,10 +85,41 @@ def _h(name: str) -> str:
 class Limits:
     """How a prune paces itself (SIM_PRUNE_*)."""
 
-    batch: int = 5000
-    pause_ms: int = 50
+    batch: int = 5000  # the most rows in a batch
+    pause_ms: int = 50  # the least pause between batches
     max_s: int = 3600
     lease_s: int = LEASE_S  # SIM_HISTORY_LEASE_S
+    batch_ms: int = 250  # a batch's transaction's time budget
+    duty: float = 0.1  # the share of wall time batches may take (1: pause_ms only)
+
+
+class Pacer:
+    """Sizes each batch to the time budget and spaces batches to the duty cycle.
+
+    Size: the next batch's rows are the last one's times budget / held (the seconds its delete
+    transaction was open), moved at most 2x up or 4x down, within [min(10, batch), batch]: the
+    rows' width and the server's load change what a row costs, the budget stays. Pause: after a
+    batch whose work (reading and archiving its rows, the delete, settling the manifest) took
+    w seconds, max(pause_ms, w x (1 - duty) / duty): the pruner works at most `duty` of the wall
+    time, whatever a batch costs. Each pause is at most a third of the lease, which the next
+    batch renews."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.floor = min(MIN_BATCH_ROWS, limits.batch)
+        self.rows = self.floor
+
+    def held(self, held_s: float) -> None:
+        """The last batch's delete transaction was open `held_s` seconds: size the next."""
+        budget = self.limits.batch_ms / 1000
+        factor = budget / held_s if held_s > 0 else _GROW
+        factor = min(_GROW, max(_SHRINK, factor))
+        self.rows = max(self.floor, min(self.limits.batch, int(self.rows * factor)))
+
+    def pause_s(self, worked_s: float) -> float:
+        duty = self.limits.duty
+        wanted = max(self.limits.pause_ms / 1000, worked_s * (1 - duty) / duty)
+        return min(wanted, self.limits.lease_s / 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +185,21 @@ class PruneReport:
     checkpoint_users_removed: int = 0
     archive_sha256: str | None = None
     seconds: float = 0.0
+    # The delete batches: the longest one's transaction, its rows (fewest, most), the time they
+    # worked (reading, archiving, deleting) and the time paused between them.
+    longest_batch_s: float = 0.0
+    batch_rows_min: int = 0
+    batch_rows_max: int = 0
+    working_s: float = 0.0
+    paused_s: float = 0.0
+    # Every transaction of the prune (the verification before the deletes included).
+    timer: Timer = field(default_factory=Timer)
+
+    def batch(self, rows: int, held_s: float) -> None:
+        self.batches += 1
+        self.longest_batch_s = max(self.longest_batch_s, held_s)
+        self.batch_rows_min = rows if self.batches == 1 else min(self.batch_rows_min, rows)
+        self.batch_rows_max = max(self.batch_rows_max, rows)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +209,12 @@ class PruneReport:
             "floors": self.plan.floors,
             "rows": self.rows,
             "batches": self.batches,
+            "batch_rows": {"min": self.batch_rows_min, "max": self.batch_rows_max},
+            "longest_batch_s": round(self.longest_batch_s, 3),
+            "longest_transaction_s": round(self.timer.longest_s, 3),
+            "transactions": self.timer.transactions,
+            "working_s": round(self.working_s, 3),
+            "paused_s": round(self.paused_s, 3),
             "complete": self.complete,
             "checkpoint_users_removed": self.checkpoint_users_removed,
             "archive_sha256": self.archive_sha256,
@@ -274,38 +337,40 @@ async def prune(
         if archive_dir is not None:
             writer = await _open_archive(conn, archive_dir)
         assert the_plan.checkpoint is not None
+        timer = report.timer
         if the_plan.pruned_through is None or the_plan.checkpoint.id > the_plan.pruned_through:
-            await _stand_on(conn, lease, the_plan)
-        await _move_floors(conn, the_plan, actor, lease)
+            await _stand_on(conn, lease, the_plan, timer)
+        await _move_floors(conn, the_plan, actor, lease, timer)
         if writer is not None:
             await _record_checkpoints(conn, writer)
         report.complete = True
+        pacer = Pacer(limits)
         for t in TABLES:
-            done = await _delete_table(conn, t, the_plan, report, limits, lease, writer, started)
+            done = await _delete_table(conn, t, the_plan, report, pacer, lease, writer, started)
             if not done:
                 report.complete = False
                 break
         if report.complete:
             # The checkpoints' own rule (the newest two verified and the one pruned through).
-            status = await conn.execute(_h("checkpoint_forget_users"))
+            async with timer.tx(conn):
+                status = await conn.execute(_h("checkpoint_forget_users"))
             report.checkpoint_users_removed = int(status.split()[-1])
         if writer is not None:
             report.archive_sha256 = writer.digest()
         report.seconds = time.monotonic() - started
-        async with conn.transaction():
+        async with timer.tx(conn):
             await lease.renew(force=True)
             await audit(conn, actor, "prune", None, _audit_details(report))
         return report
 
 
-async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
+async def _stand_on(conn: Conn, lease: Lease, p: Plan, timer: Timer) -> None:
     """Before anything is deleted: every window from the checkpoint pruned through (or the
     beginning) up to P verified against its stored hashes and chain (a changed or deleted row
     refuses the prune: deleting it would destroy the evidence), summing the rows on the way
     into P's per-user totals. Those are compared with P's own when the checkpoints still keep
     them, and stored as P's when they do not (checkpoints keep only the newest two)."""
     assert p.checkpoint is not None
-    timer = Timer()
     await since_table(conn)
     walked, prev_hash = ORIGIN, None
     if p.pruned_through is not None:
@@ -332,7 +397,8 @@ async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
         )
     if await conn.fetchval(_h("checkpoint_users_count"), p.checkpoint.id):
         for lo, hi in await user_ranges(conn, None):
-            differ = await conn.fetch(_h("compare_checkpoint_users"), p.checkpoint.id, lo, hi)
+            async with timer.tx(conn):
+                differ = await conn.fetch(_h("compare_checkpoint_users"), p.checkpoint.id, lo, hi)
             if differ:
                 raise Refused(
                     f"prune refused, nothing deleted: checkpoint {p.checkpoint.id}'s totals "
@@ -341,7 +407,7 @@ async def _stand_on(conn: Conn, lease: Lease, p: Plan) -> None:
             await lease.renew()
         return
     await lease.renew(force=True)
-    async with conn.transaction():
+    async with timer.tx(conn):
         await conn.execute(_q("prune_rebuild_users"), p.checkpoint.id)
 
 
@@ -358,12 +424,12 @@ def _audit_details(report: PruneReport) -> dict[str, Any]:
     }
 
 
-async def _move_floors(conn: Conn, p: Plan, actor: str, lease: Lease) -> None:
+async def _move_floors(conn: Conn, p: Plan, actor: str, lease: Lease, timer: Timer) -> None:
     """Step 1, one transaction: the floors up to P's cuts (never down), with its audit row."""
     assert p.checkpoint is not None
     cp = p.checkpoint
     holder = lease.holder
-    async with conn.transaction():
+    async with timer.tx(conn):
         await lease.renew(force=True)
         moved = await conn.fetchval(
             _q("prune_set_floors"),
@@ -396,57 +462,152 @@ async def _delete_table(
     table: str,
     p: Plan,
     report: PruneReport,
-    limits: Limits,
+    pacer: Pacer,
     lease: Lease,
     writer: ArchiveWriter | None,
     started: float,
 ) -> bool:
     """Step 2 for one table; False when the run-time bound stopped it."""
     cursor, floor = p.start[table], p.floors[table]
-    rows_query = query(f"rows_{table}", "history.sql")
+    limits = pacer.limits
     while cursor < floor:
         if time.monotonic() - started >= limits.max_s:
             return False
-        began = False
+        began = time.monotonic()
         try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
-                await conn.fetchrow(
-                    _q("prune_floor_settings"),
-                    p.floors["trades"],
-                    p.floors["transactions"],
-                    p.floors["sim_runs"],
+            if writer is None:
+                batch = await _delete_batch(conn, table, p, lease, cursor, floor, pacer.rows)
+            else:
+                batch = await _delete_archived_batch(
+                    conn, table, p, lease, writer, cursor, floor, pacer.rows
                 )
-                await lease.renew()
-                hi = await conn.fetchval(_q(f"prune_next_{table}"), cursor, floor, limits.batch)
-                if hi is None:
-                    return True
-                lines = await conn.fetch(rows_query, cursor, hi) if writer is not None else []
-                deleted = [
-                    r["id"] for r in await conn.fetch(_q(f"prune_delete_{table}"), cursor, hi)
-                ]
-                if writer is not None and deleted:
-                    gone = set(deleted)
-                    writer.begin(table, [(r["id"], r["line"]) for r in lines if r["id"] in gone])
-                    began = True
         except Exception as exc:
             if is_lock_timeout(exc):
                 raise Refused(
                     f"a batch of {table} waited {BATCH_LOCK_TIMEOUT} for a row lock; nothing of "
                     "it was deleted; run prune again"
                 ) from None
-            # An archived batch whose commit is in doubt stays pending in the manifest: the
-            # next prune settles it from what the database holds.
             raise
-        if began and writer is not None:
-            writer.done()
-        report.rows[table] += len(deleted)
-        report.batches += 1
+        if batch is None:
+            return True
+        hi, deleted, held_s = batch
+        worked_s = time.monotonic() - began
+        report.working_s += worked_s
+        if held_s is not None:  # None: an archived range with no row to delete, no transaction
+            report.rows[table] += deleted
+            report.batch(deleted, held_s)
+            report.timer.transactions += 1
+            report.timer.longest_s = max(report.timer.longest_s, held_s)
+            pacer.held(held_s)
         cursor = hi
-        if limits.pause_ms:
-            # Never so long that the lease (renewed in the next batch) could run out meanwhile.
-            await asyncio.sleep(min(limits.pause_ms / 1000, limits.lease_s / 3))
+        pause_s = pacer.pause_s(worked_s)
+        if pause_s > 0:
+            paused = time.monotonic()
+            await asyncio.sleep(pause_s)
+            report.paused_s += time.monotonic() - paused
     return True
+
+
+async def _batch_settings(conn: Conn, p: Plan, lease: Lease) -> None:
+    """The start of each batch's transaction: its lock timeout, the change log's floors set
+    locally (the trigger does not record retention's own deletes), the lease renewed."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'")
+    await conn.fetchrow(
+        _q("prune_floor_settings"),
+        p.floors["trades"],
+        p.floors["transactions"],
+        p.floors["sim_runs"],
+    )
+    await lease.renew()
+
+
+async def _delete_batch(
+    conn: Conn, table: str, p: Plan, lease: Lease, cursor: int, floor: int, rows: int
+) -> tuple[int, int, float | None] | None:
+    """One batch without an archive, one transaction: the next `rows` ids after the cursor up
+    to the floor, deleted. (upper id, rows deleted, seconds held); None: nothing left."""
+    began = time.monotonic()
+    async with conn.transaction():
+        await _batch_settings(conn, p, lease)
+        hi = await conn.fetchval(_q(f"prune_next_{table}"), cursor, floor, rows)
+        if hi is None:
+            return None
+        deleted = len(await conn.fetch(_q(f"prune_delete_{table}"), cursor, hi))
+    return hi, deleted, time.monotonic() - began
+
+
+async def _delete_archived_batch(
+    conn: Conn,
+    table: str,
+    p: Plan,
+    lease: Lease,
+    writer: ArchiveWriter,
+    cursor: int,
+    floor: int,
+    rows: int,
+) -> tuple[int, int, float | None] | None:
+    """One archived batch. Its rows' lines are read (one statement) and written to the archive
+    (compressed, fsynced, pending in the manifest) before its transaction opens, so the
+    delete's locks and snapshot are held for the delete alone. Exact all the same: the rows are
+    at or below the floors, where nothing but a prune (one at a time: the lease) deletes and
+    nothing writes; the delete takes only the ids archived and returns the count and digest of
+    the lines it removed, which must equal the archive's, or it rolls back and the pending
+    lines are cut away (a row changed since the prune verified it: run it again)."""
+    hi = await conn.fetchval(_q(f"prune_next_{table}"), cursor, floor, rows)
+    if hi is None:
+        return None
+    lines = sorted((r["id"], r["line"]) for r in await conn.fetch(_going(table), cursor, hi))
+    if not lines:  # every run in the range is its user's latest
+        return hi, 0, None
+    writer.begin(table, lines)
+    digest = hashlib.sha256("\n".join(line for _, line in lines).encode()).hexdigest()
+    began = time.monotonic()
+    try:
+        async with conn.transaction():
+            await _batch_settings(conn, p, lease)
+            gone = await conn.fetchrow(_delete_returning(table), cursor, hi, [i for i, _ in lines])
+            assert gone is not None
+            if (gone["rows"], gone["hash"]) != (len(lines), digest):
+                raise _Mismatch(
+                    f"a batch of {table} ({cursor}, {hi}] deleted {gone['rows']} row(s), not "
+                    f"the {len(lines)} archived, or other lines: a row changed since the prune "
+                    "verified it; nothing of the batch was deleted; run prune again (`simctl "
+                    "reconcile --full` names a changed row)"
+                )
+        held_s = time.monotonic() - began
+    except _Mismatch:
+        writer.settle(committed=False)
+        raise
+    # An archived batch whose commit is in doubt (the connection lost at COMMIT) stays pending
+    # in the manifest: the next prune settles it from what the database holds.
+    writer.done()
+    return hi, len(lines), held_s
+
+
+class _Mismatch(Refused):
+    """The delete removed other rows than the batch archived (and rolled back)."""
+
+
+def _going(table: str) -> str:
+    """The canonical lines (sql/history.sql rows_<table>) of the rows a batch ($1, $2] deletes:
+    for sim_runs only those that are not their user's latest (the CTE named like the table
+    stands for it in rows_sim_runs)."""
+    rows = _h(f"rows_{table}")
+    if table != "sim_runs":
+        return rows
+    return f"WITH sim_runs AS ({_q('prune_going_sim_runs')}) {rows}"
+
+
+def _delete_returning(table: str) -> str:
+    """The archived batch's delete ($1, $2] of the ids $3, with the row count and SHA-256 of the
+    canonical lines it removed, computed by the very rows_<table> query the archive's lines come
+    from: the CTE named like the table is the deleted rows in it."""
+    return (
+        f"WITH {table} AS ({_q(f'prune_delete_archived_{table}')}) "  # noqa: S608 (named queries)
+        "SELECT count(*)::int AS rows, "
+        "encode(sha256(convert_to(string_agg(line, E'\\n' ORDER BY id), 'UTF8')), 'hex') AS hash "
+        f"FROM ({_h(f'rows_{table}')}) r"
+    )
 
 
 # -- the archive ----------------------------------------------------------------------------------

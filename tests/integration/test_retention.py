@@ -407,9 +407,17 @@ async def test_each_delete_walks_the_primary_key(
     for table in ("trades", "transactions", "sim_runs"):
         async with pg.transaction():
             await pg.execute("SET LOCAL enable_seqscan = off")
-            for name in (f"prune_next_{table}", f"prune_delete_{table}"):
+            for name in (
+                f"prune_next_{table}",
+                f"prune_delete_{table}",
+                f"prune_delete_archived_{table}",
+            ):
                 sql = query(name, "retention.sql")
-                args = (0, 100, 10) if name.startswith("prune_next") else (0, 100)
+                args: tuple[Any, ...] = (0, 100)
+                if name.startswith("prune_next"):
+                    args = (0, 100, 10)
+                elif "archived" in name:
+                    args = (0, 100, [1, 2, 3])
                 plan = await pg.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
                 text = json.dumps(plan)
                 assert f'"Index Name": "{table}_pkey"' in text, (name, text)
@@ -612,3 +620,159 @@ async def test_ids_across_a_chunk_boundary_checkpoint_prune_and_verify(
     verified = simctl(["archive", "verify", str(archive)], admin_env, timeout=120)
     assert verified.returncode == 0, verified.stderr
     reconcile_clean(admin_env)
+
+
+async def going_lines(pg: asyncpg.Connection) -> dict[str, list[str]]:
+    """The canonical lines of every row a prune through the latest checkpoint must remove, per
+    archive file (table/day), in id order: the engine's rows at or below the checkpoint's cuts,
+    the runs among them that are not their user's latest."""
+    from store.archive import line_day
+    from store.sqlfiles import query
+
+    cut = await pg.fetchrow(
+        "SELECT trades_cut, transactions_cut, runs_cut FROM sim_checkpoints "
+        "WHERE state = 'verified' ORDER BY id DESC LIMIT 1"
+    )
+    assert cut is not None
+    latest = {
+        r["id"]
+        for r in await pg.fetch(
+            "SELECT DISTINCT ON (user_id) id FROM sim_runs ORDER BY user_id, scheduled_for DESC"
+        )
+    }
+    files: dict[str, list[tuple[int, str]]] = {}
+    for table, hi in (
+        ("trades", cut["trades_cut"]),
+        ("transactions", cut["transactions_cut"]),
+        ("sim_runs", cut["runs_cut"]),
+    ):
+        for r in await pg.fetch(query(f"rows_{table}", "history.sql"), 0, hi):
+            if table == "sim_runs" and r["id"] in latest:
+                continue
+            name = f"{table}/{line_day(table, r['line'])}.lines.gz"
+            files.setdefault(name, []).append((r["id"], r["line"]))
+    return {name: [line for _, line in sorted(rows)] for name, rows in files.items()}
+
+
+def archived_lines(archive: Path) -> dict[str, list[str]]:
+    from store.archive import read_lines
+
+    manifest = json.loads((archive / "manifest.json").read_text())
+    return {name: read_lines(archive / name) for name in manifest["files"]}
+
+
+async def test_a_tiny_time_budget_takes_many_small_batches_and_removes_exactly_the_same_rows(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Every batch over a 1 ms budget: each next one is cut to the floor of 10 rows (2x that at
+    most after a lucky one), so the prune takes many small transactions, and removes and
+    archives exactly the rows, and the lines, the checkpoint stands for."""
+    await make_history(pg, runner, settings, users=3, runs=40)
+    before_views = await views(pg)
+    before = await counts(pg)
+    expected = await going_lines(pg)
+    going = {t: sum(len(v) for k, v in expected.items() if k.startswith(t + "/")) for t in before}
+    archive = tmp_path / "archive"
+    tiny = {
+        **admin_env,
+        "SIM_PRUNE_BATCH_MS": "1",
+        "SIM_PRUNE_DUTY": "1",
+        "SIM_PRUNE_PAUSE_MS": "0",
+    }
+    done = prune(tiny, "--keep-days", "0", "--archive", str(archive), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["rows"] == going
+    assert {t: before[t] - n for t, n in (await counts(pg)).items()} == going
+    assert report["batch_rows"]["max"] <= 20
+    # With the default budget the same history goes in a handful of batches (10, 20, 40, ...
+    # per table); here at least one per 20 rows.
+    assert report["batches"] >= sum(going.values()) // 20
+    assert report["longest_batch_s"] <= report["longest_transaction_s"]
+    # The archive holds exactly those lines, file by file, in id order (its files' gzip members
+    # follow the batches; what they hold does not).
+    got = archived_lines(archive)
+    assert got == expected
+    for name, lines in expected.items():
+        digest = hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+        assert hashlib.sha256(gzip.decompress((archive / name).read_bytes())).hexdigest() == digest
+    verified = simctl(["archive", "verify", str(archive)], admin_env, timeout=120)
+    assert verified.returncode == 0, verified.stderr
+    assert await views(pg) == before_views
+    reconcile_clean(admin_env)
+
+
+@pytest.mark.parametrize(("duty", "factor"), [("0.25", 3.0), ("1", 0.0)])
+async def test_the_pause_between_batches_keeps_the_prune_to_its_duty(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    duty: str,
+    factor: float,
+) -> None:
+    """SIM_PRUNE_DUTY d: after a batch that worked t the prune pauses t x (1 - d) / d, so the
+    time it paused is at least that multiple of the time its batches worked (its own counters);
+    d = 1 with no least pause: it never pauses."""
+    await make_history(pg, runner, settings, users=2, runs=20)
+    paced = {**admin_env, "SIM_PRUNE_BATCH": "5", "SIM_PRUNE_DUTY": duty, "SIM_PRUNE_PAUSE_MS": "0"}
+    done = prune(paced, "--keep-days", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["complete"] is True and report["batches"] >= 10
+    assert report["working_s"] > 0
+    if factor:
+        # asyncio may wake a sleep up to its clock's resolution early: a millisecond a batch.
+        assert report["paused_s"] >= factor * report["working_s"] - 0.001 * report["batches"]
+    else:
+        assert report["paused_s"] == 0
+    assert report["seconds"] >= report["working_s"] + report["paused_s"]
+
+
+async def test_an_archived_batch_whose_rows_differ_from_its_lines_deletes_nothing(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The archive's lines are read before the delete's transaction opens; the delete proves
+    it removed those very rows (count and digest of their lines). A line that differs (a row
+    changed in between) rolls the batch back, cuts its lines out of the archive, and refuses."""
+    from store import retention
+    from store.errors import Refused
+    from store.retention import Limits
+    from store.retention import prune as do_prune
+
+    await make_history(pg, runner, settings, users=2, runs=12)
+    before = await counts(pg)
+    expected = await going_lines(pg)
+    victim = await pg.fetchval("SELECT min(id) FROM trades WHERE sim_run_id IS NOT NULL")
+    real_going = retention._going
+
+    def going(table: str) -> str:
+        sql = real_going(table)
+        if table != "trades":
+            return sql
+        return (
+            "SELECT id, user_id, CASE WHEN id = "  # noqa: S608 (an int from the database)
+            f"{int(victim)} THEN line || 'x' ELSE line END AS line FROM ({sql}) o"
+        )
+
+    monkeypatch.setattr(retention, "_going", going)
+    archive = tmp_path / "archive"
+    with pytest.raises(Refused, match=r"a row changed since the prune verified it"):
+        await do_prune(pg, 0, actor=ACTOR, limits=Limits(duty=1, pause_ms=0), archive_dir=archive)
+    monkeypatch.undo()
+    assert (await counts(pg))["trades"] == before["trades"]
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"] is None
+    assert not any(n.startswith("trades/") for n in manifest["files"])
+    # The next prune (the lease given back) archives and deletes them, exactly.
+    report = await do_prune(pg, 0, actor=ACTOR, archive_dir=archive, limits=Limits(pause_ms=0))
+    assert report.complete and report.rows["trades"] > 0
+    assert archived_lines(archive) == expected
