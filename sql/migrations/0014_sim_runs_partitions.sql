@@ -187,6 +187,48 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION sim_runs_add_partitions(integer) FROM PUBLIC;
 
+-- Retention's drop of one day partition (store/partitions.py), in the caller's transaction:
+-- ACCESS EXCLUSIVE on sim_runs (the parent: every statement on it waits, so the caller sets a
+-- short lock_timeout and keeps the transaction to this call), then, unless the partition's
+-- highest id or the change log's position for runs differs from what the caller saw when it
+-- archived the rows (NULL returned, nothing done): the default's bound raised to the day's end
+-- (NOT VALID: enforced for new rows at once, validated afterwards without blocking), the
+-- partition dropped, and the runs `p_keep` (each its user's latest, which retention never
+-- removes) put back, same ids and values, into the default, which now covers that day.
+-- Returns how many were put back.
+CREATE FUNCTION sim_runs_drop_day(p_name text, p_top bigint, p_changes bigint, p_keep bigint[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    day_end timestamptz;
+    top bigint;
+    kept sim_runs[];
+BEGIN
+    SELECT d.ends INTO day_end FROM sim_runs_day_partitions() d WHERE d.name = p_name;
+    IF day_end IS NULL THEN
+        RAISE EXCEPTION 'sim_runs has no day partition %', p_name;
+    END IF;
+    LOCK TABLE ONLY sim_runs IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format('SELECT max(id) FROM %I', p_name) INTO top;
+    IF top IS DISTINCT FROM p_top
+       OR (SELECT coalesce(max(id), 0) FROM sim_history_changes WHERE tbl = 'sim_runs') <> p_changes THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT array_agg(r ORDER BY r.id) FROM %I p JOIN sim_runs r ON r.id = p.id '
+                   'AND r.tableoid = %L::regclass WHERE p.id = ANY($1)', p_name, p_name)
+       INTO kept USING p_keep;
+    IF day_end > sim_runs_default_bound() THEN
+        EXECUTE format('ALTER TABLE sim_runs_default ADD CONSTRAINT sim_runs_default_bound_next '
+                       'CHECK (scheduled_for < %L::timestamptz) NOT VALID', day_end);
+        ALTER TABLE sim_runs_default DROP CONSTRAINT sim_runs_default_bound;
+        ALTER TABLE sim_runs_default RENAME CONSTRAINT sim_runs_default_bound_next TO sim_runs_default_bound;
+    END IF;
+    EXECUTE format('DROP TABLE %I', p_name);
+    INSERT INTO sim_runs OVERRIDING SYSTEM VALUE SELECT (unnest(kept)).*;
+    RETURN coalesce(cardinality(kept), 0);
+END $$;
+REVOKE ALL ON FUNCTION sim_runs_drop_day(text, bigint, bigint, bigint[]) FROM PUBLIC;
+
 SELECT sim_runs_add_partitions(7);
 
 -- Nothing may still read the table as it was by its old identity (a view would now show the
