@@ -11,7 +11,8 @@ commits, then the batch is settled): a prune killed anywhere leaves either the p
 and the batch undone, or the partition gone, its keepers in the default and the batch settled by
 the next prune from what the database holds. A partition holding a row above the floor (a late
 slot of that day, run after the checkpoint) stays, and the batched deletes take its rows at or
-below the floor.
+below the floor; so does, with an archive, a day too large to hold its lines in memory
+(ARCHIVE_MAX_ROWS).
 
 The DROP takes ACCESS EXCLUSIVE on sim_runs, so every statement on runs (the engine's inserts
 too) waits while it waits and while it holds: the archive is written and the keepers found
@@ -43,6 +44,10 @@ DROP_ATTEMPTS = 5
 DROP_RETRY_PAUSE_S = 0.5
 # Lines read per statement while archiving a partition.
 ARCHIVE_CHUNK_IDS = 50_000
+# With an archive, a drop's lines are one archive batch, held in memory until the drop commits
+# (about 150 bytes a run): a larger day is left to the batched deletes, which archive 5,000 rows
+# at a time.
+ARCHIVE_MAX_ROWS = 2_000_000
 _DAY_PARTITION = re.compile(r"^sim_runs_p[0-9]{8}$")
 
 
@@ -114,6 +119,9 @@ async def drop_ended(
         if top is not None and top > floor:
             report.skipped.append(name)
             continue
+        if writer is not None and top is not None and await _too_big(conn, ident):
+            report.skipped.append(name)
+            continue
         changes = int(await conn.fetchval(_q("changes_seen")))
         keep = [
             int(r["id"])
@@ -144,6 +152,17 @@ async def drop_ended(
                 raise
             # Housekeeping validates it before it attaches the next partition.
     return report
+
+
+async def _too_big(conn: Conn, ident: str) -> bool:
+    """More rows than ARCHIVE_MAX_ROWS (the planner's estimate first, then a count)."""
+    estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", ident)
+    if estimate is not None and estimate > 2 * ARCHIVE_MAX_ROWS:
+        return True
+    rows = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {ident} LIMIT {ARCHIVE_MAX_ROWS + 1}) x"  # noqa: S608
+    )
+    return bool(rows > ARCHIVE_MAX_ROWS)
 
 
 async def _going(

@@ -20,6 +20,7 @@ import pytest
 from engine.market import Market
 from simconfig import Settings
 from store.db import connect, create_pool
+from store.growth import overview
 from store.history import checkpoint
 from store.market import ensure_market
 from store.migrate import migrate
@@ -301,6 +302,51 @@ async def _no_drop_waiting(pg: asyncpg.Connection) -> bool:
     )
 
 
+class Crash(Exception):
+    """Stands for the process dying at that point."""
+
+
+async def test_a_drop_committed_but_not_settled_in_the_archive_is_settled_by_the_next_prune(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from store import archive as archive_module
+    from store.retention import Limits
+    from store.retention import prune as do_prune
+
+    h = await days_of_history(pg, runner, settings)
+    archive = tmp_path / "archive"
+    real_done = archive_module.ArchiveWriter.done
+
+    def done(self: archive_module.ArchiveWriter) -> None:
+        if (self.manifest["pending"] or {}).get("table") == "sim_runs":
+            raise Crash  # the DROP committed, the manifest still says pending
+        real_done(self)
+
+    monkeypatch.setattr(archive_module.ArchiveWriter, "done", done)
+    with pytest.raises(Crash):
+        await do_prune(pg, 0, actor=ACTOR, limits=Limits(pause_ms=0), archive_dir=archive)
+    monkeypatch.undo()
+    assert not await exists(pg, part(h["first"]))
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"]["table"] == "sim_runs"
+    await pg.execute("UPDATE sim_history SET lease_until = now() - interval '1 second'")
+    clean(admin_env, "prune", "--keep-days", "0", "--archive", str(archive))
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"] is None
+    runs = {n: e["rows"] for n, e in manifest["files"].items() if e["table"] == "sim_runs"}
+    assert runs == {
+        f"sim_runs/{h['first']:%Y-%m-%d}.lines.gz": 28 - 1,
+        f"sim_runs/{h['first'] + timedelta(days=1):%Y-%m-%d}.lines.gz": 24,
+    }
+    clean(admin_env, "archive", "verify", str(archive))
+    clean(admin_env, "reconcile", "--full")
+
+
 async def test_housekeeping_makes_the_days_ahead_and_the_default_swallows_no_future_day(
     pg: asyncpg.Connection, settings: Settings
 ) -> None:
@@ -316,8 +362,11 @@ async def test_housekeeping_makes_the_days_ahead_and_the_default_swallows_no_fut
             uid,
             midnight(ahead[-1]) + timedelta(hours=1),
         )
+    # status says so while they end within two days.
+    assert any("day partitions through" in w for w in (await overview(pg)).warnings)
     made = await partitions_ahead(settings)
     assert made >= len(ahead)
+    assert not any("day partitions through" in w for w in (await overview(pg)).warnings)
     for d in ahead:
         assert await exists(pg, part(d)), d
     assert await partitions_ahead(settings) == 0
