@@ -159,6 +159,13 @@ BEGIN
     IF day > through_day THEN
         RETURN 0;
     END IF;
+    -- One maker at a time (several schedulers): SHARE UPDATE EXCLUSIVE conflicts with itself,
+    -- not with the engine's inserts and reads, and only a role that may write sim_runs takes
+    -- it. The parent first, as retention's drop locks it (then the default): no deadlock.
+    LOCK TABLE ONLY sim_runs IN SHARE UPDATE EXCLUSIVE MODE;
+    SELECT greatest((sim_runs_default_bound() AT TIME ZONE 'UTC')::date,
+                    max((p.ends AT TIME ZONE 'UTC')::date))
+      INTO day FROM sim_runs_day_partitions() p;
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'sim_runs_default'::regclass
                 AND conname = 'sim_runs_default_bound' AND NOT convalidated) THEN
         ALTER TABLE sim_runs_default VALIDATE CONSTRAINT sim_runs_default_bound;
