@@ -53,7 +53,9 @@ def prune(
     window, or when another prune or checkpoint holds the history lease (named, with until
     when). An admin act (key needed, audited as 'prune'); --dry-run needs no key.
 
-    Rows go in batches of SIM_PRUNE_BATCH by primary-key range, each its own transaction,
+    Runs go a UTC day at a time where they can: a day that is over and whose runs are all
+    covered is dropped as a partition (each user's latest run in it kept). The rest go in
+    batches of SIM_PRUNE_BATCH by primary-key range, each its own transaction,
     SIM_PRUNE_PAUSE_MS apart, for at most SIM_PRUNE_MAX_S (then it stops; the next prune goes
     on). A prune killed at any point leaves the views exact; run it again to finish.
 
@@ -101,6 +103,12 @@ def prune(
     rows = ", ".join(f"{n:,} {t}" for t, n in report.rows.items())
     cp = report.plan.checkpoint
     out.print(f"pruned through checkpoint {cp.id if cp else '-'}: removed {rows}", markup=False)
+    if report.drops.dropped:
+        out.print(
+            f"dropped {len(report.drops.dropped)} day(s) of runs whole "
+            f"({', '.join(report.drops.dropped)}); {report.drops.kept} latest run(s) kept",
+            markup=False,
+        )
     if report.archive_sha256:
         out.print(f"archive {archive}: manifest sha256 {report.archive_sha256}", markup=False)
     if not report.complete:
