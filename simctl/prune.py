@@ -53,7 +53,9 @@ def prune(
     window, or when another prune or checkpoint holds the history lease (named, with until
     when). An admin act (key needed, audited as 'prune'); --dry-run needs no key.
 
-    Rows go in batches by primary-key range, each its own transaction, for at most
+    Runs go a UTC day at a time where they can: a day that is over and whose runs are all
+    covered is dropped as a partition (each user's latest run in it kept). The rest go in
+    batches by primary-key range, each its own transaction, for at most
     SIM_PRUNE_MAX_S (then it stops; the next prune goes on). Each batch is sized to a time
     budget, SIM_PRUNE_BATCH_MS (250): the next batch's rows grow or shrink by how long the last
     one's transaction was open, from 10 up to SIM_PRUNE_BATCH (5000). After a batch that worked
@@ -118,6 +120,12 @@ def prune(
         f"{report.paused_s:.1f} s, {report.seconds:.1f} s in all",
         markup=False,
     )
+    if report.drops.dropped:
+        out.print(
+            f"dropped {len(report.drops.dropped)} day(s) of runs whole "
+            f"({', '.join(report.drops.dropped)}); {report.drops.kept} latest run(s) kept",
+            markup=False,
+        )
     if report.archive_sha256:
         out.print(f"archive {archive}: manifest sha256 {report.archive_sha256}", markup=False)
     if not report.complete:

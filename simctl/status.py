@@ -217,6 +217,14 @@ def growth_lines(g: dict[str, Any]) -> list[tuple[str, str]]:
             lines.append(
                 ("checkpoint building", f"{h['building_id']} since {utc(h['building_since'])} UTC")
             )
+        if h["run_days_through"] is not None:
+            lines.append(
+                (
+                    "run partitions",
+                    f"{h['run_days']} days, through {utc(h['run_days_through'])} UTC "
+                    f"({h['run_days_ahead']:.1f} days ahead)",
+                )
+            )
     for warning in g.get("warnings") or []:
         lines.append(("WARNING", warning))
     return lines

@@ -103,15 +103,20 @@ SELECT s.n_dead_tup AS dead_tuples, s.n_live_tup AS live_tuples,
 
 -- history_state --
 -- Retention's window and the checkpoints an operator acts on: the newest verified one, and
--- the newest one after it that failed or is still building (each a probe of the primary key).
+-- the newest one after it that failed or is still building (each a probe of the primary key);
+-- sim_runs' day partitions and how far ahead they reach (a catalogue read).
 SELECT h.keep_days, h.pruned_through, h.pruned_at,
        (SELECT cut_at FROM sim_checkpoints WHERE id = h.pruned_through) AS pruned_cut_at,
        v.id AS checkpoint_id, v.cut_at AS checkpoint_cut_at,
        v.verified_at AS checkpoint_verified_at,
        extract(epoch FROM now() - v.cut_at)::float8 AS checkpoint_age_s,
        f.id AS failed_id, f.started_at AS failed_at, f.error AS failed_error,
-       g.id AS building_id, g.started_at AS building_since
+       g.id AS building_id, g.started_at AS building_since,
+       d.run_days, d.run_days_through,
+       extract(epoch FROM d.run_days_through - now())::float8 / 86400 AS run_days_ahead
   FROM sim_history h
+  CROSS JOIN (SELECT count(*) AS run_days, max(ends) AS run_days_through
+                FROM sim_runs_day_partitions()) d
   LEFT JOIN LATERAL (
         SELECT id, cut_at, verified_at FROM sim_checkpoints
          WHERE state = 'verified' ORDER BY id DESC LIMIT 1) v ON true

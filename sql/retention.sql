@@ -37,9 +37,14 @@ SELECT pruned_through, trades_floor, transactions_floor, runs_floor, keep_days, 
 
 -- prune_table_size --
 -- Bytes per row of a table with its indexes and TOAST: the estimate of what deleting rows frees
--- (for reuse by Postgres; the files shrink only with VACUUM FULL or a repack).
-SELECT pg_total_relation_size(c.oid) AS bytes, c.reltuples::bigint AS tuples
-  FROM pg_class c WHERE c.oid = $1::regclass
+-- (for reuse by Postgres; the files shrink only with VACUUM FULL or a repack; a dropped
+-- partition of sim_runs frees its files at once). A partitioned table (sim_runs, 0014) has no
+-- storage of its own: its partitions are summed (a table that is not one is its only leaf).
+SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint AS bytes,
+       coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS tuples
+  FROM pg_partition_tree($1::regclass) t
+  JOIN pg_class c ON c.oid = t.relid
+ WHERE t.isleaf
 
 -- prune_all_trades --
 SELECT count(*) FROM trades

@@ -92,6 +92,9 @@ class HistoryState:
     failed_error: str | None
     building_id: int | None
     building_since: datetime | None
+    run_days: int  # sim_runs' day partitions (0014)
+    run_days_through: datetime | None  # the end of the newest one
+    run_days_ahead: float | None  # days from now to that end
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,11 @@ class Overview:
     users: UsersVacuum | None
     history: HistoryState | None
     warnings: list[str] = field(default_factory=list)
+
+
+# simctl status warns when sim_runs' day partitions end sooner than this (housekeeping keeps
+# them store.partitions.AHEAD_DAYS ahead).
+RUN_DAYS_AHEAD_WARN = 2.0
 
 
 async def sample(conn: Conn, *, min_interval_s: float = 0.0) -> bool:
@@ -243,6 +251,12 @@ async def overview(conn: Conn, *, checkpoint_interval_s: float | None = None) ->
             f"({u.vacuum_at_dead:,}): autovacuum is behind or a long transaction holds it back"
         )
     h = out.history
+    if h is not None and (h.run_days_ahead is None or h.run_days_ahead < RUN_DAYS_AHEAD_WARN):
+        through = "none" if h.run_days_through is None else h.run_days_through.isoformat()
+        out.warnings.append(
+            f"sim_runs has day partitions through {through} only: a run later than that is "
+            "refused; the schedulers' housekeeping makes them a week ahead (is one running?)"
+        )
     if h is not None and h.failed_id is not None:
         out.warnings.append(f"checkpoint {h.failed_id} failed: {h.failed_error or 'no reason'}")
     if (

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.chain import TABLES, chain_hash, table_hash, window_hash
+from store import partitions
 from store.archive import (
     ArchiveError,
     ArchiveWriter,
@@ -201,9 +202,14 @@ class PruneReport:
         self.batch_rows_min = rows if self.batches == 1 else min(self.batch_rows_min, rows)
         self.batch_rows_max = max(self.batch_rows_max, rows)
 
+    drops: partitions.DropReport = field(default_factory=partitions.DropReport)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "checkpoint_id": self.plan.checkpoint.id if self.plan.checkpoint else None,
+            "partitions_dropped": self.drops.dropped,
+            "runs_put_back": self.drops.kept,
+            "longest_drop_tx_ms": round(self.drops.longest_lock_ms, 1),
             "pruned_through": self.plan.pruned_through,
             "keep_days": self.plan.keep_days,
             "floors": self.plan.floors,
@@ -343,6 +349,17 @@ async def prune(
         await _move_floors(conn, the_plan, actor, lease, timer)
         if writer is not None:
             await _record_checkpoints(conn, writer)
+        # sim_runs' ended days whose rows are all below the floor go whole (store/partitions.py);
+        # the batches below delete what is left at or below the floors, the default's included.
+        dropped = await partitions.drop_ended(
+            conn,
+            the_plan.floors["sim_runs"],
+            lease=lease,
+            writer=writer,
+            deadline=started + limits.max_s,
+        )
+        report.rows["sim_runs"] += dropped.rows
+        report.drops = dropped
         report.complete = True
         pacer = Pacer(limits)
         for t in TABLES:
@@ -421,6 +438,7 @@ def _audit_details(report: PruneReport) -> dict[str, Any]:
         "complete": report.complete,
         "checkpoint_users_removed": report.checkpoint_users_removed,
         "archive_sha256": report.archive_sha256,
+        "partitions_dropped": report.drops.dropped,
     }
 
 

@@ -698,13 +698,22 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
         "user_trades": (query("user_trades", "console.sql"), 7, 2**63 - 1, 20),
         "audit": (query("audit_page", "console.sql"), 2**63 - 1, None, None, 50),
     }
+    # sim_runs' day partitions made ahead (0014) are empty here (the runs are today's, in the
+    # default partition): a scan of one reads no page.
+    empty = {
+        r["relname"]
+        for r in await pg.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'sim_runs'::regclass AND pg_relation_size(c.oid) = 0"
+        )
+    }
     for name, (sql, *args) in plans.items():
         plan = await pg.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + str(sql), *args)
         scanned = _executed_seq_scans(json.loads(plan) if isinstance(plan, str) else plan)
         # sim_control, sim_checkpoints and sim_processes (one row per running process) hold a
         # row or a few; admin_audit is small here.
         allowed = {"sim_control", "sim_checkpoints", "sim_processes", "admin_audit"}
-        assert scanned <= allowed, (name, scanned)
+        assert scanned - empty <= allowed, (name, scanned)
     # 50,000 users due: the overview says "at least", having read DUE_CAP of them.
     await pg.execute("UPDATE users SET sim_next_run_at = now() - interval '1 minute'")
     data = await overview(pg)

@@ -137,7 +137,8 @@ async def test_every_contract_table_and_column_has_its_type(pg: asyncpg.Connecti
         """SELECT c.relname AS t, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS type
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped"""
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND a.attnum > 0 AND NOT a.attisdropped"""
     )
     found: dict[str, dict[str, str]] = {}
     for r in rows:
