@@ -162,8 +162,8 @@ def driver_error(exc: BaseException) -> StoreError | None:
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate in _NO_SCHEMA:
         return Misconfigured(
-            f"the database has no simengine schema or an older one ({first_line(exc)}): "
-            "run `simctl migrate`"
+            f"the database DATABASE_URL names has no simengine schema or an older one "
+            f"({first_line(exc)}): check DATABASE_URL, or run `simctl migrate` on it"
         )
     if sqlstate == "42501":
         return Misconfigured(

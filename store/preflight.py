@@ -32,8 +32,8 @@ async def check_engine_schema(conn: Conn) -> None:
     missing = [r["name"] for r in rows if not r["present"]]
     if missing:
         raise Misconfigured(
-            f"the database has no simengine schema (table {missing[0]} is missing): "
-            "run `simctl migrate` first"
+            f"the database DATABASE_URL names has no simengine schema (table {missing[0]} is "
+            "missing): check DATABASE_URL, or run `simctl migrate` on it first"
         )
     tables, privileges = zip(
         *((table, p) for table, needed in _NEEDS.items() for p in needed), strict=True
