@@ -1,4 +1,4 @@
--- sim_runs' day partitions (migration 0014, store/partitions.py): made ahead by housekeeping,
+-- sim_runs' day partitions (migration 0015, store/partitions.py): made ahead by housekeeping,
 -- dropped by retention. Where a partition's name is part of a statement, store/partitions.py
 -- puts it in as a quoted identifier, after checking it is one of sim_runs_day_partitions().
 

@@ -73,7 +73,7 @@ DELETE FROM sim_leases WHERE id = $1
 -- and writes nothing; the import and a market cancel take EXCLUSIVE. Then the imported spans,
 -- the newest stored market version not cancelled (a change is seen by the next batch; it only
 -- prices ticks after a lead time, so a batch that started before it was stored never needs it;
--- a cancel lowers the number, so the next batch drops the cancelled version: migration 0015),
+-- a cancel lowers the number, so the next batch drops the cancelled version: migration 0014),
 -- and the transaction's now(): no slot later than it runs, and no model tick later than it is
 -- written.
 WITH fence AS (

@@ -38,7 +38,7 @@ SELECT pruned_through, trades_floor, transactions_floor, runs_floor, keep_days, 
 -- prune_table_size --
 -- Bytes per row of a table with its indexes and TOAST: the estimate of what deleting rows frees
 -- (for reuse by Postgres; the files shrink only with VACUUM FULL or a repack; a dropped
--- partition of sim_runs frees its files at once). A partitioned table (sim_runs, 0014) has no
+-- partition of sim_runs frees its files at once). A partitioned table (sim_runs, 0015) has no
 -- storage of its own: its partitions are summed (a table that is not one is its only leaf).
 SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint AS bytes,
        coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS tuples

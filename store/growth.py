@@ -92,7 +92,7 @@ class HistoryState:
     failed_error: str | None
     building_id: int | None
     building_since: datetime | None
-    run_days: int  # sim_runs' day partitions (0014)
+    run_days: int  # sim_runs' day partitions (0015)
     run_days_through: datetime | None  # the end of the newest one
     run_days_ahead: float | None  # days from now to that end
 

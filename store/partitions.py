@@ -1,4 +1,4 @@
-"""sim_runs' day partitions (migration 0014): made ahead by the scheduler's housekeeping, dropped
+"""sim_runs' day partitions (migration 0015): made ahead by the scheduler's housekeeping, dropped
 by retention instead of deleting their rows.
 
 A day partition goes when its day is over and every row in it is at or below retention's floor

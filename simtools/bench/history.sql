@@ -33,7 +33,7 @@ SELECT (SELECT count(*) FROM sim_runs) AS runs,
 -- pg_total_relation_size (heap, indexes, TOAST) of every table the engine writes: the history
 -- it appends (trades, transactions, sim_runs), the state it updates once per run (users,
 -- portfolio), its leases and prices, and the checkpoints' own tables. A table not there (an
--- older schema) is left out. A partitioned table (sim_runs since 0014) is the sum of its
+-- older schema) is left out. A partitioned table (sim_runs since 0015) is the sum of its
 -- partitions (its own size is 0).
 SELECT t.name, (SELECT coalesce(sum(pg_total_relation_size(p.relid)), 0)
                   FROM pg_partition_tree(to_regclass(t.name)) p WHERE p.isleaf)::bigint AS bytes

@@ -698,7 +698,7 @@ async def test_the_consoles_reads_walk_indexes_not_tables_on_50k_users(
         "user_trades": (query("user_trades", "console.sql"), 7, 2**63 - 1, 20),
         "audit": (query("audit_page", "console.sql"), 2**63 - 1, None, None, 50),
     }
-    # sim_runs' day partitions made ahead (0014) are empty here (the runs are today's, in the
+    # sim_runs' day partitions made ahead (0015) are empty here (the runs are today's, in the
     # default partition): a scan of one reads no page.
     empty = {
         r["relname"]

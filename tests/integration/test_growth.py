@@ -177,7 +177,7 @@ async def test_record_growth_sets_the_gauges(pg: asyncpg.Connection) -> None:
     )
     assert await metrics.record_growth(pg)
     size = metrics.TABLE_BYTES.labels(table="sim_runs")._value.get()
-    # sim_runs is partitioned (0014): its size is its partitions' (its own is 0).
+    # sim_runs is partitioned (0015): its size is its partitions' (its own is 0).
     assert size == await pg.fetchval(
         "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('sim_runs') WHERE isleaf"
     )

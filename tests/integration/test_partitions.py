@@ -1,4 +1,4 @@
-"""sim_runs partitioned by day (migration 0014, store/partitions.py): a populated 0013 database
+"""sim_runs partitioned by day (migration 0015, store/partitions.py): a populated 0014 database
 migrates keeping every run, id and the slot rule; retention drops ended days whole (archived
 first, each user's latest run kept) with the views, reconcile and the archive exact; a prune
 killed in the middle of a drop leaves nothing half done; housekeeping makes the days ahead and
@@ -393,7 +393,7 @@ async def test_a_partitions_lines_are_the_chains_lines(
     assert all(chain[r["id"]] == r["line"] for r in ours)
 
 
-async def test_a_populated_0013_database_migrates_keeping_every_run_and_the_slot_rule(
+async def test_a_populated_0014_database_migrates_keeping_every_run_and_the_slot_rule(
     settings: Settings, env: dict[str, str]
 ) -> None:
     name = create_database("template0")
@@ -401,7 +401,7 @@ async def test_a_populated_0013_database_migrates_keeping_every_run_and_the_slot
     conn = await connect(url)
     pool = await create_pool(url, max_size=2)
     try:
-        await migrate(conn, migrations()[:13])
+        await migrate(conn, migrations()[:14])
         market, _ = await ensure_market(conn, settings)
         runner = BatchRunner(pool, settings, market)
         start = datetime.now(UTC) - timedelta(days=2)
@@ -420,7 +420,7 @@ async def test_a_populated_0013_database_migrates_keeping_every_run_and_the_slot
         assert len(before) == 90
 
         applied = await migrate(conn)
-        assert applied.applied == ["0014"]
+        assert applied.applied == ["0015"]
         assert (
             await conn.fetchval(
                 "SELECT relkind::text FROM pg_class WHERE oid = 'sim_runs'::regclass"

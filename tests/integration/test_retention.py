@@ -420,7 +420,7 @@ async def test_each_delete_walks_the_primary_key(
                     args = (0, 100, [1, 2, 3])
                 plan = await pg.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
                 text = json.dumps(plan)
-                # sim_runs is partitioned (0014): each partition has its own primary key, and
+                # sim_runs is partitioned (0015): each partition has its own primary key, and
                 # these runs (slots of June) are in the default partition.
                 pkey = "sim_runs_default_pkey" if table == "sim_runs" else f"{table}_pkey"
                 assert f'"Index Name": "{pkey}"' in text, (name, text)

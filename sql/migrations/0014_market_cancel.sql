@@ -1,4 +1,4 @@
--- 0015: a pending market change can be cancelled (`simctl market cancel VERSION`, the console's
+-- 0014: a pending market change can be cancelled (`simctl market cancel VERSION`, the console's
 -- market page): an audited admin act, refused once the version's effective tick is less than
 -- a safety margin away (store/market.py cancel_change).
 --

@@ -1,4 +1,4 @@
--- 0014: sim_runs partitioned by day of its slot, so retention drops a day instead of deleting
+-- 0015: sim_runs partitioned by day of its slot, so retention drops a day instead of deleting
 -- its rows one batch at a time (store/partitions.py; docs/architecture.md, "History").
 --
 -- The table's name, columns, identity and unique slot rule stay as they were: a partitioned
