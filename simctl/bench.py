@@ -76,6 +76,16 @@ def bench(
             "--soak-min", min=0, help="--history: minutes of the soak with retention (0: none)."
         ),
     ] = 30.0,
+    soak_rate: Annotated[
+        float,
+        typer.Option(
+            "--soak-rate",
+            min=0,
+            help="--history: the soak's runs a second, the users on slots spread over "
+            "--users / rate seconds (278: 1,000,000 users on hourly slots; 0: back to back, "
+            "the engine flat out).",
+        ),
+    ] = 278.0,
     checkpoint_s: Annotated[
         float,
         typer.Option("--checkpoint-s", min=1, help="--history: seconds between checkpoints."),
@@ -161,6 +171,7 @@ def bench(
         "--users": users != 100_000,
         "--measure-s": measure_s != 30.0,
         "--soak-min": soak_min != 30.0,
+        "--soak-rate": soak_rate != 278.0,
         "--checkpoint-s": checkpoint_s != 60.0,
         "--checkpoint-rows": checkpoint_rows != _CHECKPOINT_ROWS,
         "--prune-s": prune_s != 60.0,
@@ -198,6 +209,7 @@ def bench(
             users=users,
             measure_s=measure_s,
             soak_min=soak_min,
+            soak_rate=soak_rate,
             checkpoint_s=checkpoint_s,
             prune_s=prune_s,
             sample_s=sample_s,
@@ -210,6 +222,7 @@ def bench(
                 ("--users", users),
                 ("--measure-s", f"{measure_s:g}"),
                 ("--soak-min", f"{soak_min:g}"),
+                ("--soak-rate", f"{soak_rate:g}"),
                 ("--checkpoint-s", f"{checkpoint_s:g}"),
                 ("--checkpoint-rows", checkpoint_rows),
                 ("--prune-s", f"{prune_s:g}"),

@@ -60,6 +60,7 @@ from simtools.bench.history_results import (
     SoakSample,
     Window,
     from_checkpoint,
+    lag_stats,
     ratio,
     ratios,
     rows_since,
@@ -76,6 +77,8 @@ Say = Callable[[str], None]
 CHECKPOINT_ERRORS = ("checkpoint.not_taken", "checkpoint.failed")  # the scheduler's log events
 BUSY_RETRY_S = 3.0  # a history command refused for the lease is tried again this soon
 POLL_S = 0.5  # how often the soak and the fill read the runs handed out
+SOAK_RATE = 278.0  # runs/s: 1,000,000 users on hourly slots
+LAG_DELAY_POLLS = 6  # the soak reads a poll's runs' lags this many polls later (batches commit)
 STALL_S = 180.0  # no run in this long while filling: the engine is stuck, the bench stops
 MID_RUNS = 1_000_000  # the middle point when --runs is more and --mid-runs is not given
 CHECKPOINT_ROWS = int(Settings.model_fields["sim_checkpoint_rows"].default)
@@ -97,6 +100,10 @@ class HistoryPlan:
     measure_s: float = 30.0
     warmup_s: float = 5.0
     soak_min: float = 30.0
+    # The soak's rate, runs a second (the users on slots spread over users / rate seconds):
+    # 278 is 1,000,000 users on hourly slots (24 M runs a day, the issue's platform). 0: back to
+    # back, the engine flat out, as the fill runs.
+    soak_rate: float = SOAK_RATE
     checkpoint_s: float = 60.0
     prune_s: float = 60.0
     sample_s: float = 60.0
@@ -322,6 +329,13 @@ async def back_to_back(conn: Conn, interval_s: int) -> None:
     await conn.execute(history_query("hist_back_to_back"), interval_s)
 
 
+def soak_interval(plan: HistoryPlan) -> int:
+    """Every user's interval in the soak: users / rate seconds (1, back to back, for rate 0)."""
+    if plan.soak_rate <= 0:
+        return 1
+    return max(1, round(plan.users / plan.soak_rate))
+
+
 async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
     """Runs committed in `seconds` of the running engine, and the claims logged meanwhile."""
     engine.check()
@@ -425,13 +439,20 @@ async def idle_point(
 NO_CHECKPOINTS = CheckpointStats(0, None, None, None, None, None)
 
 
-def make_point(label: str, idle: _Idle, engine: Window, scheduler: CheckpointStats) -> Point:
+def make_point(
+    label: str,
+    idle: _Idle,
+    engine: Window,
+    scheduler: CheckpointStats,
+    with_checkpoints: Window | None,
+) -> Point:
     return Point(
         label=label,
         runs=idle.counts["runs"],
         trades=idle.counts["trades"],
         ledger_rows=idle.counts["ledger_rows"],
         engine=engine,
+        engine_with_checkpoints=with_checkpoints,
         reconcile=idle.reconcile,
         reconcile_rows_since=rows_since(idle.reconcile),
         reconcile_from_checkpoint=from_checkpoint(idle.reconcile),
@@ -556,9 +577,10 @@ async def fill_and_measure(
     logdir: Path,
     say: Say,
 ) -> tuple[Point, Point | None, Point, Fill]:
-    """The 0 point (before the engine starts), then the fill: the engine's window at 0, on to
-    --mid-runs (its window; the engine stopped for the middle point's commands, then started
-    again), on to --runs (its window; stopped for the N point's commands)."""
+    """The 0 point (before the engine starts) and the engine alone's window at 0; then the
+    fill with the scheduler's checkpoints on to --mid-runs (its window), the engine stopped for
+    the middle point's commands and the engine alone's window there, the fill again on to
+    --runs (its window), stopped for the N point's commands and the engine alone's window."""
     name = f"simbench_{os.getpid()}_history"
     say(f"history: {plan.users:,} users, migrated and seeded")
     async with scratch_database(
@@ -576,65 +598,88 @@ async def fill_and_measure(
             # Once untimed: a first simctl of a fresh install compiles its modules.
             await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
             zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
-            engines = [Engine(env, url, logdir, plan.workers, "fill")]
-            engine = engines[0]
-            engine.start(scheduler_cp, plan.checkpoint_rows)
-            mid: Point | None = None
-            paused_s = 0.0
-            try:
-                await back_to_back(conn, plan.interval_s)
-                fill_started = time.monotonic()
-                # Every user is due at once at first: the 0 window starts once each has run
-                # once, when the slots have spread as they stay (a burst's claims walk every
-                # leased due user; steady state's do not).
-                await asyncio.sleep(plan.warmup_s)
-                await fill_to(conn, engine, plan.users, say, jobs)
-                say(f"history: engine window at 0 ({plan.measure_s:g} s)")
-                w0 = await window(conn, engine, plan.measure_s)
-                if plan.mid_runs is not None:
-                    say(f"history: filling to {plan.mid_runs:,} runs")
-                    await fill_to(conn, engine, plan.mid_runs, say, jobs)
-                    say(f"history: engine window at {plan.mid_runs:,} runs ({plan.measure_s:g} s)")
-                    wm = await window(conn, engine, plan.measure_s)
+            await back_to_back(conn, plan.interval_s)
+            w0 = await alone_window(conn, env, url, logdir, plan, "0", say)
+            fills: list[Engine] = []
+            spans: list[tuple[float, int]] = []  # (seconds, runs) of each fill engine
+
+            async def fill_window(target: int, label: str) -> Window:
+                engine = Engine(env, url, logdir, plan.workers, label)
+                fills.append(engine)
+                engine.start(scheduler_cp, plan.checkpoint_rows)
+                t0, r0 = time.monotonic(), await runs_taken(conn)
+                try:
+                    say(f"history: filling to {target:,} runs")
+                    await fill_to(conn, engine, target, say, jobs)
+                    say(
+                        f"history: engine window at {target:,} runs, with the scheduler's "
+                        f"checkpoints ({plan.measure_s:g} s)"
+                    )
+                    w = await window(conn, engine, plan.measure_s)
                     if jobs is not None:
                         await jobs.drain()
-                    paused = time.monotonic()
+                finally:
                     engine.stop()
-                    mid_idle = await idle_point(
-                        conn, env, url, avail, say, f"{await runs_taken(conn):,} runs"
-                    )
-                    mid = make_point("mid", mid_idle, wm, engine.checkpoints())
-                    engine = Engine(env, url, logdir, plan.workers, "fill-after-mid")
-                    engines.append(engine)
-                    engine.start(scheduler_cp, plan.checkpoint_rows)
-                    paused_s = time.monotonic() - paused
-                say(f"history: filling to {plan.runs:,} runs")
-                await fill_to(conn, engine, plan.runs, say, jobs)
-                say(f"history: engine window at {plan.runs:,} runs ({plan.measure_s:g} s)")
-                wn = await window(conn, engine, plan.measure_s)
-                fill_s = time.monotonic() - fill_started - paused_s
-                if jobs is not None:
-                    await jobs.drain()
-            finally:
-                engine.stop()
+                spans.append((time.monotonic() - t0, await runs_taken(conn) - r0))
+                return w
+
+            mid: Point | None = None
+            if plan.mid_runs is not None:
+                wm = await fill_window(plan.mid_runs, "fill")
+                mid_idle = await idle_point(
+                    conn, env, url, avail, say, f"{await runs_taken(conn):,} runs"
+                )
+                wm_alone = await alone_window(conn, env, url, logdir, plan, "mid", say)
+                mid = make_point("mid", mid_idle, wm_alone, fills[-1].checkpoints(), wm)
+            wn = await fill_window(plan.runs, "fill-after-mid" if mid is not None else "fill")
+            fill_s = sum(t for t, _ in spans)
             written = await runs_taken(conn)
             fill = Fill(
                 runs_target=plan.runs,
                 runs_written=written,
                 seconds=round(fill_s, 1),
-                runs_per_s=round(written / fill_s, 1),
+                runs_per_s=round(sum(n for _, n in spans) / fill_s, 1),
                 checkpoints=await checkpoint_states(conn),
                 checkpoint_errors=[
                     e
-                    for one in engines
+                    for one in fills
                     for e in scheduler_events(one.scheduler_log, CHECKPOINT_ERRORS)
                 ],
             )
             full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
+            wn_alone = await alone_window(conn, env, url, logdir, plan, "N", say)
         finally:
             await conn.close()
-    zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS)
-    return zero, mid, make_point("N", full_idle, wn, engine.checkpoints()), fill
+    zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS, None)
+    return zero, mid, make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn), fill
+
+
+async def alone_window(
+    conn: Conn,
+    env: dict[str, str],
+    url: str,
+    logdir: Path,
+    plan: HistoryPlan,
+    label: str,
+    say: Say,
+) -> Window:
+    """The engine alone at this much history: a scheduler with no checkpoints of its own
+    (SIM_CHECKPOINT_INTERVAL_S=0) and the workers, started afresh; its window begins once every
+    user has run once (at least `warmup_s` in: at first every user is due at once, a burst whose
+    claims walk every leased due user; after one pass the slots have spread as they then stay).
+    The same at every point, so what differs between points is the history alone; what a
+    checkpoint costs is measured on its own (it follows the rows since the last one, not the
+    history), and the fill's windows show the engine with the scheduler's checkpoints."""
+    engine = Engine(env, url, logdir, plan.workers, f"alone-{label}")
+    engine.start(0, 0)
+    try:
+        start = await runs_taken(conn)
+        await asyncio.sleep(plan.warmup_s)
+        await fill_to(conn, engine, start + plan.users, say, None)
+        say(f"history: engine window, the engine alone, at {label} ({plan.measure_s:g} s)")
+        return await window(conn, engine, plan.measure_s)
+    finally:
+        engine.stop()
 
 
 async def run_soak(
@@ -647,7 +692,8 @@ async def run_soak(
     logdir: Path,
     say: Say,
 ) -> Soak:
-    """The engine flat out on a fresh database of the same users for `soak_min`, checkpoints
+    """The engine on a fresh database of the same users for `soak_min` (at `soak_rate`: the
+    users on slots spread over their interval; 0: flat out, back to back), checkpoints
     every `checkpoint_s`, `prune --keep-days 0` every `prune_s`, a sample every `sample_s`;
     then `reconcile --full`, slots run twice, and each user's run count against the history."""
     if plan.soak_min <= 0:
@@ -664,8 +710,13 @@ async def run_soak(
         prune_s=plan.prune_s,
         checkpoints_by="the scheduler" if scheduler_cp is not None else "simctl checkpoint",
     )
+    soak.interval_s = interval = soak_interval(plan)
+    soak.rate_per_s = round(plan.users / interval, 1) if plan.soak_rate > 0 else None
     name = f"simbench_{os.getpid()}_soak"
-    say(f"history: soak with retention, {plan.soak_min:g} min")
+    say(
+        f"history: soak with retention, {plan.soak_min:g} min, every user every {interval} s"
+        + ("" if soak.rate_per_s is None else f" ({soak.rate_per_s:,} runs/s on slots)")
+    )
     async with scratch_database(
         cluster.url(), name, users=plan.users, due=False, settings=settings
     ) as url:
@@ -679,7 +730,7 @@ async def run_soak(
                 cmd_env, url, plan.checkpoint_s if scheduler_cp is None else None, plan.prune_s
             )
             try:
-                await back_to_back(conn, plan.interval_s)
+                await conn.execute(history_query("hist_spread_slots"), interval)
                 await _soak_loop(conn, engine, jobs, cmd_env, url, plan, soak, say)
                 await jobs.drain()
             finally:
@@ -718,6 +769,9 @@ async def _soak_loop(
     t0 = time.monotonic()
     end = t0 + plan.soak_min * 60
     rates: list[tuple[float, int, frozenset[str]]] = []
+    # Each poll's server time and busy set; its runs' lags are read LAG_DELAY_POLLS later.
+    polls: list[tuple[datetime, frozenset[str]]] = []
+    lags: dict[str, list[float]] = {"pruning": [], "quiet": []}
     sampling: asyncio.Task[None] | None = None
     last_sample = (t0, time.time(), await runs_taken(conn))
 
@@ -756,6 +810,20 @@ async def _soak_loop(
             if sampling is not None and not sampling.done():
                 busy.add("reconcile")
             rates.append((now, await runs_taken(conn), frozenset(busy)))
+            polls.append((await clock(conn), frozenset(busy)))
+            if len(polls) > LAG_DELAY_POLLS:
+                (a, busy_a), (b, busy_b) = polls[-LAG_DELAY_POLLS - 1], polls[-LAG_DELAY_POLLS]
+                kind = (
+                    "pruning"
+                    if "prune" in busy_a or "prune" in busy_b
+                    else "quiet"
+                    if not busy_a and not busy_b
+                    else None
+                )
+                if kind is not None:
+                    lags[kind] += [
+                        r["lag"] for r in await conn.fetch(history_query("hist_lags"), a, b)
+                    ]
             if now - last_sample[0] >= plan.sample_s and (sampling is None or sampling.done()):
                 if sampling is not None:
                     await sampling  # raise what it raised
@@ -776,6 +844,8 @@ async def _soak_loop(
     soak.runs_per_s_pruning = round(pruning[0] / pruning[1], 1) if pruning[1] else None
     soak.runs_per_s_quiet = round(quiet[0] / quiet[1], 1) if quiet[1] else None
     soak.pruning_vs_quiet = ratio(soak.runs_per_s_pruning, soak.runs_per_s_quiet)
+    soak.lag_pruning = lag_stats(lags["pruning"])
+    soak.lag_quiet = lag_stats(lags["quiet"])
 
 
 def summarise_soak(soak: Soak) -> None:

@@ -7,6 +7,21 @@
 -- (the issue's operator: 100,000 users back to back).
 UPDATE users SET sim_interval_s = $1::int, sim_next_run_at = now(), sim_claimed_until = NULL
 
+-- hist_spread_slots --
+-- The soak's schedule: every user every $1 s, their slots spread evenly over the interval (user
+-- id modulo the interval), unleased: users / $1 runs a second, as a platform's users on slots
+-- run (a slot's next is slot + interval, so the spread stays). $1 = 1: back to back.
+UPDATE users SET sim_interval_s = $1::int,
+                 sim_next_run_at = now() + make_interval(secs => (id % $1::int)::float8),
+                 sim_claimed_until = NULL
+
+-- hist_lags --
+-- How late each run started after its slot (seconds), for the runs the engine stamped finished
+-- in [$1, $2) (finished_at is the run's clock_timestamp() in its batch: read once the batches
+-- in flight then have committed).
+SELECT extract(epoch FROM started_at - scheduled_for)::float8 AS lag
+  FROM sim_runs WHERE finished_at >= $1 AND finished_at < $2
+
 -- hist_clock --
 SELECT clock_timestamp()
 
@@ -34,13 +49,15 @@ SELECT (SELECT count(*) FROM sim_runs) AS runs,
 -- it appends (trades, transactions, sim_runs), the state it updates once per run (users,
 -- portfolio), its leases and prices, and the checkpoints' own tables. A table not there (an
 -- older schema) is left out. A partitioned table (sim_runs since 0015) is the sum of its
--- partitions (its own size is 0).
-SELECT t.name, (SELECT coalesce(sum(pg_total_relation_size(p.relid)), 0)
-                  FROM pg_partition_tree(to_regclass(t.name)) p WHERE p.isleaf)::bigint AS bytes
+-- partitions (its own size is 0; pg_partition_tree lists nothing for a plain table).
+SELECT t.name, (CASE WHEN c.relkind = 'p'
+                     THEN (SELECT coalesce(sum(pg_total_relation_size(p.relid)), 0)
+                             FROM pg_partition_tree(c.oid) p WHERE p.isleaf)
+                     ELSE pg_total_relation_size(c.oid) END)::bigint AS bytes
   FROM unnest(ARRAY['trades', 'transactions', 'sim_runs', 'users', 'portfolio', 'price_history',
                     'sim_leases', 'sim_checkpoints', 'sim_checkpoint_blocks',
                     'sim_checkpoint_users', 'sim_history_changes']) WITH ORDINALITY AS t(name, ord)
- WHERE to_regclass(t.name) IS NOT NULL
+  JOIN pg_class c ON c.oid = to_regclass(t.name)
  ORDER BY t.ord
 
 -- hist_users_dead --

@@ -52,7 +52,8 @@ class Point:
     runs: int
     trades: int
     ledger_rows: int
-    engine: Window
+    engine: Window  # the engine alone: no checkpoint running (history.alone_window)
+    engine_with_checkpoints: Window | None  # the fill's own, the scheduler's checkpoints on
     reconcile: Timed
     reconcile_rows_since: int | None  # engine rows since its checkpoint (None: no such output)
     reconcile_from_checkpoint: int | None  # the checkpoint it judged from (None: the start)
@@ -118,6 +119,27 @@ class SoakSample:
     users_dead: int
 
 
+@dataclass(frozen=True)
+class LagStats:
+    """How late runs started after their slots (seconds): how many runs, median, p95, max."""
+
+    runs: int
+    median_s: float | None
+    p95_s: float | None
+    max_s: float | None
+
+
+def lag_stats(lags: list[float]) -> LagStats:
+    if not lags:
+        return LagStats(0, None, None, None)
+    xs = sorted(lags)
+
+    def at(q: float) -> float:
+        return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+
+    return LagStats(len(xs), at(0.5), at(0.95), round(xs[-1], 3))
+
+
 @dataclass
 class Soak:
     available: bool
@@ -125,6 +147,8 @@ class Soak:
     minutes: float = 0.0
     checkpoint_s: float = 0.0
     prune_s: float = 0.0
+    interval_s: int = 1  # every user's interval: the soak's schedule
+    rate_per_s: float | None = None  # users / interval_s; None: back to back, flat out
     checkpoints_by: str = ""  # "scheduler" (SIM_CHECKPOINT_INTERVAL_S) or "simctl checkpoint"
     samples: list[SoakSample] = field(default_factory=list)
     prunes: list[CommandRun] = field(default_factory=list)
@@ -137,6 +161,8 @@ class Soak:
     runs_per_s_pruning: float | None = None
     runs_per_s_quiet: float | None = None
     pruning_vs_quiet: float | None = None
+    lag_pruning: LagStats | None = None  # runs finished while a prune ran
+    lag_quiet: LagStats | None = None  # runs finished with no history command running
     growth_last_third_vs_first_window: float | None = None
     reconcile_last_vs_first: float | None = None
     claim_last_vs_first: float | None = None
@@ -228,6 +254,10 @@ def ratios(base: Point, full: Point) -> dict[str, float | None]:
     )  # MiB per million runs
     return {
         "runs_per_s": ratio(full.engine.runs_per_s, base.engine.runs_per_s),
+        "runs_per_s_with_checkpoints": ratio(
+            full.engine_with_checkpoints.runs_per_s if full.engine_with_checkpoints else None,
+            base.engine_with_checkpoints.runs_per_s if base.engine_with_checkpoints else None,
+        ),
         "claim_median_ms": ratio(full.engine.claim.median_ms, base.engine.claim.median_ms),
         "claim_ms_per_1000_users": ratio(
             full.engine.claim.ms_per_1000_users, base.engine.claim.ms_per_1000_users
@@ -363,9 +393,20 @@ def markdown(result: HistoryResult) -> str:
             lambda p: f"{_n(p.runs)} / {_n(p.trades)} / {_n(p.ledger_rows)}",
         ),
         row(
-            f"engine runs/s ({z.engine.seconds:g} s window)",
+            f"engine runs/s, the engine alone ({z.engine.seconds:g} s window, no checkpoint "
+            "running)",
             lambda p: f"{p.engine.runs_per_s} (from {_n(p.engine.history_runs_at_start)} runs)",
             "runs_per_s",
+        ),
+        row(
+            "engine runs/s with the scheduler's checkpoints (the fill's window)",
+            lambda p: (
+                "—"
+                if p.engine_with_checkpoints is None
+                else f"{p.engine_with_checkpoints.runs_per_s} (from "
+                f"{_n(p.engine_with_checkpoints.history_runs_at_start)} runs)"
+            ),
+            "runs_per_s_with_checkpoints",
         ),
         row(
             "claim ms per pass, median / p95",
@@ -438,12 +479,24 @@ def _removed(output: Any) -> int:
     return sum(v for v in rows.values() if isinstance(v, int)) if isinstance(rows, dict) else 0
 
 
+def _lag(lag: LagStats | None) -> str:
+    if lag is None or not lag.runs:
+        return "— (no runs)"
+    return f"{lag.median_s} / {lag.p95_s} / {lag.max_s} s ({_n(lag.runs)} runs)"
+
+
 def soak_markdown(soak: Soak) -> list[str]:
     if not soak.available:
         return [f"Soak with retention: not available ({soak.reason})."]
     lines = [
         f"Soak with retention: {soak.minutes:g} min on a fresh database of the same users, "
-        f"checkpoints every {soak.checkpoint_s:g} s ({soak.checkpoints_by}), "
+        + (
+            "back to back (the engine flat out), "
+            if soak.rate_per_s is None
+            else f"each on a slot every {soak.interval_s:,} s, spread ({soak.rate_per_s:,} "
+            "runs/s), "
+        )
+        + f"checkpoints every {soak.checkpoint_s:g} s ({soak.checkpoints_by}), "
         f"`simctl prune --keep-days 0` every {soak.prune_s:g} s.",
         "",
         "| at | runs | runs/s | trades + transactions + sim_runs | all engine tables | "
@@ -476,6 +529,8 @@ def soak_markdown(soak: Soak) -> list[str]:
         f"{_opt(soak.claim_last_vs_first, '×')}",
         f"- runs/s while a prune ran: {_opt(soak.runs_per_s_pruning)}; with no history command "
         f"running: {_opt(soak.runs_per_s_quiet)}; ratio {_opt(soak.pruning_vs_quiet, '×')}",
+        f"- how late runs started after their slots, median / p95 / max: while a prune ran "
+        f"{_lag(soak.lag_pruning)}; with no history command running {_lag(soak.lag_quiet)}",
         f"- at the end: `reconcile --full` {_timed(full)}; slots run twice: "
         f"{_opt(soak.doubled_slots)}; users whose sim_run_count the history does not explain: "
         f"{soak.run_counts.get('users_differing', '—')} ({_n(soak.run_counts.get('counted', 0))} "

@@ -33,8 +33,8 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     docs = ROOT / "docs" / "benchmarks.md"
     docs_before = docs.read_bytes()
     result = simctl(
-        ["bench", "--history", "--runs", "20k", "--mid-runs", "4k", "--users", "1000",
-         "--measure-s", "2", "--soak-min", "0.4", "--checkpoint-s", "4",
+        ["bench", "--history", "--runs", "80k", "--mid-runs", "4k", "--users", "1000",
+         "--measure-s", "5", "--soak-min", "0.4", "--checkpoint-s", "4",
          "--checkpoint-rows", "3000", "--prune-s", "4", "--sample-s", "5", "--json", str(out)],
         {**env, "DATABASE_URL": server_url()},
         timeout=580,
@@ -45,7 +45,7 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     assert data["cluster"]["autovacuum"] == "on"
     zero, mid, full = data["zero"], data["mid"], data["full"]
     # Each point is where the engine stopped: past its target by what ran in its window and since.
-    assert zero["runs"] == 0 and 4000 <= mid["runs"] < 20_000 <= full["runs"]
+    assert zero["runs"] == 0 and 4000 <= mid["runs"] < 80_000 <= full["runs"]
     assert full["trades"] > 0 and full["ledger_rows"] == full["trades"]
     assert data["settings"]["mid_runs"] == 4000 and data["settings"]["checkpoint_rows"] == 3000
     assert "SIM_CHECKPOINT_ROWS=3000" in data["settings"]["checkpoints"]
@@ -85,12 +85,33 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
         )
     # The windows start after their fills; history grew, and so did its tables.
     assert (
-        full["engine"]["history_runs_at_start"] >= 20_000 > mid["engine"]["history_runs_at_start"]
+        full["engine"]["history_runs_at_start"] >= 80_000 > mid["engine"]["history_runs_at_start"]
     )
     # The 0 window starts once every user has run once, which may be past the middle target.
     assert mid["engine"]["history_runs_at_start"] >= 4000
     assert mid["engine"]["history_runs_at_start"] >= zero["engine"]["history_runs_at_start"]
     assert full["history_bytes"] > mid["history_bytes"] > zero["history_bytes"]
+    # Every history table is measured, a plain one as well as the partitioned sim_runs.
+    for table in ("trades", "transactions", "sim_runs"):
+        assert full["table_bytes"][table] > mid["table_bytes"][table] > 0, table
+    # The engine alone at each point (no checkpoint of the scheduler's) and, after a fill, the
+    # fill's own window with the scheduler's checkpoints on.
+    assert zero["engine_with_checkpoints"] is None
+    for point in (mid, full):
+        with_cp = point["engine_with_checkpoints"]
+        assert with_cp["runs"] > 0 and with_cp["seconds"] >= 2
+        # The fill's window comes before the point's commands, the engine alone's after them.
+        assert (
+            with_cp["history_runs_at_start"]
+            < point["runs"]
+            <= point["engine"]["history_runs_at_start"]
+        )
+    assert data["ratios_mid"]["runs_per_s_with_checkpoints"] == round(
+        full["engine_with_checkpoints"]["runs_per_s"]
+        / mid["engine_with_checkpoints"]["runs_per_s"],
+        3,
+    )
+    assert data["ratios"]["runs_per_s_with_checkpoints"] is None
     # The scheduler's own checkpoints: none before 0; those of each fill, read from its log,
     # are the verified rows of sim_checkpoints at the end of the fill but the bench's own (at 0
     # and at the middle point).
@@ -131,6 +152,10 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
         assert counts["users_differing"] == 0 and counts["counted"] == counts["explained"] > 0
         assert soak["checkpoints"].get("verified", 0) > 0 and "failed" not in soak["checkpoints"]
         assert soak["runs_per_s_quiet"] > 0
+        # On slots at the default rate: 1,000 users / 278 runs a second, every 4 s.
+        assert soak["interval_s"] == 4 and soak["rate_per_s"] == 250.0
+        lag = soak["lag_quiet"]
+        assert lag["runs"] > 0 and 0 <= lag["median_s"] <= lag["p95_s"] <= lag["max_s"]
     else:
         assert "no `simctl prune`" in soak["reason"]
         assert "Soak with retention: not available" in result.stdout
