@@ -129,14 +129,15 @@ DELETE FROM sim_runs r
 RETURNING r.*
 
 -- prune_present_trades --
--- Which of these ids are still there (an interrupted archived batch: did it commit?).
-SELECT count(*) FROM trades WHERE id = ANY($1::bigint[])
+-- How many of the ids in the ranges [$1[i], $2[i]] are still there (an interrupted archived
+-- batch: did it commit?).
+SELECT count(*) FROM unnest($1::bigint[], $2::bigint[]) AS r(a, b) JOIN trades t ON t.id BETWEEN r.a AND r.b
 
 -- prune_present_transactions --
-SELECT count(*) FROM transactions WHERE id = ANY($1::bigint[])
+SELECT count(*) FROM unnest($1::bigint[], $2::bigint[]) AS r(a, b) JOIN transactions t ON t.id BETWEEN r.a AND r.b
 
 -- prune_present_sim_runs --
-SELECT count(*) FROM sim_runs WHERE id = ANY($1::bigint[])
+SELECT count(*) FROM unnest($1::bigint[], $2::bigint[]) AS r(a, b) JOIN sim_runs t ON t.id BETWEEN r.a AND r.b
 
 -- prune_set_floors --
 -- The floors only rise: the views read P's totals for every engine row at or below them.

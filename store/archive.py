@@ -165,8 +165,16 @@ def _dump(manifest: Mapping[str, Any]) -> bytes:
 @dataclass
 class PendingBatch:
     table: str
-    ids: list[int]
+    id_ranges: list[list[int]]  # [first, last] runs of the ids the batch deletes
     files: dict[str, dict[str, Any]]
+
+    @property
+    def rows(self) -> int:
+        return sum(last - first + 1 for first, last in self.id_ranges)
+
+    @property
+    def ids(self) -> list[int]:
+        return [i for first, last in self.id_ranges for i in range(first, last + 1)]
 
 
 @dataclass
@@ -209,8 +217,7 @@ class ArchiveWriter:
         p = self.manifest.get("pending")
         if p is None:
             return None
-        ids = [i for first, last in p["ids"] for i in range(first, last + 1)]
-        return PendingBatch(p["table"], ids, p["files"])
+        return PendingBatch(p["table"], [list(r) for r in p["ids"]], p["files"])
 
     def settle(self, committed: bool) -> None:
         """Finish an interrupted batch: keep its lines if its delete committed, else cut each
@@ -276,35 +283,53 @@ class ArchiveWriter:
         appended and fsynced. The caller commits the delete, then calls `done`."""
         if self.pending is not None:
             raise AssertionError("a pending batch must be settled first")
+        self.append(table, rows)
+
+    def append(self, table: str, rows: Sequence[tuple[int, str]]) -> None:
+        """Steps (1) and (2) for more rows of the pending batch (a new one if none is): the
+        pending record grows by their ids and by each file's length after them, and is saved
+        before their lines are appended and fsynced. A batch too large to hold in memory (a
+        day partition's runs) is appended a chunk at a time; a prune killed between two
+        chunks leaves a pending batch whose rows are all still there, so the next prune cuts
+        its files back to where they were before it."""
+        pending = self.manifest.get("pending")
+        if pending is not None and pending["table"] != table:
+            raise AssertionError("a pending batch of another table must be settled first")
         by_day: dict[str, list[str]] = {}
         for _, line in rows:
             if "\n" in line or "\r" in line:
                 raise ArchiveError(f"a {table} row holds a line break: {line[:60]!r}")
             by_day.setdefault(line_day(table, line), []).append(line)
+        changes: dict[str, dict[str, Any]] = dict(pending["files"]) if pending else {}
         members: dict[str, bytes] = {}
-        changes: dict[str, dict[str, Any]] = {}
         for day, lines in sorted(by_day.items()):
             name = f"{table}/{day}.lines.gz"
             # Level 6 (gzip's own default): level 9 took 3x the time for 1 % less.
             member = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0)
-            before = self.manifest["files"].get(name)
-            hasher = self._hasher(name, before)
-            after_hasher = hasher.copy()
+            before = (
+                changes[name]["before"] if name in changes else self.manifest["files"].get(name)
+            )
+            now = changes[name]["after"] if name in changes else before
+            after_hasher = self._hasher(name, before).copy()
             after_hasher.update(member)
-            after = {
-                "table": table,
-                "day": day,
-                "rows": (before["rows"] if before else 0) + len(lines),
-                "bytes": (before["bytes"] if before else 0) + len(member),
-                "sha256": after_hasher.hexdigest(),
+            changes[name] = {
+                "before": before,
+                "after": {
+                    "table": table,
+                    "day": day,
+                    "rows": (now["rows"] if now else 0) + len(lines),
+                    "bytes": (now["bytes"] if now else 0) + len(member),
+                    "sha256": after_hasher.hexdigest(),
+                },
             }
             members[name] = member
-            changes[name] = {"before": before, "after": after}
-        self.manifest["pending"] = {
-            "table": table,
-            "ids": id_runs(row_id for row_id, _ in rows),
-            "files": changes,
-        }
+        ids = [list(r) for r in pending["ids"]] if pending else []
+        for first, last in id_runs(row_id for row_id, _ in rows):
+            if ids and ids[-1][1] == first - 1:
+                ids[-1][1] = last
+            else:
+                ids.append([first, last])
+        self.manifest["pending"] = {"table": table, "ids": ids, "files": changes}
         self._save()
         for name, member in members.items():
             path = self.directory / name

@@ -259,13 +259,16 @@ def _parts_insert(table: str) -> str:
 
 
 def _fold(target: str) -> str:
+    """Add the parts of users ($1, $2] into `target`: a range of users per transaction, so no
+    fold holds a snapshot for longer than a range takes (temporary tables or not, a
+    transaction's snapshot holds back vacuum everywhere)."""
     cols = ", ".join(_SUM_COLS)
     sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _SUM_COLS)
     sets = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in _SUM_COLS)
     return (
         f"INSERT INTO {target} AS t (checkpoint_id, user_id, {cols}) "  # noqa: S608
         f"SELECT checkpoint_id, user_id, {sums} FROM pg_temp.sim_parts "
-        f"GROUP BY checkpoint_id, user_id "
+        f"WHERE user_id > $1 AND user_id <= $2 GROUP BY checkpoint_id, user_id "
         f"ON CONFLICT (checkpoint_id, user_id) DO UPDATE SET {sets}"
     )
 
@@ -475,9 +478,12 @@ async def verify_window(
     pending = 0
 
     async def fold() -> None:
-        async with timer.tx(conn):
-            await conn.execute(_fold("pg_temp.sim_since"))
-            await conn.execute(_PARTS_CLEAR)
+        top = await conn.fetchval("SELECT max(user_id) FROM pg_temp.sim_parts")
+        for lo, hi in _ranges(0, int(top or 0), USER_CHUNK):
+            async with timer.tx(conn):
+                await conn.execute(_fold("pg_temp.sim_since"), lo, hi)
+            await lease.renew()
+        await conn.execute(_PARTS_CLEAR)
 
     paced = Paced()
     for table in TABLES:

@@ -11,8 +11,9 @@ commits, then the batch is settled): a prune killed anywhere leaves either the p
 and the batch undone, or the partition gone, its keepers in the default and the batch settled by
 the next prune from what the database holds. A partition holding a row above the floor (a late
 slot of that day, run after the checkpoint) stays, and the batched deletes take its rows at or
-below the floor; so does, with an archive, a day too large to hold its lines in memory
-(ARCHIVE_MAX_ROWS).
+below the floor. With an archive, a day's lines are streamed into the batch, a range of ids at a
+time (ArchiveWriter.append: the pending record grows before each chunk is appended), so a day of
+any size is dropped, not deleted, in bounded memory.
 
 The DROP takes ACCESS EXCLUSIVE on sim_runs, so every statement on runs (the engine's inserts
 too) waits while it waits and while it holds: the archive is written and the keepers found
@@ -42,12 +43,8 @@ AHEAD_DAYS = 7
 DROP_LOCK_TIMEOUT_MS = 500
 DROP_ATTEMPTS = 5
 DROP_RETRY_PAUSE_S = 0.5
-# Lines read per statement while archiving a partition.
+# Lines read per statement, and appended to the archive per chunk, while archiving a partition.
 ARCHIVE_CHUNK_IDS = 50_000
-# With an archive, a drop's lines are one archive batch, held in memory until the drop commits
-# (about 150 bytes a run): a larger day is left to the batched deletes, which archive 5,000 rows
-# at a time.
-ARCHIVE_MAX_ROWS = 2_000_000
 _DAY_PARTITION = re.compile(r"^sim_runs_p[0-9]{8}$")
 
 
@@ -119,9 +116,6 @@ async def drop_ended(
         if top is not None and top > floor:
             report.skipped.append(name)
             continue
-        if writer is not None and top is not None and await _too_big(conn, ident):
-            report.skipped.append(name)
-            continue
         changes = int(await conn.fetchval(_q("changes_seen")))
         keep = [
             int(r["id"])
@@ -154,17 +148,6 @@ async def drop_ended(
     return report
 
 
-async def _too_big(conn: Conn, ident: str) -> bool:
-    """More rows than ARCHIVE_MAX_ROWS (the planner's estimate first, then a count)."""
-    estimate = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", ident)
-    if estimate is not None and estimate > 2 * ARCHIVE_MAX_ROWS:
-        return True
-    rows = await conn.fetchval(
-        f"SELECT count(*) FROM (SELECT 1 FROM {ident} LIMIT {ARCHIVE_MAX_ROWS + 1}) x"  # noqa: S608
-    )
-    return bool(rows > ARCHIVE_MAX_ROWS)
-
-
 async def _going(
     conn: Conn, name: str, ident: str, top: int | None, keep: set[int], writer: ArchiveWriter | None
 ) -> int:
@@ -175,16 +158,19 @@ async def _going(
         total = int(await conn.fetchval(f"SELECT count(*) FROM {ident}"))  # noqa: S608
         return total - len(keep)
     low = int(await conn.fetchval(f"SELECT min(id) FROM {ident}")) - 1  # noqa: S608
-    lines: list[tuple[int, str]] = []
+    going = 0
     while low < top:
         high = min(low + ARCHIVE_CHUNK_IDS, top)
-        for r in await conn.fetch(_q("partition_rows"), low, high, name):
-            if r["id"] not in keep:
-                lines.append((r["id"], r["line"]))
+        lines = [
+            (r["id"], r["line"])
+            for r in await conn.fetch(_q("partition_rows"), low, high, name)
+            if r["id"] not in keep
+        ]
+        if lines:
+            writer.append("sim_runs", lines)
+            going += len(lines)
         low = high
-    if lines:
-        writer.begin("sim_runs", lines)
-    return len(lines)
+    return going
 
 
 async def _drop(

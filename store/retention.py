@@ -637,11 +637,15 @@ async def _open_archive(conn: Conn, directory: Path) -> ArchiveWriter:
     writer = ArchiveWriter.open(directory, await deployment_id(conn), floors)
     pending = writer.pending
     if pending is not None:
-        left = await conn.fetchval(_q(f"prune_present_{pending.table}"), pending.ids)
-        if left not in (0, len(pending.ids)):
+        left = await conn.fetchval(
+            _q(f"prune_present_{pending.table}"),
+            [a for a, _ in pending.id_ranges],
+            [b for _, b in pending.id_ranges],
+        )
+        if left not in (0, pending.rows):
             raise ArchiveError(
                 f"{directory}: the interrupted batch of {pending.table} is partly deleted "
-                f"({left} of {len(pending.ids)} rows left): something else deleted rows"
+                f"({left} of {pending.rows} rows left): something else deleted rows"
             )
         writer.settle(committed=left == 0)
     writer.check_sizes()

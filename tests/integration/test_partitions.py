@@ -7,6 +7,7 @@ the default partition never swallows a day nobody made."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -344,6 +345,84 @@ async def test_a_drop_committed_but_not_settled_in_the_archive_is_settled_by_the
         f"sim_runs/{h['first']:%Y-%m-%d}.lines.gz": 28 - 1,
         f"sim_runs/{h['first'] + timedelta(days=1):%Y-%m-%d}.lines.gz": 24,
     }
+    clean(admin_env, "archive", "verify", str(archive))
+    clean(admin_env, "reconcile", "--full")
+
+
+async def test_an_archived_day_streams_in_chunks_and_a_prune_killed_between_them_is_cut_back(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    settings: Settings,
+    admin_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from store import archive as archive_module
+    from store import partitions
+    from store.retention import Limits
+    from store.retention import prune as do_prune
+
+    h = await days_of_history(pg, runner, settings)
+    day3 = part(h["first"])
+    quiet_latest = await pg.fetchval(
+        "SELECT id FROM sim_runs WHERE user_id = $1 ORDER BY scheduled_for DESC LIMIT 1",
+        h["quiet"],
+    )
+    going = {
+        i: line
+        for i, line in (await run_lines(pg)).items()
+        if i != quiet_latest
+        and await pg.fetchval(f'SELECT count(*) FROM "{day3}" WHERE id = $1', i)  # noqa: S608
+    }
+    assert len(going) == 27
+    before_views = await views(pg)
+    archive = tmp_path / "archive"
+    monkeypatch.setattr(partitions, "ARCHIVE_CHUNK_IDS", 5)  # the day's 28 runs in chunks
+    real_append = archive_module.ArchiveWriter.append
+    chunks: list[int] = []
+
+    def dies_at_the_third(
+        self: archive_module.ArchiveWriter, table: str, rows: list[tuple[int, str]]
+    ) -> None:
+        if table == "sim_runs":
+            chunks.append(len(rows))
+            if len(chunks) == 3:
+                raise Crash  # the process dies between two chunks of the day's stream
+        real_append(self, table, rows)
+
+    monkeypatch.setattr(archive_module.ArchiveWriter, "append", dies_at_the_third)
+    with pytest.raises(Crash):
+        await do_prune(pg, 0, actor=ACTOR, limits=Limits(pause_ms=0), archive_dir=archive)
+    # Two chunks appended, pending with exactly their ids; the partition whole, nothing moved.
+    assert await exists(pg, day3)
+    assert await views(pg) == before_views
+    manifest = json.loads((archive / "manifest.json").read_text())
+    pending = manifest["pending"]
+    assert pending["table"] == "sim_runs"
+    assert sum(b - a + 1 for a, b in pending["ids"]) == chunks[0] + chunks[1]
+    day_file = f"sim_runs/{h['first']:%Y-%m-%d}.lines.gz"
+    assert pending["files"][day_file]["after"]["rows"] == chunks[0] + chunks[1]
+    assert (archive / day_file).stat().st_size == pending["files"][day_file]["after"]["bytes"]
+
+    # The next prune cuts the file back (the rows are all still there) and streams the day
+    # again, chunk by chunk, each line once.
+    chunks.clear()
+
+    def counts(self: archive_module.ArchiveWriter, table: str, rows: list[tuple[int, str]]) -> None:
+        if table == "sim_runs":
+            chunks.append(len(rows))
+        real_append(self, table, rows)
+
+    monkeypatch.setattr(archive_module.ArchiveWriter, "append", counts)
+    await pg.execute("UPDATE sim_history SET lease_until = now() - interval '1 second'")
+    report = await do_prune(pg, 0, actor=ACTOR, limits=Limits(pause_ms=0), archive_dir=archive)
+    assert day3 in report.drops.dropped and not await exists(pg, day3)
+    assert len([n for n in chunks if n]) > 3  # day -3 alone took several chunks
+    manifest = json.loads((archive / "manifest.json").read_text())
+    assert manifest["pending"] is None and manifest["files"][day_file]["rows"] == 27
+    with gzip.open(archive / day_file, "rt") as f:
+        assert sorted(f.read().splitlines()) == sorted(going.values())
+    assert await views(pg) == before_views
     clean(admin_env, "archive", "verify", str(archive))
     clean(admin_env, "reconcile", "--full")
 
