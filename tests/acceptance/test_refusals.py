@@ -142,8 +142,11 @@ async def test_run_never_restarts_the_wait_of_a_lost_slot(
     queue = env["SIM_QUEUE_NAME"]
     client = Redis.from_url(redis_url)
     try:
-        # The scheduler leases both users (60 s) and enqueues them; Redis loses the job.
-        assert simctl(["scheduler", "--once"], env).returncode == 0
+        # The scheduler leases both users and enqueues them; Redis loses the job. The lease is
+        # long (10 min), so it cannot lapse on a slow box before the test is done with it: a
+        # lapsed lease is the test's second half, with a short one.
+        long = {**env, "SIM_LEASE_S": "600"}
+        assert simctl(["scheduler", "--once"], long).returncode == 0
         slot, lease = (await user_row(pg, first))[:2]
         assert lease is not None
         await client.flushall()
