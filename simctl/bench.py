@@ -136,14 +136,18 @@ def bench(
     --history measures what history costs instead (simtools/bench/history.py): on a private
     cluster with the server's settings and autovacuum on, one scheduler and two workers run
     --users users back to back until --runs runs are written, stopping at --mid-runs on the
-    way; at 0, the middle point and N it reports the engine's runs/s over a --measure-s
-    window, the scheduler's claim ms and its own checkpoints (SIM_CHECKPOINT_INTERVAL_S =
-    --checkpoint-s, SIM_CHECKPOINT_ROWS = --checkpoint-rows), and with the engine stopped
+    way; at 0, the middle point and N it reports the engine alone's runs/s over a --measure-s
+    window (a fresh scheduler with no checkpoints of its own), after a fill the fill's window
+    with the scheduler's checkpoints, the scheduler's claim ms and its own checkpoints
+    (SIM_CHECKPOINT_INTERVAL_S = --checkpoint-s, SIM_CHECKPOINT_ROWS = --checkpoint-rows),
+    and with the engine stopped
     `simctl reconcile` as the engine left it, a `simctl checkpoint`, reconcile right after it,
     `reconcile --full` (each with the longest transaction it held), `simctl status` above
     process start, the full sim_pnl sum and each engine-written table's size; every ratio of
-    N against 0 and against the middle point. Then a soak of --soak-min minutes on a fresh database with checkpoints and `simctl
-    prune --keep-days 0` on a cadence (skipped, saying so, where this checkout has no prune).
+    N against 0 and against the middle point. Then a soak of --soak-min minutes on a fresh
+    database, the users on slots at --soak-rate runs/s, with checkpoints and `simctl prune
+    --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
+    did (skipped, saying so, where this checkout has no prune).
     Exit 1 if a ledger or the history does not check out.
 
     Examples (the last two: where a run's CPU goes; what history costs):

@@ -10,7 +10,6 @@ import asyncio
 import gzip
 import json
 import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.market import Market
 from simconfig import Settings
 from store.db import connect, create_pool
 from store.growth import overview
@@ -43,13 +41,6 @@ RUNS = (
     "SELECT id, user_id, scheduled_for, started_at, finished_at, outcome, trades_count "
     "FROM sim_runs ORDER BY id"
 )
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=2)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import json
 import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,9 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.market import Market
 from simconfig import Settings
-from store.db import create_pool
 from store.history import checkpoint
 from store.moves import adjust_holding, move_usd
 from store.users import create_user
@@ -39,13 +36,6 @@ ENGINE = {
     "transactions": "SELECT count(*) FROM transactions WHERE sim_run_id IS NOT NULL",
     "sim_runs": "SELECT count(*) FROM sim_runs",
 }
-
-
-@pytest.fixture
-async def runner(db_url: str, settings: Settings) -> AsyncIterator[BatchRunner]:
-    pool = await create_pool(db_url, max_size=2)
-    yield BatchRunner(pool, settings, Market(settings.market_params()))
-    await pool.close()
 
 
 @pytest.fixture
