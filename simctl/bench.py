@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +77,15 @@ def bench(
             "--soak-min", min=0, help="--history: minutes of the soak with retention (0: none)."
         ),
     ] = 30.0,
+    pg_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pg-set",
+            metavar="NAME=VALUE",
+            help="--history: a server setting for the private cluster, on top of the ones copied "
+            "from the server (repeatable), e.g. shared_buffers=4GB for a primary's buffer cache.",
+        ),
+    ] = None,
     soak_rate: Annotated[
         float,
         typer.Option(
@@ -176,6 +186,7 @@ def bench(
         "--measure-s": measure_s != 30.0,
         "--soak-min": soak_min != 30.0,
         "--soak-rate": soak_rate != 278.0,
+        "--pg-set": bool(pg_set),
         "--checkpoint-s": checkpoint_s != 60.0,
         "--checkpoint-rows": checkpoint_rows != _CHECKPOINT_ROWS,
         "--prune-s": prune_s != 60.0,
@@ -206,7 +217,14 @@ def bench(
         )
         if mid is not None and mid >= total:
             raise Exit(2, f"bench: --mid-runs ({mid:,}) must be below --runs ({total:,})")
+        pairs = []
+        for item in pg_set or []:
+            name, eq, value = item.partition("=")
+            if not eq or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name.strip()) or not value.strip():
+                raise Exit(2, f"bench: --pg-set takes NAME=VALUE (a server setting), not {item!r}")
+            pairs.append((name.strip(), value.strip()))
         plan = HistoryPlan(
+            pg_set=tuple(pairs),
             runs=total,
             mid_runs=mid,
             checkpoint_rows=checkpoint_rows,
@@ -227,6 +245,7 @@ def bench(
                 ("--measure-s", f"{measure_s:g}"),
                 ("--soak-min", f"{soak_min:g}"),
                 ("--soak-rate", f"{soak_rate:g}"),
+                ("--pg-set", " --pg-set ".join(pg_set or [])),
                 ("--checkpoint-s", f"{checkpoint_s:g}"),
                 ("--checkpoint-rows", checkpoint_rows),
                 ("--prune-s", f"{prune_s:g}"),

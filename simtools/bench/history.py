@@ -109,6 +109,9 @@ class HistoryPlan:
     sample_s: float = 60.0
     mid_runs: int | None = None  # a point between 0 and N (mid_runs_for: its default)
     checkpoint_rows: int = CHECKPOINT_ROWS  # the scheduler's SIM_CHECKPOINT_ROWS
+    # Server settings for the private cluster on top of the server's own (--pg-set NAME=VALUE):
+    # the server here is a development one (shared_buffers 128 MB); a platform's primary is not.
+    pg_set: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -489,6 +492,7 @@ async def run_history(
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()
     conf, major, segment_mb = await cluster_conf(settings)
+    conf.update(dict(plan.pg_set))
     cluster = PrivateCluster(conf, major=major, wal_segment_mb=segment_mb)
     say(f"history: initdb a private cluster ({len(conf)} of the server's settings, autovacuum on)")
     try:
@@ -553,6 +557,7 @@ async def run_history(
             "checkpoint_s": scheduler_cp if scheduler_cp is not None else plan.checkpoint_s,
             "checkpoint_rows": plan.checkpoint_rows if scheduler_cp is not None else None,
             "checkpoints": checkpoints_by,
+            "pg_set": dict(plan.pg_set),
         },
         cluster=conf,
         zero=zero,

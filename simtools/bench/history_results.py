@@ -378,7 +378,9 @@ def markdown(result: HistoryResult) -> str:
         "",
         f"`{result.command}`: {result.machine.get('cpus')} CPUs, "
         f"{result.machine.get('platform')}, PostgreSQL {result.machine.get('postgres')}; a "
-        f"private cluster with the server's settings and autovacuum on; "
+        f"private cluster with the server's settings and autovacuum on"
+        + "".join(f", {k}={v}" for k, v in (result.settings.get("pg_set") or {}).items())
+        + "; "
         f"{result.settings.get('users'):,} users back to back (interval "
         f"{result.settings.get('interval_s')} s), 1 scheduler + {result.settings.get('workers')} "
         f"workers; checkpoints: {result.settings.get('checkpoints')}. Ran {result.seconds} s; "
