@@ -855,18 +855,24 @@ async def _soak_loop(
 
 def summarise_soak(soak: Soak) -> None:
     """Growth, reconcile and claim over the soak against its first full window: the first
-    sample taken after the first prune that exited 0 finished (the window is then as full as
-    retention lets it be)."""
+    sample taken once the first prune that exited 0 finished and every user has had a whole
+    interval, a checkpoint and a prune since the start (retention keeps each user's latest
+    run, so on slots the window is only full once every user has run; back to back, at once)."""
     done = [p.at_s + p.seconds for p in soak.prunes if p.exit_code == 0]
     if not done or not soak.samples:
         return
-    after = [s for s in soak.samples if s.at_s >= min(done)]
+    full_at = max(min(done), soak.interval_s + soak.checkpoint_s + soak.prune_s)
+    after = [s for s in soak.samples if s.at_s >= full_at]
     if len(after) < 2:
         return
     first = after[0]
+    soak.first_full_window_at_s = first.at_s
     last_third = soak.samples[len(soak.samples) * 2 // 3 :]
     soak.growth_last_third_vs_first_window = ratio(
         max(s.history_bytes for s in last_third), first.history_bytes
+    )
+    soak.engine_growth_last_third_vs_first_window = ratio(
+        max(s.engine_bytes for s in last_third), first.engine_bytes
     )
     soak.reconcile_last_vs_first = ratio(soak.samples[-1].reconcile_s, first.reconcile_s)
     soak.claim_last_vs_first = ratio(soak.samples[-1].claim.median_ms, first.claim.median_ms)

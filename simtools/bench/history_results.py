@@ -163,7 +163,9 @@ class Soak:
     pruning_vs_quiet: float | None = None
     lag_pruning: LagStats | None = None  # runs finished while a prune ran
     lag_quiet: LagStats | None = None  # runs finished with no history command running
-    growth_last_third_vs_first_window: float | None = None
+    growth_last_third_vs_first_window: float | None = None  # trades + transactions + sim_runs
+    engine_growth_last_third_vs_first_window: float | None = None  # every engine table
+    first_full_window_at_s: float | None = None
     reconcile_last_vs_first: float | None = None
     claim_last_vs_first: float | None = None
 
@@ -526,7 +528,9 @@ def soak_markdown(soak: Soak) -> list[str]:
         f"{': ' + failed[0].stderr if failed else ''}; checkpoints: "
         f"{soak.checkpoints or 'none'}.{_errors(soak.checkpoint_errors)}",
         f"- history tables, last third of the soak vs the first full window: "
-        f"{_opt(soak.growth_last_third_vs_first_window, '×')}; reconcile last vs first sample: "
+        f"{_opt(soak.growth_last_third_vs_first_window, '×')} (every engine table: "
+        f"{_opt(soak.engine_growth_last_third_vs_first_window, '×')}; the first full window: "
+        f"the sample at {_opt(soak.first_full_window_at_s)} s); reconcile last vs first sample: "
         f"{_opt(soak.reconcile_last_vs_first, '×')}; claim median last vs first: "
         f"{_opt(soak.claim_last_vs_first, '×')}",
         f"- runs/s while a prune ran: {_opt(soak.runs_per_s_pruning)}; with no history command "

@@ -115,6 +115,19 @@ def test_soak_summary_is_against_the_first_sample_after_the_first_prune() -> Non
     assert soak.claim_last_vs_first == 1.0
 
 
+def test_on_slots_the_first_full_window_waits_for_every_user_to_have_run() -> None:
+    # Every user every 30 s, checkpoints and prunes every 10 s: the window holds each user's
+    # latest run, so it is full at 50 s, not at the first prune (done at 15 s).
+    soak = Soak(available=True, reason="", interval_s=30, checkpoint_s=10.0, prune_s=10.0)
+    sizes = [(10, 40), (20, 60), (30, 70), (40, 90), (50, 100), (60, 101), (70, 99), (80, 104)]
+    soak.samples = [_sample(at, size, 1.0, 10.0) for at, size in sizes]
+    soak.prunes = [CommandRun("simctl prune", at_s=10.0, seconds=5.0, exit_code=0)]
+    summarise_soak(soak)
+    assert soak.first_full_window_at_s == 50
+    assert soak.growth_last_third_vs_first_window == 1.04  # max(99, 104) / 100
+    assert soak.engine_growth_last_third_vs_first_window == 1.04
+
+
 def test_soak_without_a_prune_that_worked_has_no_summary() -> None:
     soak = Soak(available=True, reason="")
     soak.samples = [_sample(10, 40, 1.0, 5.0), _sample(20, 80, 1.0, 5.0)]
@@ -178,6 +191,7 @@ def _point(label: str, runs: int, found: float, after: float) -> Point:
         trades=runs,
         ledger_rows=runs,
         engine=Window(runs, 30.0, 3000, 100.0, claim),
+        engine_with_checkpoints=None if label == "0" else Window(runs, 30.0, 2400, 80.0, claim),
         reconcile=found_t,
         reconcile_rows_since=800,
         reconcile_from_checkpoint=3,
@@ -229,6 +243,14 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
     assert "800 rows since checkpoint 3" in table
     assert "2.0 s, longest transaction 0.4 s; 600 rows (2.5 s with the process; verified)" in table
     assert "2: 1.0 / 1.5 s, 500 / 900 rows (longest transaction 0.3 s)" in table
+    # The engine alone at every point; with the scheduler's checkpoints after a fill only.
+    alone = [line for line in table.splitlines() if line.startswith("| engine runs/s, the engine")]
+    assert alone and alone[0].endswith("| 1.0× | 1.0× |")
+    with_cp = [line for line in table.splitlines() if "with the scheduler's checkpoints" in line]
+    assert with_cp == [
+        "| engine runs/s with the scheduler's checkpoints (the fill's window) | — | 80.0 (from "
+        "1,000 runs) | 80.0 (from 10,000 runs) | — | 1.0× |"
+    ]
     assert all(line.count("|") == 7 for line in table.splitlines() if line.startswith("| "))
     # Without a middle point: 0 and N, one ratio column.
     result.mid, result.ratios_mid = None, {}
