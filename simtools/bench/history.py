@@ -343,9 +343,12 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
     """Runs committed in `seconds` of the running engine, and the claims logged meanwhile."""
     engine.check()
     start_runs = await runs_taken(conn)
+    wal0 = await conn.fetchrow(history_query("hist_wal"))
     t0, h0 = await clock(conn), time.time()
     await asyncio.sleep(seconds)
     t1, h1 = await clock(conn), time.time()
+    wal1 = await conn.fetchrow(history_query("hist_wal"))
+    assert wal0 is not None and wal1 is not None
     engine.check()
     await asyncio.sleep(2)  # the batches in flight at t1 commit
     # finished_at is stamped as each row is inserted: ids from well before the window's start
@@ -360,6 +363,8 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
         runs=runs,
         runs_per_s=round(runs / span, 1),
         claim=claim_stats(engine.scheduler_log, h0, h1),
+        wal_bytes_per_run=round((wal1["bytes"] - wal0["bytes"]) / runs, 1) if runs else None,
+        wal_fpi_per_run=round((wal1["fpi"] - wal0["fpi"]) / runs, 3) if runs else None,
     )
 
 
@@ -668,13 +673,20 @@ async def alone_window(
     label: str,
     say: Say,
 ) -> Window:
-    """The engine alone at this much history: a scheduler with no checkpoints of its own
-    (SIM_CHECKPOINT_INTERVAL_S=0) and the workers, started afresh; its window begins once every
+    """The engine alone at this much history: `users` and `portfolio` vacuumed and a CHECKPOINT
+    taken, then a scheduler with no checkpoints of its own (SIM_CHECKPOINT_INTERVAL_S=0) and the
+    workers, started afresh; its window begins once every
     user has run once (at least `warmup_s` in: at first every user is due at once, a burst whose
     claims walk every leased due user; after one pass the slots have spread as they then stay).
     The same at every point, so what differs between points is the history alone; what a
     checkpoint costs is measured on its own (it follows the rows since the last one, not the
     history), and the fill's windows show the engine with the scheduler's checkpoints."""
+    # The same state at every point: the tables the engine updates in place vacuumed (at 0 they
+    # are fresh; after a flat-out fill `users` holds row versions autovacuum has not reached
+    # yet) and a checkpoint just taken (at 0 none has come since the load; after a fill one may
+    # be minutes or seconds behind, and a page's first change after one writes it whole).
+    for statement in ("VACUUM (ANALYZE) users, portfolio", "CHECKPOINT"):
+        await conn.execute(statement)
     engine = Engine(env, url, logdir, plan.workers, f"alone-{label}")
     engine.start(0, 0)
     try:

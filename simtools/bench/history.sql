@@ -22,6 +22,10 @@ UPDATE users SET sim_interval_s = $1::int,
 SELECT extract(epoch FROM started_at - scheduled_for)::float8 AS lag
   FROM sim_runs WHERE finished_at >= $1 AND finished_at < $2
 
+-- hist_wal --
+-- The server's WAL so far (every database's: the private cluster runs nothing else).
+SELECT wal_bytes::bigint AS bytes, wal_fpi AS fpi FROM pg_stat_wal
+
 -- hist_clock --
 SELECT clock_timestamp()
 

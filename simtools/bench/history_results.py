@@ -22,6 +22,10 @@ class Window:
     runs: int
     runs_per_s: float
     claim: ClaimStats
+    # The server's WAL over the window (pg_stat_wal), per run committed in it: bytes, and full
+    # page images (a page's first change after a checkpoint writes the whole page).
+    wal_bytes_per_run: float | None = None
+    wal_fpi_per_run: float | None = None
 
 
 def rows_since(t: Timed | None) -> int | None:
@@ -256,6 +260,7 @@ def ratios(base: Point, full: Point) -> dict[str, float | None]:
     )  # MiB per million runs
     return {
         "runs_per_s": ratio(full.engine.runs_per_s, base.engine.runs_per_s),
+        "wal_bytes_per_run": ratio(full.engine.wal_bytes_per_run, base.engine.wal_bytes_per_run),
         "runs_per_s_with_checkpoints": ratio(
             full.engine_with_checkpoints.runs_per_s if full.engine_with_checkpoints else None,
             base.engine_with_checkpoints.runs_per_s if base.engine_with_checkpoints else None,
@@ -411,6 +416,11 @@ def markdown(result: HistoryResult) -> str:
                 f"{_n(p.engine_with_checkpoints.history_runs_at_start)} runs)"
             ),
             "runs_per_s_with_checkpoints",
+        ),
+        row(
+            "WAL per run in the engine-alone window: bytes / full page images",
+            lambda p: f"{_opt(p.engine.wal_bytes_per_run)} / {_opt(p.engine.wal_fpi_per_run)}",
+            "wal_bytes_per_run",
         ),
         row(
             "claim ms per pass, median / p95",
