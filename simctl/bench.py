@@ -220,7 +220,12 @@ def bench(
         pairs = []
         for item in pg_set or []:
             name, eq, value = item.partition("=")
-            if not eq or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name.strip()) or not value.strip():
+            if (
+                not eq
+                or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name.strip())
+                or not value.strip()
+                or any(ord(c) < 32 or ord(c) == 127 for c in value)  # a line of its own in the conf
+            ):
                 raise Exit(2, f"bench: --pg-set takes NAME=VALUE (a server setting), not {item!r}")
             pairs.append((name.strip(), value.strip()))
         plan = HistoryPlan(

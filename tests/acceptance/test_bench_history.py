@@ -182,5 +182,8 @@ def test_history_options_need_history_and_a_count(env: dict[str, str]) -> None:
     assert odd.returncode == 2 and "--mid-runs takes a positive count" in odd.stderr
     bad = simctl(["bench", "--history", "--runs", "ten"], env)
     assert bad.returncode == 2 and "--runs takes a positive count" in bad.stderr
+    for item in ("shared_buffers", "=4GB", "shared_buffers=4GB\narchive_command=x"):
+        refused = simctl(["bench", "--history", "--pg-set", item], env)
+        assert refused.returncode == 2 and "--pg-set takes NAME=VALUE" in refused.stderr, item
     mixed = simctl(["bench", "--history", "--pinned"], env)
     assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1
