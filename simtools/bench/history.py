@@ -66,7 +66,7 @@ from simtools.bench.history_results import (
     rows_since,
 )
 from simtools.bench.pinned import ALWAYS, copied
-from simtools.bench.procs import BenchError
+from simtools.bench.procs import BenchError, cpu_s, parent, tree_cpu_s
 from simtools.harness.procs import Proc, last_line, run_simctl, simctl_argv, stop
 from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError
 from store.db import Conn, connect
@@ -216,6 +216,10 @@ class Engine:
                 line = last_line(p.log) if p.log is not None else ""
                 raise BenchError(f"history: a {self.name} process exited: {line or 'no output'}")
 
+    def cpu_s(self) -> float:
+        """CPU the scheduler and the workers have used so far, in seconds."""
+        return cpu_s(p.pid for p in self.procs)
+
     def stop(self) -> None:
         stop(self.procs)
         self.stopped_at = time.time()
@@ -343,9 +347,12 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
     """Runs committed in `seconds` of the running engine, and the claims logged meanwhile."""
     engine.check()
     start_runs = await runs_taken(conn)
+    postmaster = parent(await conn.fetchval("SELECT pg_backend_pid()"))
     wal0 = await conn.fetchrow(history_query("hist_wal"))
     t0, h0 = await clock(conn), time.time()
+    cpu0 = engine.cpu_s(), (tree_cpu_s(postmaster) if postmaster else None)
     await asyncio.sleep(seconds)
+    cpu1 = engine.cpu_s(), (tree_cpu_s(postmaster) if postmaster else None)
     t1, h1 = await clock(conn), time.time()
     wal1 = await conn.fetchrow(history_query("hist_wal"))
     assert wal0 is not None and wal1 is not None
@@ -365,6 +372,14 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
         claim=claim_stats(engine.scheduler_log, h0, h1),
         wal_bytes_per_run=round((wal1["bytes"] - wal0["bytes"]) / runs, 1) if runs else None,
         wal_fpi_per_run=round((wal1["fpi"] - wal0["fpi"]) / runs, 3) if runs else None,
+        checkpoints_timed=wal1["timed"] - wal0["timed"],
+        checkpoints_requested=wal1["requested"] - wal0["requested"],
+        engine_cpu_ms_per_run=round((cpu1[0] - cpu0[0]) * 1000 / runs, 4) if runs else None,
+        db_cpu_ms_per_run=(
+            round((cpu1[1] - cpu0[1]) * 1000 / runs, 4)
+            if runs and cpu0[1] is not None and cpu1[1] is not None
+            else None
+        ),
     )
 
 

@@ -23,8 +23,11 @@ SELECT extract(epoch FROM started_at - scheduled_for)::float8 AS lag
   FROM sim_runs WHERE finished_at >= $1 AND finished_at < $2
 
 -- hist_wal --
--- The server's WAL so far (every database's: the private cluster runs nothing else).
-SELECT wal_bytes::bigint AS bytes, wal_fpi AS fpi FROM pg_stat_wal
+-- The server's WAL so far (every database's: the private cluster runs nothing else), and its
+-- checkpoints so far: on checkpoint_timeout, and requested (max_wal_size reached, or CHECKPOINT).
+SELECT w.wal_bytes::bigint AS bytes, w.wal_fpi AS fpi,
+       b.checkpoints_timed AS timed, b.checkpoints_req AS requested
+FROM pg_stat_wal w, pg_stat_bgwriter b
 
 -- hist_clock --
 SELECT clock_timestamp()

@@ -26,6 +26,16 @@ class Window:
     # page images (a page's first change after a checkpoint writes the whole page).
     wal_bytes_per_run: float | None = None
     wal_fpi_per_run: float | None = None
+    # The server's checkpoints that began in the window: on checkpoint_timeout, and requested
+    # (max_wal_size's worth of WAL written since the last one). Requested ones mean the WAL rate
+    # outruns max_wal_size: every page's first change after each writes the whole page again.
+    checkpoints_timed: int | None = None
+    checkpoints_requested: int | None = None
+    # CPU per run committed in the window, in ms: the scheduler's and the workers' processes,
+    # and the whole private cluster's (every backend, the checkpointer, the WAL writer,
+    # autovacuum). On a box the engine keeps busy, their sum is what a run costs.
+    engine_cpu_ms_per_run: float | None = None
+    db_cpu_ms_per_run: float | None = None
 
 
 def rows_since(t: Timed | None) -> int | None:
@@ -261,6 +271,7 @@ def ratios(base: Point, full: Point) -> dict[str, float | None]:
     return {
         "runs_per_s": ratio(full.engine.runs_per_s, base.engine.runs_per_s),
         "wal_bytes_per_run": ratio(full.engine.wal_bytes_per_run, base.engine.wal_bytes_per_run),
+        "db_cpu_ms_per_run": ratio(full.engine.db_cpu_ms_per_run, base.engine.db_cpu_ms_per_run),
         "runs_per_s_with_checkpoints": ratio(
             full.engine_with_checkpoints.runs_per_s if full.engine_with_checkpoints else None,
             base.engine_with_checkpoints.runs_per_s if base.engine_with_checkpoints else None,
@@ -421,6 +432,19 @@ def markdown(result: HistoryResult) -> str:
             "WAL per run in the engine-alone window: bytes / full page images",
             lambda p: f"{_opt(p.engine.wal_bytes_per_run)} / {_opt(p.engine.wal_fpi_per_run)}",
             "wal_bytes_per_run",
+        ),
+        row(
+            "CPU ms per run in that window: the engine's processes / the database's",
+            lambda p: (
+                f"{_opt(p.engine.engine_cpu_ms_per_run)} / {_opt(p.engine.db_cpu_ms_per_run)}"
+            ),
+            "db_cpu_ms_per_run",
+        ),
+        row(
+            "the server's checkpoints in that window: on timeout / requested (max_wal_size)",
+            lambda p: (
+                f"{_opt(p.engine.checkpoints_timed)} / {_opt(p.engine.checkpoints_requested)}"
+            ),
         ),
         row(
             "claim ms per pass, median / p95",
