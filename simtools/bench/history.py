@@ -64,6 +64,7 @@ from simtools.bench.history_results import (
     ratio,
     ratios,
     rows_since,
+    sized,
 )
 from simtools.bench.pinned import ALWAYS, copied
 from simtools.bench.procs import BenchError, cpu_s, parent, tree_cpu_s
@@ -329,7 +330,36 @@ async def cluster_conf(settings: Settings) -> tuple[dict[str, str], int, int]:
     finally:
         await conn.close()
     conf.update(autovacuum="on", track_counts="on")
+    conf.update(primary_sizing(conf, ram_bytes()))
     return conf, server.version_num // 10000, segment_mb
+
+
+# A primary's sizing where the server sets less (this machine's is a development server:
+# shared_buffers 128 MB, max_wal_size 1 GB). shared_buffers: a quarter of the RAM, the usual
+# rule, up to 8 GB. max_wal_size: room for checkpoints to come on checkpoint_timeout at the
+# engine's write rate (about 2 KB of WAL a run at 14,000 runs/s is 28 MB/s, 8.4 GB in 5 min),
+# not every few seconds on WAL volume, which Postgres itself warns of ("checkpoints are occurring
+# too frequently", checkpoint_warning) and which makes every page's first change after each one
+# write the whole page again. docs/operations.md, "Running for a year", gives the arithmetic.
+PRIMARY_SHARED_BUFFERS_MAX = 8 * 2**30
+PRIMARY_MAX_WAL_MB = 16 * 1024
+
+
+def ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def primary_sizing(conf: dict[str, str], ram: int) -> dict[str, str]:
+    """The settings a primary sized for the engine would have where `conf` (the server's, in
+    pg_settings' units: shared_buffers in 8 kB pages, max_wal_size in MB) has less; a server
+    that already has more keeps its own."""
+    out = {}
+    buffers = min(ram // 4, PRIMARY_SHARED_BUFFERS_MAX) // 8192
+    if int(conf.get("shared_buffers", "0")) < buffers:
+        out["shared_buffers"] = str(buffers)
+    if int(conf.get("max_wal_size", "0")) < PRIMARY_MAX_WAL_MB:
+        out["max_wal_size"] = str(PRIMARY_MAX_WAL_MB)
+    return out
 
 
 async def back_to_back(conn: Conn, interval_s: int) -> None:
@@ -514,7 +544,11 @@ async def run_history(
     conf, major, segment_mb = await cluster_conf(settings)
     conf.update(dict(plan.pg_set))
     cluster = PrivateCluster(conf, major=major, wal_segment_mb=segment_mb)
-    say(f"history: initdb a private cluster ({len(conf)} of the server's settings, autovacuum on)")
+    say(
+        f"history: initdb a private cluster ({len(conf)} of the server's settings, autovacuum "
+        f"on, shared_buffers {sized(conf, 'shared_buffers', 8192)}, max_wal_size "
+        f"{sized(conf, 'max_wal_size', 2**20)})"
+    )
     try:
         await asyncio.to_thread(cluster.init)
         await asyncio.to_thread(cluster.start)

@@ -311,6 +311,12 @@ def _n(n: int) -> str:
     return f"{n:,}"
 
 
+def sized(conf: dict[str, str], name: str, unit: int) -> str:
+    """A size setting as people read it: `conf` holds pg_settings' units, or a --pg-set's text."""
+    value = conf.get(name, "?")
+    return f"{int(value) * unit / 2**30:.2f} GB" if value.isdigit() else value
+
+
 def _opt(v: float | None, unit: str = "") -> str:
     return "—" if v is None else f"{v}{unit}"
 
@@ -396,7 +402,9 @@ def markdown(result: HistoryResult) -> str:
         "",
         f"`{result.command}`: {result.machine.get('cpus')} CPUs, "
         f"{result.machine.get('platform')}, PostgreSQL {result.machine.get('postgres')}; a "
-        f"private cluster with the server's settings and autovacuum on"
+        f"private cluster with the server's settings and autovacuum on, shared_buffers "
+        f"{sized(result.cluster, 'shared_buffers', 8192)}, max_wal_size "
+        f"{sized(result.cluster, 'max_wal_size', 2**20)}"
         + "".join(f", {k}={v}" for k, v in (result.settings.get("pg_set") or {}).items())
         + "; "
         f"{result.settings.get('users'):,} users back to back (interval "

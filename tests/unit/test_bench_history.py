@@ -10,7 +10,13 @@ from pathlib import Path
 
 from simconfig import Settings
 from simctl.bench import _CHECKPOINT_ROWS
-from simtools.bench.history import CHECKPOINT_ROWS, NO_CHECKPOINTS, mid_runs_for, summarise_soak
+from simtools.bench.history import (
+    CHECKPOINT_ROWS,
+    NO_CHECKPOINTS,
+    mid_runs_for,
+    primary_sizing,
+    summarise_soak,
+)
 from simtools.bench.history_probe import (
     CheckpointStats,
     ClaimStats,
@@ -190,7 +196,9 @@ def _point(label: str, runs: int, found: float, after: float) -> Point:
         runs=runs,
         trades=runs,
         ledger_rows=runs,
-        engine=Window(runs, 30.0, 3000, 100.0, claim),
+        engine=Window(
+            runs, 30.0, 3000, 100.0, claim, 2000.0, 0.01, 0, 0, 0.06, 0.08 + runs / 100_000
+        ),
         engine_with_checkpoints=None if label == "0" else Window(runs, 30.0, 2400, 80.0, claim),
         reconcile=found_t,
         reconcile_rows_since=800,
@@ -246,6 +254,15 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
     # The engine alone at every point; with the scheduler's checkpoints after a fill only.
     alone = [line for line in table.splitlines() if line.startswith("| engine runs/s, the engine")]
     assert alone and alone[0].endswith("| 1.0× | 1.0× |")
+    # What a run costs in CPU, each side, and whether the server's checkpoints came on time.
+    assert (
+        "| CPU ms per run in that window: the engine's processes / the database's | 0.06 / 0.08 "
+        "| 0.06 / 0.09 | 0.06 / 0.18 | 2.25× | 2.0× |" in table
+    )
+    assert (
+        "| the server's checkpoints in that window: on timeout / requested (max_wal_size) | "
+        "0 / 0 | 0 / 0 | 0 / 0 | — | — |" in table
+    )
     with_cp = [line for line in table.splitlines() if "with the scheduler's checkpoints" in line]
     assert with_cp == [
         "| engine runs/s with the scheduler's checkpoints (the fill's window) | — | 80.0 (from "
@@ -257,3 +274,18 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
     table = markdown(result)
     assert "| measure | at 0 | at 10,000 runs | N / 0 |" in table
     assert all(line.count("|") == 5 for line in table.splitlines() if line.startswith("| "))
+
+
+def test_the_private_cluster_is_sized_as_a_primary_where_the_server_has_less() -> None:
+    gib = 2**30
+    # This machine's development server: 128 MB of buffers (8 kB pages), 1 GB of WAL (MB).
+    dev = {"shared_buffers": "16384", "max_wal_size": "1024"}
+    assert primary_sizing(dev, 24 * gib) == {
+        "shared_buffers": str(6 * gib // 8192),
+        "max_wal_size": "16384",
+    }
+    # A quarter of the RAM, up to 8 GB.
+    assert primary_sizing(dev, 64 * gib)["shared_buffers"] == str(8 * gib // 8192)
+    # A server that has more keeps its own.
+    big = {"shared_buffers": str(16 * gib // 8192), "max_wal_size": "65536"}
+    assert primary_sizing(big, 64 * gib) == {}
