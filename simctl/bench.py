@@ -83,7 +83,8 @@ def bench(
             "--pg-set",
             metavar="NAME=VALUE",
             help="--history: a server setting for the private cluster, on top of the ones copied "
-            "from the server (repeatable), e.g. shared_buffers=4GB for a primary's buffer cache.",
+            "from the server and the primary's sizing (repeatable), e.g. max_wal_size=1GB to "
+            "measure with a development server's WAL room.",
         ),
     ] = None,
     soak_rate: Annotated[
@@ -144,10 +145,13 @@ def bench(
     reconcile; 2 if a tool is missing, or for --pinned on fewer than 2 cores.
 
     --history measures what history costs instead (simtools/bench/history.py): on a private
-    cluster with the server's settings and autovacuum on, one scheduler and two workers run
+    cluster with the server's settings, autovacuum on and, where the server has less, a
+    primary's sizing (shared_buffers a quarter of the RAM up to 8 GB, max_wal_size 16 GB;
+    --pg-set overrides either), one scheduler and two workers run
     --users users back to back until --runs runs are written, stopping at --mid-runs on the
     way; at 0, the middle point and N it reports the engine alone's runs/s over a --measure-s
-    window (a fresh scheduler with no checkpoints of its own), after a fill the fill's window
+    window (a fresh scheduler with no checkpoints of its own; with its WAL, CPU per run on
+    each side and the server's checkpoints in it), after a fill the fill's window
     with the scheduler's checkpoints, the scheduler's claim ms and its own checkpoints
     (SIM_CHECKPOINT_INTERVAL_S = --checkpoint-s, SIM_CHECKPOINT_ROWS = --checkpoint-rows),
     and with the engine stopped

@@ -404,6 +404,7 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
         wal_fpi_per_run=round((wal1["fpi"] - wal0["fpi"]) / runs, 3) if runs else None,
         checkpoints_timed=wal1["timed"] - wal0["timed"],
         checkpoints_requested=wal1["requested"] - wal0["requested"],
+        autovacuums=wal1["autovacuums"] - wal0["autovacuums"],
         engine_cpu_ms_per_run=round((cpu1[0] - cpu0[0]) * 1000 / runs, 4) if runs else None,
         db_cpu_ms_per_run=(
             round((cpu1[1] - cpu0[1]) * 1000 / runs, 4)

@@ -24,9 +24,12 @@ SELECT extract(epoch FROM started_at - scheduled_for)::float8 AS lag
 
 -- hist_wal --
 -- The server's WAL so far (every database's: the private cluster runs nothing else), and its
--- checkpoints so far: on checkpoint_timeout, and requested (max_wal_size reached, or CHECKPOINT).
+-- checkpoints so far: on checkpoint_timeout, and requested (max_wal_size reached, or CHECKPOINT);
+-- the autovacuums and autoanalyzes done so far, every table's (as the statistics report them).
 SELECT w.wal_bytes::bigint AS bytes, w.wal_fpi AS fpi,
-       b.checkpoints_timed AS timed, b.checkpoints_req AS requested
+       b.checkpoints_timed AS timed, b.checkpoints_req AS requested,
+       (SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint
+          FROM pg_stat_user_tables) AS autovacuums
 FROM pg_stat_wal w, pg_stat_bgwriter b
 
 -- hist_clock --

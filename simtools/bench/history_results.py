@@ -36,6 +36,9 @@ class Window:
     # autovacuum). On a box the engine keeps busy, their sum is what a run costs.
     engine_cpu_ms_per_run: float | None = None
     db_cpu_ms_per_run: float | None = None
+    # Autovacuums and autoanalyzes of any table done in the window (their CPU is in the
+    # database's): as history grows they come less often but each reads more.
+    autovacuums: int | None = None
 
 
 def rows_since(t: Timed | None) -> int | None:
@@ -449,9 +452,11 @@ def markdown(result: HistoryResult) -> str:
             "db_cpu_ms_per_run",
         ),
         row(
-            "the server's checkpoints in that window: on timeout / requested (max_wal_size)",
+            "the server's checkpoints in that window: on timeout / requested (max_wal_size); "
+            "autovacuums + autoanalyzes",
             lambda p: (
-                f"{_opt(p.engine.checkpoints_timed)} / {_opt(p.engine.checkpoints_requested)}"
+                f"{_opt(p.engine.checkpoints_timed)} / {_opt(p.engine.checkpoints_requested)}; "
+                f"{_opt(p.engine.autovacuums)}"
             ),
         ),
         row(

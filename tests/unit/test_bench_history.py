@@ -197,7 +197,7 @@ def _point(label: str, runs: int, found: float, after: float) -> Point:
         trades=runs,
         ledger_rows=runs,
         engine=Window(
-            runs, 30.0, 3000, 100.0, claim, 2000.0, 0.01, 0, 0, 0.06, 0.08 + runs / 100_000
+            runs, 30.0, 3000, 100.0, claim, 2000.0, 0.01, 0, 0, 0.06, 0.08 + runs / 100_000, 2
         ),
         engine_with_checkpoints=None if label == "0" else Window(runs, 30.0, 2400, 80.0, claim),
         reconcile=found_t,
@@ -260,8 +260,8 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
         "| 0.06 / 0.09 | 0.06 / 0.18 | 2.25× | 2.0× |" in table
     )
     assert (
-        "| the server's checkpoints in that window: on timeout / requested (max_wal_size) | "
-        "0 / 0 | 0 / 0 | 0 / 0 | — | — |" in table
+        "| the server's checkpoints in that window: on timeout / requested (max_wal_size); "
+        "autovacuums + autoanalyzes | 0 / 0; 2 | 0 / 0; 2 | 0 / 0; 2 | — | — |" in table
     )
     with_cp = [line for line in table.splitlines() if "with the scheduler's checkpoints" in line]
     assert with_cp == [
