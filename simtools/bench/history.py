@@ -52,6 +52,7 @@ from simtools.bench.history_probe import (
     users_dead,
 )
 from simtools.bench.history_results import (
+    Beside,
     CommandRun,
     Fill,
     HistoryResult,
@@ -582,7 +583,7 @@ async def run_history(
             if avail.checkpoint
             else "not available"
         )
-        zero, mid, full, fill = await fill_and_measure(
+        zero, mid, full, fill, beside = await fill_and_measure(
             cluster, env, plan, settings, avail, scheduler_cp, logdir, say
         )
         soak = await run_soak(cluster, env, plan, settings, avail, scheduler_cp, logdir, say)
@@ -620,8 +621,10 @@ async def run_history(
         full=full,
         fill=fill,
         soak=soak,
+        beside=beside,
     )
     result.ratios = ratios(zero, full)
+    result.ratios["runs_per_s_beside"] = beside.against(full.engine)
     result.ratios_mid = ratios(mid, full) if mid is not None else {}
     result.seconds = round(time.monotonic() - started, 1)
     return result
@@ -636,11 +639,12 @@ async def fill_and_measure(
     scheduler_cp: int | None,
     logdir: Path,
     say: Say,
-) -> tuple[Point, Point | None, Point, Fill]:
+) -> tuple[Point, Point | None, Point, Fill, Beside]:
     """The 0 point (before the engine starts) and the engine alone's window at 0; then the
     fill with the scheduler's checkpoints on to --mid-runs (its window), the engine stopped for
     the middle point's commands and the engine alone's window there, the fill again on to
-    --runs (its window), stopped for the N point's commands and the engine alone's window."""
+    --runs (its window), stopped for the N point's commands and the engine alone's window;
+    then the engine alone on an empty database beside it, and on the history once more."""
     name = f"simbench_{os.getpid()}_history"
     say(f"history: {plan.users:,} users, migrated and seeded")
     async with scratch_database(
@@ -708,10 +712,37 @@ async def fill_and_measure(
             )
             full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
             wn_alone = await alone_window(conn, env, url, logdir, plan, "N", say)
+            beside = await empty_beside(cluster, env, plan, settings, logdir, say)
+            again = await alone_window(conn, env, url, logdir, plan, "N, again", say)
         finally:
             await conn.close()
     zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS, None)
-    return zero, mid, make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn), fill
+    full = make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn)
+    return zero, mid, full, fill, Beside(beside, again)
+
+
+async def empty_beside(
+    cluster: PrivateCluster,
+    env: dict[str, str],
+    plan: HistoryPlan,
+    settings: Settings,
+    logdir: Path,
+    say: Say,
+) -> Window:
+    """The engine alone on an empty database of the same users, right after the N point's
+    window (its own scratch database on the same cluster, dropped after)."""
+    name = f"simbench_{os.getpid()}_beside"
+    say(f"history: an empty database of {plan.users:,} users beside the N point")
+    async with scratch_database(
+        cluster.url(), name, users=plan.users, due=False, settings=settings
+    ) as url:
+        conn = await connect(url)
+        try:
+            await bench_sql.park(conn)
+            await back_to_back(conn, plan.interval_s)
+            return await alone_window(conn, env, url, logdir, plan, "empty beside N", say)
+        finally:
+            await conn.close()
 
 
 async def alone_window(

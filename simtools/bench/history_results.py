@@ -204,6 +204,24 @@ class Soak:
         )
 
 
+@dataclass(frozen=True)
+class Beside:
+    """The engine alone on an empty database measured right beside the N point's window, then
+    on the history again (history, empty, history: minutes apart, not the run's length): the
+    same run on an empty database, with the machine as it was then. A shared box's speed drifts
+    over the half hour between the 0 point and N; the engine's own CPU per run, which history
+    does not change, moved by up to 13 % between those windows in runs here."""
+
+    empty: Window
+    history_again: Window
+
+    def against(self, first: Window) -> float | None:
+        """The two history windows' mean runs/s (`first`: the N point's) over the empty
+        database's."""
+        mean = (first.runs_per_s + self.history_again.runs_per_s) / 2
+        return ratio(mean, self.empty.runs_per_s)
+
+
 @dataclass
 class HistoryResult:
     when: str
@@ -216,6 +234,7 @@ class HistoryResult:
     full: Point
     fill: Fill
     soak: Soak
+    beside: Beside | None = None  # the empty database beside the N point (None: not measured)
     ratios: dict[str, float | None] = field(default_factory=dict)  # N / 0
     ratios_mid: dict[str, float | None] = field(default_factory=dict)  # N / mid ({}: no mid)
     seconds: float = 0.0
@@ -360,6 +379,24 @@ def _scheduler(c: CheckpointStats) -> str:
     return (
         f"{c.count}: {c.median_s} / {c.max_s} s, {_n(c.median_rows or 0)} / "
         f"{_n(c.max_rows or 0)} rows (longest transaction {c.longest_tx_max_s} s)"
+    )
+
+
+def _window(w: Window) -> str:
+    return (
+        f"{w.runs_per_s} runs/s (CPU ms per run {_opt(w.engine_cpu_ms_per_run)} / "
+        f"{_opt(w.db_cpu_ms_per_run)}; WAL {_opt(w.wal_bytes_per_run)} B / "
+        f"{_opt(w.wal_fpi_per_run)} full pages)"
+    )
+
+
+def _beside(b: Beside, first: Window) -> str:
+    return (
+        f"**The same run on an empty database, beside N** (the engine alone, {first.seconds:g} s "
+        f"windows one after another: the history, an empty database of the same users, the "
+        f"history again): {_window(first)}, then {_window(b.empty)}, then "
+        f"{_window(b.history_again)}: **{_opt(b.against(first), '×')}** (the history's mean "
+        "over the empty database's; CPU: the engine's processes / the database's)."
     )
 
 
@@ -510,6 +547,8 @@ def markdown(result: HistoryResult) -> str:
         f"{result.fill.checkpoints or 'none'}.{_errors(result.fill.checkpoint_errors)}",
         "",
     ]
+    if result.beside is not None:
+        lines += [_beside(result.beside, f.engine), ""]
     for label, t in (("reconcile", f.reconcile), ("reconcile --full", f.reconcile_full)):
         if t is not None and t.longest_statement:
             stmt = t.longest_statement.replace("`", "'")

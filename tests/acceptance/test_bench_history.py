@@ -94,6 +94,17 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     # Every history table is measured, a plain one as well as the partitioned sim_runs.
     for table in ("trades", "transactions", "sim_runs"):
         assert full["table_bytes"][table] > mid["table_bytes"][table] > 0, table
+    # The same run on an empty database beside N: its runs start from nothing, the history's
+    # second window from beyond the first's; the ratio is theirs, and CPU is measured each side.
+    beside = data["beside"]
+    assert beside["empty"]["runs"] > 0
+    assert beside["empty"]["history_runs_at_start"] < full["runs"] / 4
+    again = beside["history_again"]
+    assert again["history_runs_at_start"] > full["engine"]["history_runs_at_start"]
+    mean = (full["engine"]["runs_per_s"] + again["runs_per_s"]) / 2
+    assert data["ratios"]["runs_per_s_beside"] == round(mean / beside["empty"]["runs_per_s"], 3)
+    for w in (full["engine"], beside["empty"], again):
+        assert w["engine_cpu_ms_per_run"] > 0 and w["db_cpu_ms_per_run"] > 0
     # The engine alone at each point (no checkpoint of the scheduler's) and, after a fill, the
     # fill's own window with the scheduler's checkpoints on.
     assert zero["engine_with_checkpoints"] is None

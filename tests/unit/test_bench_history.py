@@ -28,6 +28,7 @@ from simtools.bench.history_probe import (
     scheduler_events,
 )
 from simtools.bench.history_results import (
+    Beside,
     CommandRun,
     Fill,
     HistoryResult,
@@ -269,6 +270,24 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
         "1,000 runs) | 80.0 (from 10,000 runs) | — | 1.0× |"
     ]
     assert all(line.count("|") == 7 for line in table.splitlines() if line.startswith("| "))
+    # The same run on an empty database beside N: the history's two windows against it.
+    assert "beside N" not in table
+    claim = ClaimStats(10, 5.0, 9.0, 1.0)
+    result.beside = Beside(
+        Window(5000, 30.0, 4000, 125.0, claim, 1800.0, 0.0, 0, 0, 0.06, 0.08, 1),
+        Window(12_000, 30.0, 2700, 90.0, claim, 2100.0, 0.02, 0, 0, 0.06, 0.1, 0),
+    )
+    assert result.beside.against(full.engine) == 0.76  # (100 + 90) / 2 / 125
+    lines = [line for line in markdown(result).splitlines() if "beside N" in line]
+    assert len(lines) == 1 and lines[0].startswith("**The same run on an empty database")
+    assert (
+        "then 125.0 runs/s (CPU ms per run 0.06 / 0.08; WAL 1800.0 B / 0.0 full pages)"
+        in (lines[0])
+    )
+    assert lines[0].endswith(
+        "**0.76×** (the history's mean over the empty database's; CPU: the "
+        "engine's processes / the database's)."
+    )
     # Without a middle point: 0 and N, one ratio column.
     result.mid, result.ratios_mid = None, {}
     table = markdown(result)
