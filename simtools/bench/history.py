@@ -25,7 +25,8 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -630,6 +631,24 @@ async def run_history(
     return result
 
 
+@asynccontextmanager
+async def seeded_database(
+    cluster: PrivateCluster, plan: HistoryPlan, settings: Settings, suffix: str
+) -> AsyncIterator[tuple[str, Conn]]:
+    """A scratch database of the plan's users on the cluster, none of them due yet, and a
+    connection to it; dropped after."""
+    name = f"simbench_{os.getpid()}_{suffix}"
+    async with scratch_database(
+        cluster.url(), name, users=plan.users, due=False, settings=settings
+    ) as url:
+        conn = await connect(url)
+        try:
+            await bench_sql.park(conn)
+            yield url, conn
+        finally:
+            await conn.close()
+
+
 async def fill_and_measure(
     cluster: PrivateCluster,
     env: dict[str, str],
@@ -645,77 +664,67 @@ async def fill_and_measure(
     the middle point's commands and the engine alone's window there, the fill again on to
     --runs (its window), stopped for the N point's commands and the engine alone's window;
     then the engine alone on an empty database beside it, and on the history once more."""
-    name = f"simbench_{os.getpid()}_history"
     say(f"history: {plan.users:,} users, migrated and seeded")
-    async with scratch_database(
-        cluster.url(), name, users=plan.users, due=False, settings=settings
-    ) as url:
-        conn = await connect(url)
-        try:
-            await bench_sql.park(conn)
-            # Without the scheduler's own checkpoints, the bench takes them (checkpoints on).
-            jobs = (
-                HistoryJobs({**env, "DATABASE_URL": url}, url, plan.checkpoint_s, None)
-                if scheduler_cp is None and avail.checkpoint
-                else None
-            )
-            # Once untimed: a first simctl of a fresh install compiles its modules.
-            await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
-            zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
-            await back_to_back(conn, plan.interval_s)
-            w0 = await alone_window(conn, env, url, logdir, plan, "0", say)
-            fills: list[Engine] = []
-            spans: list[tuple[float, int]] = []  # (seconds, runs) of each fill engine
+    async with seeded_database(cluster, plan, settings, "history") as (url, conn):
+        # Without the scheduler's own checkpoints, the bench takes them (checkpoints on).
+        jobs = (
+            HistoryJobs({**env, "DATABASE_URL": url}, url, plan.checkpoint_s, None)
+            if scheduler_cp is None and avail.checkpoint
+            else None
+        )
+        # Once untimed: a first simctl of a fresh install compiles its modules.
+        await timed_simctl(["reconcile", "--json"], env, url, "simbench-warm")
+        zero_idle = await idle_point(conn, env, url, avail, say, "0 runs")
+        await back_to_back(conn, plan.interval_s)
+        w0 = await alone_window(conn, env, url, logdir, plan, "0", say)
+        fills: list[Engine] = []
+        spans: list[tuple[float, int]] = []  # (seconds, runs) of each fill engine
 
-            async def fill_window(target: int, label: str) -> Window:
-                engine = Engine(env, url, logdir, plan.workers, label)
-                fills.append(engine)
-                engine.start(scheduler_cp, plan.checkpoint_rows)
-                t0, r0 = time.monotonic(), await runs_taken(conn)
-                try:
-                    say(f"history: filling to {target:,} runs")
-                    await fill_to(conn, engine, target, say, jobs)
-                    say(
-                        f"history: engine window at {target:,} runs, with the scheduler's "
-                        f"checkpoints ({plan.measure_s:g} s)"
-                    )
-                    w = await window(conn, engine, plan.measure_s)
-                    if jobs is not None:
-                        await jobs.drain()
-                finally:
-                    engine.stop()
-                spans.append((time.monotonic() - t0, await runs_taken(conn) - r0))
-                return w
-
-            mid: Point | None = None
-            if plan.mid_runs is not None:
-                wm = await fill_window(plan.mid_runs, "fill")
-                mid_idle = await idle_point(
-                    conn, env, url, avail, say, f"{await runs_taken(conn):,} runs"
+        async def fill_window(target: int, label: str) -> Window:
+            engine = Engine(env, url, logdir, plan.workers, label)
+            fills.append(engine)
+            engine.start(scheduler_cp, plan.checkpoint_rows)
+            t0, r0 = time.monotonic(), await runs_taken(conn)
+            try:
+                say(f"history: filling to {target:,} runs")
+                await fill_to(conn, engine, target, say, jobs)
+                say(
+                    f"history: engine window at {target:,} runs, with the scheduler's "
+                    f"checkpoints ({plan.measure_s:g} s)"
                 )
-                wm_alone = await alone_window(conn, env, url, logdir, plan, "mid", say)
-                mid = make_point("mid", mid_idle, wm_alone, fills[-1].checkpoints(), wm)
-            wn = await fill_window(plan.runs, "fill-after-mid" if mid is not None else "fill")
-            fill_s = sum(t for t, _ in spans)
-            written = await runs_taken(conn)
-            fill = Fill(
-                runs_target=plan.runs,
-                runs_written=written,
-                seconds=round(fill_s, 1),
-                runs_per_s=round(sum(n for _, n in spans) / fill_s, 1),
-                checkpoints=await checkpoint_states(conn),
-                checkpoint_errors=[
-                    e
-                    for one in fills
-                    for e in scheduler_events(one.scheduler_log, CHECKPOINT_ERRORS)
-                ],
+                w = await window(conn, engine, plan.measure_s)
+                if jobs is not None:
+                    await jobs.drain()
+            finally:
+                engine.stop()
+            spans.append((time.monotonic() - t0, await runs_taken(conn) - r0))
+            return w
+
+        mid: Point | None = None
+        if plan.mid_runs is not None:
+            wm = await fill_window(plan.mid_runs, "fill")
+            mid_idle = await idle_point(
+                conn, env, url, avail, say, f"{await runs_taken(conn):,} runs"
             )
-            full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
-            wn_alone = await alone_window(conn, env, url, logdir, plan, "N", say)
-            beside = await empty_beside(cluster, env, plan, settings, logdir, say)
-            again = await alone_window(conn, env, url, logdir, plan, "N, again", say)
-        finally:
-            await conn.close()
+            wm_alone = await alone_window(conn, env, url, logdir, plan, "mid", say)
+            mid = make_point("mid", mid_idle, wm_alone, fills[-1].checkpoints(), wm)
+        wn = await fill_window(plan.runs, "fill-after-mid" if mid is not None else "fill")
+        fill_s = sum(t for t, _ in spans)
+        written = await runs_taken(conn)
+        fill = Fill(
+            runs_target=plan.runs,
+            runs_written=written,
+            seconds=round(fill_s, 1),
+            runs_per_s=round(sum(n for _, n in spans) / fill_s, 1),
+            checkpoints=await checkpoint_states(conn),
+            checkpoint_errors=[
+                e for one in fills for e in scheduler_events(one.scheduler_log, CHECKPOINT_ERRORS)
+            ],
+        )
+        full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
+        wn_alone = await alone_window(conn, env, url, logdir, plan, "N", say)
+        beside = await empty_beside(cluster, env, plan, settings, logdir, say)
+        again = await alone_window(conn, env, url, logdir, plan, "N, again", say)
     zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS, None)
     full = make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn)
     return zero, mid, full, fill, Beside(beside, again)
@@ -731,18 +740,10 @@ async def empty_beside(
 ) -> Window:
     """The engine alone on an empty database of the same users, right after the N point's
     window (its own scratch database on the same cluster, dropped after)."""
-    name = f"simbench_{os.getpid()}_beside"
     say(f"history: an empty database of {plan.users:,} users beside the N point")
-    async with scratch_database(
-        cluster.url(), name, users=plan.users, due=False, settings=settings
-    ) as url:
-        conn = await connect(url)
-        try:
-            await bench_sql.park(conn)
-            await back_to_back(conn, plan.interval_s)
-            return await alone_window(conn, env, url, logdir, plan, "empty beside N", say)
-        finally:
-            await conn.close()
+    async with seeded_database(cluster, plan, settings, "beside") as (url, conn):
+        await back_to_back(conn, plan.interval_s)
+        return await alone_window(conn, env, url, logdir, plan, "empty beside N", say)
 
 
 async def alone_window(
@@ -810,46 +811,38 @@ async def run_soak(
     )
     soak.interval_s = interval = soak_interval(plan)
     soak.rate_per_s = round(plan.users / interval, 1) if plan.soak_rate > 0 else None
-    name = f"simbench_{os.getpid()}_soak"
     say(
         f"history: soak with retention, {plan.soak_min:g} min, every user every {interval} s"
         + ("" if soak.rate_per_s is None else f" ({soak.rate_per_s:,} runs/s on slots)")
     )
-    async with scratch_database(
-        cluster.url(), name, users=plan.users, due=False, settings=settings
-    ) as url:
-        conn = await connect(url)
+    async with seeded_database(cluster, plan, settings, "soak") as (url, conn):
         cmd_env = {**env, "DATABASE_URL": url}
+        engine = Engine(env, url, logdir, plan.workers, "soak")
+        engine.start(scheduler_cp, plan.checkpoint_rows)
+        jobs = HistoryJobs(
+            cmd_env, url, plan.checkpoint_s if scheduler_cp is None else None, plan.prune_s
+        )
         try:
-            await bench_sql.park(conn)
-            engine = Engine(env, url, logdir, plan.workers, "soak")
-            engine.start(scheduler_cp, plan.checkpoint_rows)
-            jobs = HistoryJobs(
-                cmd_env, url, plan.checkpoint_s if scheduler_cp is None else None, plan.prune_s
-            )
-            try:
-                await conn.execute(history_query("hist_spread_slots"), interval)
-                await _soak_loop(conn, engine, jobs, cmd_env, url, plan, soak, say)
-                await jobs.drain()
-            finally:
-                engine.stop()
-            soak.prunes = jobs.runs["prune"]
-            soak.checkpoint_runs = jobs.runs["checkpoint"]
-            say("history: soak done: reconcile --full, slots, run counts")
-            soak.reconcile_full = await timed_simctl(
-                ["reconcile", "--full", "--json"],
-                cmd_env,
-                url,
-                "simbench-reconcile-full",
-            )
-            soak.doubled_slots = await conn.fetchval(history_query("hist_doubled_slots"))
-            row = await conn.fetchrow(history_query("hist_run_counts"))
-            assert row is not None
-            soak.run_counts = {k: int(row[k]) for k in ("users_differing", "counted", "explained")}
-            soak.checkpoints = await checkpoint_states(conn)
-            soak.checkpoint_errors = scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS)
+            await conn.execute(history_query("hist_spread_slots"), interval)
+            await _soak_loop(conn, engine, jobs, cmd_env, url, plan, soak, say)
+            await jobs.drain()
         finally:
-            await conn.close()
+            engine.stop()
+        soak.prunes = jobs.runs["prune"]
+        soak.checkpoint_runs = jobs.runs["checkpoint"]
+        say("history: soak done: reconcile --full, slots, run counts")
+        soak.reconcile_full = await timed_simctl(
+            ["reconcile", "--full", "--json"],
+            cmd_env,
+            url,
+            "simbench-reconcile-full",
+        )
+        soak.doubled_slots = await conn.fetchval(history_query("hist_doubled_slots"))
+        row = await conn.fetchrow(history_query("hist_run_counts"))
+        assert row is not None
+        soak.run_counts = {k: int(row[k]) for k in ("users_differing", "counted", "explained")}
+        soak.checkpoints = await checkpoint_states(conn)
+        soak.checkpoint_errors = scheduler_events(engine.scheduler_log, CHECKPOINT_ERRORS)
     summarise_soak(soak)
     return soak
 
