@@ -159,9 +159,9 @@ def bench(
     `reconcile --full` (each with the longest transaction it held), `simctl status` above
     process start, the full sim_pnl sum and each engine-written table's size; every ratio of
     N against 0 and against the middle point, and the engine alone's runs/s against an empty
-    database of the same users measured right beside N (history, empty, history). Then a soak of --soak-min minutes on a fresh
-    database, the users on slots at --soak-rate runs/s, with checkpoints and `simctl prune
-    --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
+    database of the same users measured right beside N (history, empty, history). Then a soak
+    of --soak-min minutes on a fresh database, the users on slots at --soak-rate runs/s, with
+    checkpoints and `simctl prune --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
     did (skipped, saying so, where this checkout has no prune).
     Exit 1 if a ledger or the history does not check out.
 

@@ -69,7 +69,8 @@ from simtools.bench.history_results import (
     sized,
 )
 from simtools.bench.pinned import ALWAYS, copied
-from simtools.bench.procs import BenchError, cpu_s, parent, tree_cpu_s
+from simtools.bench.procs import BenchError, cpu_s, tree_cpu_s
+from simtools.bench.shapes import local_postmaster
 from simtools.harness.procs import Proc, last_line, run_simctl, simctl_argv, stop
 from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError
 from store.db import Conn, connect
@@ -379,14 +380,16 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
     """Runs committed in `seconds` of the running engine, and the claims logged meanwhile."""
     engine.check()
     start_runs = await runs_taken(conn)
-    postmaster = parent(await conn.fetchval("SELECT pg_backend_pid()"))
-    wal0 = await conn.fetchrow(history_query("hist_wal"))
+    postmaster = local_postmaster(
+        engine.env["DATABASE_URL"], await conn.fetchval("SELECT pg_backend_pid()")
+    )
+    wal0 = await conn.fetchrow(history_query("hist_server_counters"))
     t0, h0 = await clock(conn), time.time()
     cpu0 = engine.cpu_s(), (tree_cpu_s(postmaster) if postmaster else None)
     await asyncio.sleep(seconds)
     cpu1 = engine.cpu_s(), (tree_cpu_s(postmaster) if postmaster else None)
     t1, h1 = await clock(conn), time.time()
-    wal1 = await conn.fetchrow(history_query("hist_wal"))
+    wal1 = await conn.fetchrow(history_query("hist_server_counters"))
     assert wal0 is not None and wal1 is not None
     engine.check()
     await asyncio.sleep(2)  # the batches in flight at t1 commit

@@ -22,7 +22,7 @@ UPDATE users SET sim_interval_s = $1::int,
 SELECT extract(epoch FROM started_at - scheduled_for)::float8 AS lag
   FROM sim_runs WHERE finished_at >= $1 AND finished_at < $2
 
--- hist_wal --
+-- hist_server_counters --
 -- The server's WAL so far (every database's: the private cluster runs nothing else), and its
 -- checkpoints so far: on checkpoint_timeout, and requested (max_wal_size reached, or CHECKPOINT);
 -- the autovacuums and autoanalyzes done so far, every table's (as the statistics report them).
