@@ -71,6 +71,17 @@ def bench(
             "--measure-s", min=1, help="--history: the engine's measured window at 0 and at N."
         ),
     ] = 30.0,
+    beside: Annotated[
+        int,
+        typer.Option(
+            "--beside",
+            min=0,
+            help="--history: windows of the engine alone on an empty database of the same users "
+            "(each a fresh one), taken in turn with windows on the history right after N's "
+            "(history, empty, history, ...); the ratio is the history's mean over the empty "
+            "databases', with its spread. 0: none.",
+        ),
+    ] = 2,
     soak_min: Annotated[
         float,
         typer.Option(
@@ -159,7 +170,9 @@ def bench(
     `reconcile --full` (each with the longest transaction it held), `simctl status` above
     process start, the full sim_pnl sum and each engine-written table's size; every ratio of
     N against 0 and against the middle point, and the engine alone's runs/s against an empty
-    database of the same users measured right beside N (history, empty, history). Then a soak
+    database of the same users measured right beside N (history, empty, history, empty,
+    history for --beside 2, each empty database a fresh one), with the spread of one window
+    over the empty one next to it. Then a soak
     of --soak-min minutes on a fresh database, the users on slots at --soak-rate runs/s, with
     checkpoints and `simctl prune --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
     did (skipped, saying so, where this checkout has no prune).
@@ -189,6 +202,7 @@ def bench(
         "--mid-runs": mid_runs is not None,
         "--users": users != 100_000,
         "--measure-s": measure_s != 30.0,
+        "--beside": beside != 2,
         "--soak-min": soak_min != 30.0,
         "--soak-rate": soak_rate != 278.0,
         "--pg-set": bool(pg_set),
@@ -240,6 +254,7 @@ def bench(
             checkpoint_rows=checkpoint_rows,
             users=users,
             measure_s=measure_s,
+            beside=beside,
             soak_min=soak_min,
             soak_rate=soak_rate,
             checkpoint_s=checkpoint_s,
@@ -253,6 +268,7 @@ def bench(
                 ("--mid-runs", mid_runs),
                 ("--users", users),
                 ("--measure-s", f"{measure_s:g}"),
+                ("--beside", beside),
                 ("--soak-min", f"{soak_min:g}"),
                 ("--soak-rate", f"{soak_rate:g}"),
                 ("--pg-set", " --pg-set ".join(pg_set or [])),

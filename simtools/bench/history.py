@@ -116,6 +116,9 @@ class HistoryPlan:
     # Server settings for the private cluster on top of the server's own (--pg-set NAME=VALUE):
     # the server here is a development one (shared_buffers 128 MB); a platform's primary is not.
     pg_set: tuple[tuple[str, str], ...] = ()
+    # Empty-database windows interleaved with the history's after the N point's (--beside; 0:
+    # none): history, empty, history, ...
+    beside: int = 2
 
 
 @dataclass(frozen=True)
@@ -618,6 +621,7 @@ async def run_history(
             "checkpoint_rows": plan.checkpoint_rows if scheduler_cp is not None else None,
             "checkpoints": checkpoints_by,
             "pg_set": dict(plan.pg_set),
+            "beside": plan.beside,
         },
         cluster=conf,
         zero=zero,
@@ -628,7 +632,7 @@ async def run_history(
         beside=beside,
     )
     result.ratios = ratios(zero, full)
-    result.ratios["runs_per_s_beside"] = beside.against(full.engine)
+    result.ratios["runs_per_s_beside"] = beside.against(full.engine) if beside else None
     result.ratios_mid = ratios(mid, full) if mid is not None else {}
     result.seconds = round(time.monotonic() - started, 1)
     return result
@@ -661,12 +665,13 @@ async def fill_and_measure(
     scheduler_cp: int | None,
     logdir: Path,
     say: Say,
-) -> tuple[Point, Point | None, Point, Fill, Beside]:
+) -> tuple[Point, Point | None, Point, Fill, Beside | None]:
     """The 0 point (before the engine starts) and the engine alone's window at 0; then the
     fill with the scheduler's checkpoints on to --mid-runs (its window), the engine stopped for
     the middle point's commands and the engine alone's window there, the fill again on to
     --runs (its window), stopped for the N point's commands and the engine alone's window;
-    then the engine alone on an empty database beside it, and on the history once more."""
+    then, --beside times, the engine alone on a fresh empty database beside it and on the
+    history once more."""
     say(f"history: {plan.users:,} users, migrated and seeded")
     async with seeded_database(cluster, plan, settings, "history") as (url, conn):
         # Without the scheduler's own checkpoints, the bench takes them (checkpoints on).
@@ -726,11 +731,14 @@ async def fill_and_measure(
         )
         full_idle = await idle_point(conn, env, url, avail, say, f"{written:,} runs")
         wn_alone = await alone_window(conn, env, url, logdir, plan, "N", say)
-        beside = await empty_beside(cluster, env, plan, settings, logdir, say)
-        again = await alone_window(conn, env, url, logdir, plan, "N, again", say)
+        empty: list[Window] = []
+        again: list[Window] = []
+        for n in range(1, plan.beside + 1):
+            empty.append(await empty_beside(cluster, env, plan, settings, logdir, say, n))
+            again.append(await alone_window(conn, env, url, logdir, plan, f"N, again ({n})", say))
     zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS, None)
     full = make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn)
-    return zero, mid, full, fill, Beside(beside, again)
+    return zero, mid, full, fill, Beside(tuple(empty), tuple(again)) if empty else None
 
 
 async def empty_beside(
@@ -740,13 +748,14 @@ async def empty_beside(
     settings: Settings,
     logdir: Path,
     say: Say,
+    n: int,
 ) -> Window:
-    """The engine alone on an empty database of the same users, right after the N point's
-    window (its own scratch database on the same cluster, dropped after)."""
-    say(f"history: an empty database of {plan.users:,} users beside the N point")
-    async with seeded_database(cluster, plan, settings, "beside") as (url, conn):
+    """The engine alone on an empty database of the same users, beside the N point (the `n`th:
+    a scratch database of its own on the same cluster, dropped after)."""
+    say(f"history: an empty database of {plan.users:,} users beside the N point ({n})")
+    async with seeded_database(cluster, plan, settings, f"beside{n}") as (url, conn):
         await back_to_back(conn, plan.interval_s)
-        return await alone_window(conn, env, url, logdir, plan, "empty beside N", say)
+        return await alone_window(conn, env, url, logdir, plan, f"empty beside N ({n})", say)
 
 
 async def alone_window(

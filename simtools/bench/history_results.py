@@ -206,20 +206,43 @@ class Soak:
 
 @dataclass(frozen=True)
 class Beside:
-    """The engine alone on an empty database measured right beside the N point's window, then
-    on the history again (history, empty, history: minutes apart, not the run's length): the
-    same run on an empty database, with the machine as it was then. A shared box's speed drifts
-    over the half hour between the 0 point and N; the engine's own CPU per run, which history
-    does not change, moved by up to 13 % between those windows in runs here."""
+    """The engine alone on empty databases interleaved with the history right after the N
+    point's window: history, empty, history, empty, history (`--beside` empty windows, each on a
+    fresh database of the same users; minutes apart, not the run's length). The same run on an
+    empty database, with the machine as it was then. A shared box's speed drifts over the half
+    hour between the 0 point and N (the engine's own CPU per run, which history does not change,
+    moved by up to 13 % between those windows in runs here), and one window against one decides
+    nothing at a few per cent: windows of identical settings spread by up to 10 %."""
 
-    empty: Window
-    history_again: Window
+    empty: tuple[Window, ...]
+    history_again: tuple[Window, ...]  # the history window after each empty one
+
+    def history(self, first: Window) -> list[Window]:
+        """The history's windows in order, `first` (the N point's) first."""
+        return [first, *self.history_again]
 
     def against(self, first: Window) -> float | None:
-        """The two history windows' mean runs/s (`first`: the N point's) over the empty
-        database's."""
-        mean = (first.runs_per_s + self.history_again.runs_per_s) / 2
-        return ratio(mean, self.empty.runs_per_s)
+        """The history windows' mean runs/s (`first`: the N point's) over the empty
+        databases'."""
+        if not self.empty:
+            return None
+        hist = self.history(first)
+        return ratio(
+            sum(w.runs_per_s for w in hist) / len(hist),
+            sum(w.runs_per_s for w in self.empty) / len(self.empty),
+        )
+
+    def spread(self, first: Window) -> tuple[float | None, float | None]:
+        """The lowest and the highest ratio of one history window over an empty one next to it
+        (each empty window against the history windows before and after it)."""
+        hist = self.history(first)
+        each = [
+            ratio(h.runs_per_s, e.runs_per_s)
+            for i, e in enumerate(self.empty)
+            for h in (hist[i], hist[i + 1])
+        ]
+        known = [r for r in each if r is not None]
+        return (min(known), max(known)) if known else (None, None)
 
 
 @dataclass
@@ -391,12 +414,22 @@ def _window(w: Window) -> str:
 
 
 def _beside(b: Beside, first: Window) -> str:
+    windows = [
+        f"{'the history' if i % 2 == 0 else 'empty'} {_window(w)}"
+        for i, w in enumerate(
+            w
+            for pair in zip(b.history(first), [*b.empty, None], strict=True)
+            for w in pair
+            if w is not None
+        )
+    ]
+    low, high = b.spread(first)
     return (
         f"**The same run on an empty database, beside N** (the engine alone, {first.seconds:g} s "
-        f"windows one after another: the history, an empty database of the same users, the "
-        f"history again): {_window(first)}, then {_window(b.empty)}, then "
-        f"{_window(b.history_again)}: **{_opt(b.against(first), '×')}** (the history's mean "
-        "over the empty database's; CPU: the engine's processes / the database's)."
+        f"windows one after another, the history and a fresh empty database of the same users in "
+        f"turn): {'; '.join(windows)}. **{_opt(b.against(first), '×')}** (the history's mean "
+        f"over the empty databases'; one window over an empty one next to it: "
+        f"{_opt(low, '×')} to {_opt(high, '×')}; CPU: the engine's processes / the database's)."
     )
 
 

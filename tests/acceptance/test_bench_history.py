@@ -94,16 +94,21 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     # Every history table is measured, a plain one as well as the partitioned sim_runs.
     for table in ("trades", "transactions", "sim_runs"):
         assert full["table_bytes"][table] > mid["table_bytes"][table] > 0, table
-    # The same run on an empty database beside N: its runs start from nothing, the history's
-    # second window from beyond the first's; the ratio is theirs, and CPU is measured each side.
+    # The same run on empty databases beside N (--beside 2 by default): each empty database a
+    # fresh one whose runs start from nothing, each history window from beyond the one before;
+    # the ratio is the history's mean over the empty ones', and CPU is measured each side.
     beside = data["beside"]
-    assert beside["empty"]["runs"] > 0
-    assert beside["empty"]["history_runs_at_start"] < full["runs"] / 4
-    again = beside["history_again"]
-    assert again["history_runs_at_start"] > full["engine"]["history_runs_at_start"]
-    mean = (full["engine"]["runs_per_s"] + again["runs_per_s"]) / 2
-    assert data["ratios"]["runs_per_s_beside"] == round(mean / beside["empty"]["runs_per_s"], 3)
-    for w in (full["engine"], beside["empty"], again):
+    assert data["settings"]["beside"] == 2
+    assert len(beside["empty"]) == len(beside["history_again"]) == 2
+    history = [full["engine"], *beside["history_again"]]
+    for empty in beside["empty"]:
+        assert empty["runs"] > 0 and empty["history_runs_at_start"] < full["runs"] / 4
+    starts = [w["history_runs_at_start"] for w in history]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    h_mean = sum(w["runs_per_s"] for w in history) / 3
+    e_mean = sum(w["runs_per_s"] for w in beside["empty"]) / 2
+    assert data["ratios"]["runs_per_s_beside"] == round(h_mean / e_mean, 3)
+    for w in (*history, *beside["empty"]):
         assert w["engine_cpu_ms_per_run"] > 0 and w["db_cpu_ms_per_run"] > 0
     # The engine alone at each point (no checkpoint of the scheduler's) and, after a fill, the
     # fill's own window with the scheduler's checkpoints on.

@@ -5,6 +5,7 @@ the soak's summary against its first full window."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -274,19 +275,39 @@ def test_the_table_has_a_column_per_point_and_the_ratios_to_0_and_to_the_middle(
     assert "beside N" not in table
     claim = ClaimStats(10, 5.0, 9.0, 1.0)
     result.beside = Beside(
-        Window(5000, 30.0, 4000, 125.0, claim, 1800.0, 0.0, 0, 0, 0.06, 0.08, 1),
-        Window(12_000, 30.0, 2700, 90.0, claim, 2100.0, 0.02, 0, 0, 0.06, 0.1, 0),
+        (
+            Window(5000, 30.0, 4000, 125.0, claim, 1800.0, 0.0, 0, 0, 0.06, 0.08, 1),
+            Window(15_000, 30.0, 3000, 100.0, claim, 1800.0, 0.0, 0, 0, 0.06, 0.08, 1),
+        ),
+        (
+            Window(12_000, 30.0, 2700, 90.0, claim, 2100.0, 0.02, 0, 0, 0.06, 0.1, 0),
+            Window(20_000, 30.0, 2300, 110.0, claim, 2100.0, 0.02, 0, 0, 0.06, 0.1, 0),
+        ),
     )
-    assert result.beside.against(full.engine) == 0.76  # (100 + 90) / 2 / 125
+    # The history's three windows (N's: 100 runs/s, then 90, 110) over the two empty ones.
+    assert result.beside.against(full.engine) == 0.889  # 100 / 112.5
+    # Each empty window against the history windows on either side: 100/125, 90/125, 90/100,
+    # 110/100.
+    assert result.beside.spread(full.engine) == (0.72, 1.1)
+    assert Beside((), ()).against(full.engine) is None
     lines = [line for line in markdown(result).splitlines() if "beside N" in line]
     assert len(lines) == 1 and lines[0].startswith("**The same run on an empty database")
+    # In the order they ran: history, empty, history, empty, history.
+    order = re.findall(r"(the history|empty) (\d+\.\d) runs/s", lines[0])
+    assert order == [
+        ("the history", "100.0"),
+        ("empty", "125.0"),
+        ("the history", "90.0"),
+        ("empty", "100.0"),
+        ("the history", "110.0"),
+    ]
     assert (
-        "then 125.0 runs/s (CPU ms per run 0.06 / 0.08; WAL 1800.0 B / 0.0 full pages)"
+        "empty 125.0 runs/s (CPU ms per run 0.06 / 0.08; WAL 1800.0 B / 0.0 full pages)"
         in (lines[0])
     )
     assert lines[0].endswith(
-        "**0.76×** (the history's mean over the empty database's; CPU: the "
-        "engine's processes / the database's)."
+        "**0.889×** (the history's mean over the empty databases'; one window over an empty one "
+        "next to it: 0.72× to 1.1×; CPU: the engine's processes / the database's)."
     )
     # Without a middle point: 0 and N, one ratio column.
     result.mid, result.ratios_mid = None, {}
