@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from simtools.bench.history_probe import CheckpointStats, ClaimStats, StatusTime, Timed
@@ -221,6 +222,13 @@ class Beside:
         """The history's windows in order, `first` (the N point's) first."""
         return [first, *self.history_again]
 
+    def in_order(self, first: Window) -> list[tuple[bool, Window]]:
+        """Every window as it ran, (on the history?, window): history, empty, history, ..."""
+        out = [(True, first)]
+        for empty, again in zip(self.empty, self.history_again, strict=True):
+            out += [(False, empty), (True, again)]
+        return out
+
     def against(self, first: Window) -> float | None:
         """The history windows' mean runs/s (`first`: the N point's) over the empty
         databases'."""
@@ -234,12 +242,11 @@ class Beside:
 
     def spread(self, first: Window) -> tuple[float | None, float | None]:
         """The lowest and the highest ratio of one history window over an empty one next to it
-        (each empty window against the history windows before and after it)."""
-        hist = self.history(first)
+        (each pair of neighbours in the order they ran)."""
+        ordered = self.in_order(first)
         each = [
-            ratio(h.runs_per_s, e.runs_per_s)
-            for i, e in enumerate(self.empty)
-            for h in (hist[i], hist[i + 1])
+            ratio(a.runs_per_s, b.runs_per_s) if on_history else ratio(b.runs_per_s, a.runs_per_s)
+            for (on_history, a), (_, b) in pairwise(ordered)
         ]
         known = [r for r in each if r is not None]
         return (min(known), max(known)) if known else (None, None)
@@ -257,7 +264,7 @@ class HistoryResult:
     full: Point
     fill: Fill
     soak: Soak
-    beside: Beside | None = None  # the empty database beside the N point (None: not measured)
+    beside: Beside | None = None  # the empty databases beside the N point (None: not measured)
     ratios: dict[str, float | None] = field(default_factory=dict)  # N / 0
     ratios_mid: dict[str, float | None] = field(default_factory=dict)  # N / mid ({}: no mid)
     seconds: float = 0.0
@@ -415,13 +422,8 @@ def _window(w: Window) -> str:
 
 def _beside(b: Beside, first: Window) -> str:
     windows = [
-        f"{'the history' if i % 2 == 0 else 'empty'} {_window(w)}"
-        for i, w in enumerate(
-            w
-            for pair in zip(b.history(first), [*b.empty, None], strict=True)
-            for w in pair
-            if w is not None
-        )
+        f"{'the history' if on_history else 'empty'} {_window(w)}"
+        for on_history, w in b.in_order(first)
     ]
     low, high = b.spread(first)
     return (
