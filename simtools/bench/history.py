@@ -41,6 +41,7 @@ from simtools.bench.history_probe import (
     checkpoint_stats,
     claim_stats,
     clock,
+    copy_wallets,
     counts,
     history_bytes,
     history_query,
@@ -398,9 +399,11 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
     await asyncio.sleep(2)  # the batches in flight at t1 commit
     # finished_at is stamped as each row is inserted: ids from well before the window's start
     # cannot fall in it, so the count reads an id range, not the table.
-    runs: int = await conn.fetchval(
+    done = await conn.fetchrow(
         history_query("hist_runs_finished_between"), max(0, start_runs - 100_000), t0, t1
     )
+    assert done is not None
+    runs: int = done["runs"]
     span = (t1 - t0).total_seconds()
     return Window(
         history_runs_at_start=start_runs,
@@ -408,6 +411,7 @@ async def window(conn: Conn, engine: Engine, seconds: float) -> Window:
         runs=runs,
         runs_per_s=round(runs / span, 1),
         claim=claim_stats(engine.scheduler_log, h0, h1),
+        trades_per_run=round(done["trades"] / runs, 3) if runs else None,
         wal_bytes_per_run=round((wal1["bytes"] - wal0["bytes"]) / runs, 1) if runs else None,
         wal_fpi_per_run=round((wal1["fpi"] - wal0["fpi"]) / runs, 3) if runs else None,
         checkpoints_timed=wal1["timed"] - wal0["timed"],
@@ -734,7 +738,7 @@ async def fill_and_measure(
         empty: list[Window] = []
         again: list[Window] = []
         for n in range(1, plan.beside + 1):
-            empty.append(await empty_beside(cluster, env, plan, settings, logdir, say, n))
+            empty.append(await empty_beside(cluster, env, plan, settings, logdir, say, n, conn))
             again.append(await alone_window(conn, env, url, logdir, plan, f"N, again ({n})", say))
     zero = make_point("0", zero_idle, w0, NO_CHECKPOINTS, None)
     full = make_point("N", full_idle, wn_alone, fills[-1].checkpoints(), wn)
@@ -749,11 +753,16 @@ async def empty_beside(
     logdir: Path,
     say: Say,
     n: int,
+    history: Conn,
 ) -> Window:
-    """The engine alone on an empty database of the same users, beside the N point (the `n`th:
-    a scratch database of its own on the same cluster, dropped after)."""
+    """The engine alone on an empty database of the same users holding the history's wallets
+    (`history`'s, as the N point left them), beside the N point (the `n`th: a scratch database
+    of its own on the same cluster, dropped after). Without the wallets it would not be the same
+    run: users who hold USD alone, as fresh ones do, make fewer trades a run (a sell needs a
+    holding)."""
     say(f"history: an empty database of {plan.users:,} users beside the N point ({n})")
     async with seeded_database(cluster, plan, settings, f"beside{n}") as (url, conn):
+        await copy_wallets(history, conn)
         await back_to_back(conn, plan.interval_s)
         return await alone_window(conn, env, url, logdir, plan, f"empty beside N ({n})", say)
 

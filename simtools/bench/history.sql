@@ -42,10 +42,53 @@ SELECT clock_timestamp()
 SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('sim_runs', 'id')::regclass), 0)
 
 -- hist_runs_finished_between --
--- Runs committed by the engine between two server times: finished_at is the run's
--- clock_timestamp() inside its batch's statement, so a batch straddling an edge counts where it
--- wrote. Read a few seconds after $2, once the batches in flight then have committed.
-SELECT count(*) FROM sim_runs WHERE id > $1::bigint AND finished_at >= $2 AND finished_at < $3
+-- Runs committed by the engine between two server times, and the trades they made: finished_at
+-- is the run's clock_timestamp() inside its batch's statement, so a batch straddling an edge
+-- counts where it wrote. Read a few seconds after $2, once the batches in flight then have
+-- committed.
+SELECT count(*) AS runs, coalesce(sum(trades_count), 0)::bigint AS trades
+  FROM sim_runs WHERE id > $1::bigint AND finished_at >= $2 AND finished_at < $3
+
+-- hist_wallets --
+-- Every user's wallet, what a run's trades follow from (a sell needs a holding; a user's first
+-- runs, holding USD alone, make fewer trades than later ones): read from the history at N, for
+-- the empty databases beside it.
+SELECT u.id, u.email, u.balance_usd, u.portfolio_value_usd,
+       p.btc, p.eth, p.usdt, p.usdc, p.xrp, p.ada, p.usd_value
+  FROM users u JOIN portfolio p ON p.user_id = u.id
+ ORDER BY u.id
+
+-- hist_wallets_table --
+CREATE TEMPORARY TABLE hist_wallets (
+    id bigint PRIMARY KEY, email text NOT NULL, balance_usd numeric NOT NULL,
+    portfolio_value_usd numeric NOT NULL, btc numeric NOT NULL, eth numeric NOT NULL,
+    usdt numeric NOT NULL, usdc numeric NOT NULL, xrp numeric NOT NULL, ada numeric NOT NULL,
+    usd_value numeric
+) ON COMMIT DROP
+
+-- hist_take_wallets --
+-- The wallets copied into pg_temp.hist_wallets become this database's users' own, matched by id
+-- and email (the same seeded users; the caller checks every one matched): balance, value and
+-- holdings, and the demo deposit that explains the balance. Nothing explains the holdings here:
+-- the database is the bench's own, measured with the engine alone and dropped, never reconciled.
+WITH b AS (
+    UPDATE users u SET balance_usd = w.balance_usd, portfolio_value_usd = w.portfolio_value_usd
+      FROM pg_temp.hist_wallets w
+     WHERE u.id = w.id AND u.email = w.email
+    RETURNING u.id
+), p AS (
+    UPDATE portfolio p
+       SET btc = w.btc, eth = w.eth, usdt = w.usdt, usdc = w.usdc, xrp = w.xrp, ada = w.ada,
+           usd_value = w.usd_value
+      FROM pg_temp.hist_wallets w JOIN b ON b.id = w.id
+     WHERE p.user_id = w.id
+    RETURNING p.user_id
+), d AS (
+    UPDATE transactions t SET amount = w.balance_usd
+      FROM pg_temp.hist_wallets w JOIN b ON b.id = w.id
+     WHERE t.user_id = w.id AND t.reference = 'seed-demo' AND t.sim_run_id IS NULL
+)
+SELECT (SELECT count(*) FROM b) AS users, (SELECT count(*) FROM p) AS portfolios
 
 -- hist_counts --
 -- History at a point: runs, trades and ledger rows the engine wrote (the platform's own rows,

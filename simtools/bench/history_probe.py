@@ -314,3 +314,22 @@ async def counts(conn: Conn) -> dict[str, int]:
 async def users_dead(conn: Conn) -> dict[str, int]:
     row = await conn.fetchrow(history_query("hist_users_dead"))
     return {"dead": 0, "live": 0, "autovacuums": 0} if row is None else dict(row)
+
+
+async def copy_wallets(source: Conn, target: Conn) -> int:
+    """Give `target`'s users (the same seeded users: ids and emails) the wallets `source`'s hold:
+    balance, value and holdings, in one transaction. A run's trades follow from its wallet (a
+    sell needs a holding), so an empty database beside the history runs the same trades only
+    with the history's wallets. Returns the users copied; raises if any did not match."""
+    rows = await source.fetch(history_query("hist_wallets"))
+    async with target.transaction():
+        await target.execute(history_query("hist_wallets_table"))
+        await target.copy_records_to_table("hist_wallets", records=[tuple(r) for r in rows])
+        done = await target.fetchrow(history_query("hist_take_wallets"))
+        assert done is not None
+        if not done["users"] == done["portfolios"] == len(rows):
+            raise ValueError(
+                f"the wallets of {len(rows):,} users matched {done['users']:,} users and "
+                f"{done['portfolios']:,} portfolios by id and email: not the same users"
+            )
+    return len(rows)

@@ -40,6 +40,9 @@ class Window:
     # Autovacuums and autoanalyzes of any table done in the window (their CPU is in the
     # database's): as history grows they come less often but each reads more.
     autovacuums: int | None = None
+    # Trades per run committed in the window: a run's work follows its user's wallet (a sell
+    # needs a holding), so runs of fresh users, who hold USD alone, make fewer trades.
+    trades_per_run: float | None = None
 
 
 def rows_since(t: Timed | None) -> int | None:
@@ -322,6 +325,7 @@ def ratios(base: Point, full: Point) -> dict[str, float | None]:
     )  # MiB per million runs
     return {
         "runs_per_s": ratio(full.engine.runs_per_s, base.engine.runs_per_s),
+        "trades_per_run": ratio(full.engine.trades_per_run, base.engine.trades_per_run),
         "wal_bytes_per_run": ratio(full.engine.wal_bytes_per_run, base.engine.wal_bytes_per_run),
         "db_cpu_ms_per_run": ratio(full.engine.db_cpu_ms_per_run, base.engine.db_cpu_ms_per_run),
         "runs_per_s_with_checkpoints": ratio(
@@ -414,7 +418,8 @@ def _scheduler(c: CheckpointStats) -> str:
 
 def _window(w: Window) -> str:
     return (
-        f"{w.runs_per_s} runs/s (CPU ms per run {_opt(w.engine_cpu_ms_per_run)} / "
+        f"{w.runs_per_s} runs/s ({_opt(w.trades_per_run)} trades a run; CPU ms per run "
+        f"{_opt(w.engine_cpu_ms_per_run)} / "
         f"{_opt(w.db_cpu_ms_per_run)}; WAL {_opt(w.wal_bytes_per_run)} B / "
         f"{_opt(w.wal_fpi_per_run)} full pages)"
     )
@@ -428,8 +433,8 @@ def _beside(b: Beside, first: Window) -> str:
     low, high = b.spread(first)
     return (
         f"**The same run on an empty database, beside N** (the engine alone, {first.seconds:g} s "
-        f"windows one after another, the history and a fresh empty database of the same users in "
-        f"turn): {'; '.join(windows)}. **{_opt(b.against(first), '×')}** (the history's mean "
+        f"windows one after another, the history and in turn a fresh empty database of the same "
+        f"users holding the history's wallets): {'; '.join(windows)}. **{_opt(b.against(first), '×')}** (the history's mean "
         f"over the empty databases'; one window over an empty one next to it: "
         f"{_opt(low, '×')} to {_opt(high, '×')}; CPU: the engine's processes / the database's)."
     )
@@ -510,6 +515,11 @@ def markdown(result: HistoryResult) -> str:
                 f"{_n(p.engine_with_checkpoints.history_runs_at_start)} runs)"
             ),
             "runs_per_s_with_checkpoints",
+        ),
+        row(
+            "trades per run in the engine-alone window (a run's work: its wallet decides it)",
+            lambda p: _opt(p.engine.trades_per_run),
+            "trades_per_run",
         ),
         row(
             "WAL per run in the engine-alone window: bytes / full page images",
