@@ -77,9 +77,9 @@ def bench(
             "--beside",
             min=0,
             help="--history: windows of the engine alone on an empty database of the same users "
-            "(each a fresh one), taken in turn with windows on the history right after N's "
-            "(history, empty, history, ...); the ratio is the history's mean over the empty "
-            "databases', with its spread. 0: none.",
+            "holding the history's wallets (each a fresh one), taken in turn with windows on the "
+            "history right after N's (history, empty, history, ...); the ratio is the history's "
+            "mean over the empty databases', with its spread. 0: none.",
         ),
     ] = 2,
     soak_min: Annotated[
@@ -171,8 +171,10 @@ def bench(
     process start, the full sim_pnl sum and each engine-written table's size; every ratio of
     N against 0 and against the middle point, and the engine alone's runs/s against an empty
     database of the same users measured right beside N (history, empty, history, empty,
-    history for --beside 2, each empty database a fresh one), with the spread of one window
-    over the empty one next to it. Then a soak
+    history for --beside 2, each empty database a fresh one whose users hold the history's
+    wallets: a run's trades follow its wallet, and fresh users, who hold USD alone, make
+    fewer), with the spread of one window over the empty one next to it; every engine window
+    with its trades per run. Then a soak
     of --soak-min minutes on a fresh database, the users on slots at --soak-rate runs/s, with
     checkpoints and `simctl prune --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
     did (skipped, saying so, where this checkout has no prune).

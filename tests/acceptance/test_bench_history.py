@@ -95,7 +95,7 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     for table in ("trades", "transactions", "sim_runs"):
         assert full["table_bytes"][table] > mid["table_bytes"][table] > 0, table
     # The same run on empty databases beside N (--beside 2 by default): each empty database a
-    # fresh one whose runs start from nothing, each history window from beyond the one before;
+    # fresh one whose runs start from no history, each history window from beyond the one before;
     # the ratio is the history's mean over the empty ones', and CPU is measured each side.
     beside = data["beside"]
     assert data["settings"]["beside"] == 2
@@ -110,6 +110,13 @@ def test_tiny_history_bench_reports_three_points_and_the_soak(
     assert data["ratios"]["runs_per_s_beside"] == round(h_mean / e_mean, 3)
     for w in (*history, *beside["empty"]):
         assert w["engine_cpu_ms_per_run"] > 0 and w["db_cpu_ms_per_run"] > 0
+    # The same run: the empty databases' users hold the history's wallets, so their runs make
+    # the history's trades, not the fewer a run of fresh users makes (who hold USD alone, as at
+    # the 0 point: a sell needs a holding).
+    h_trades = sum(w["trades_per_run"] for w in history) / 3
+    for w in beside["empty"]:
+        assert zero["engine"]["trades_per_run"] * 1.2 < w["trades_per_run"]
+        assert abs(w["trades_per_run"] / h_trades - 1) < 0.1, (w["trades_per_run"], h_trades)
     # The engine alone at each point (no checkpoint of the scheduler's) and, after a fill, the
     # fill's own window with the scheduler's checkpoints on.
     assert zero["engine_with_checkpoints"] is None
