@@ -41,15 +41,18 @@ async def test_the_empty_database_takes_the_historys_wallets_and_only_for_the_sa
             before = await empty.fetch(WALLET)
             assert await copy_wallets(hist, empty) == 30
             theirs, ours = await hist.fetch(WALLET), await empty.fetch(WALLET)
-            assert [tuple(r) for r in ours] == [tuple(r) for r in theirs] != [
-                tuple(r) for r in before
-            ]
+            assert (
+                [tuple(r) for r in ours] == [tuple(r) for r in theirs] != [tuple(r) for r in before]
+            )
             # The demo deposit explains the copied balance (the holdings are not explained: the
             # database is the bench's own, never reconciled).
-            assert await empty.fetchval(
-                "SELECT count(*) FROM users u JOIN transactions t ON t.user_id = u.id "
-                "WHERE t.reference = 'seed-demo' AND t.amount <> u.balance_usd"
-            ) == 0
+            assert (
+                await empty.fetchval(
+                    "SELECT count(*) FROM users u JOIN transactions t ON t.user_id = u.id "
+                    "WHERE t.reference = 'seed-demo' AND t.amount <> u.balance_usd"
+                )
+                == 0
+            )
 
             # Not the same users (one email differs): nothing is changed, and it says so.
             await hist.execute("UPDATE users SET email = 'someone.else@example.com' WHERE id = 7")
