@@ -419,8 +419,8 @@ def _scheduler(c: CheckpointStats) -> str:
 def _window(w: Window) -> str:
     return (
         f"{w.runs_per_s} runs/s ({_opt(w.trades_per_run)} trades a run; CPU ms per run "
-        f"{_opt(w.engine_cpu_ms_per_run)} / "
-        f"{_opt(w.db_cpu_ms_per_run)}; WAL {_opt(w.wal_bytes_per_run)} B / "
+        f"{_opt(w.engine_cpu_ms_per_run)} / {_opt(w.db_cpu_ms_per_run)}; "
+        f"WAL {_opt(w.wal_bytes_per_run)} B / "
         f"{_opt(w.wal_fpi_per_run)} full pages)"
     )
 
@@ -434,7 +434,8 @@ def _beside(b: Beside, first: Window) -> str:
     return (
         f"**The same run on an empty database, beside N** (the engine alone, {first.seconds:g} s "
         f"windows one after another, the history and in turn a fresh empty database of the same "
-        f"users holding the history's wallets): {'; '.join(windows)}. **{_opt(b.against(first), '×')}** (the history's mean "
+        f"users holding the history's wallets): {'; '.join(windows)}. "
+        f"**{_opt(b.against(first), '×')}** (the history's mean "
         f"over the empty databases'; one window over an empty one next to it: "
         f"{_opt(low, '×')} to {_opt(high, '×')}; CPU: the engine's processes / the database's)."
     )
