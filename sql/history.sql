@@ -168,7 +168,7 @@ SELECT user_id, coalesce(sum(amount) FILTER (WHERE status = 'completed'), 0) AS 
  GROUP BY user_id
 
 -- window_sim_runs --
-SELECT user_id, count(*) AS runs
+SELECT user_id, count(*) AS runs, max(scheduled_for) AS last_slot
   FROM sim_runs
  WHERE id > $1 AND id <= $2 AND ($3::bigint IS NULL OR user_id = $3)
  GROUP BY user_id
@@ -288,7 +288,9 @@ SELECT * FROM expected
 
 -- compare_checkpoint_users --
 -- A retained checkpoint's stored totals ($1) against the totals walked from the rows
--- (pg_temp.sim_since), users ($2, $3]: the users where any differs.
+-- (pg_temp.sim_since), users ($2, $3]: the users where any differs. The latest slot is compared
+-- where both sides know it (unknown: NULL with runs, a checkpoint taken before 0016 or a walk
+-- that started from one).
 SELECT coalesce(c.user_id, s.user_id) AS user_id, to_jsonb(c) AS stored, to_jsonb(s) AS walked
   FROM (SELECT * FROM sim_checkpoint_users WHERE checkpoint_id = $1 AND user_id > $2 AND user_id <= $3) c
   FULL JOIN (SELECT * FROM pg_temp.sim_since WHERE user_id > $2 AND user_id <= $3) s
@@ -300,6 +302,8 @@ SELECT coalesce(c.user_id, s.user_id) AS user_id, to_jsonb(c) AS stored, to_json
        (s.usd, s.btc, s.eth, s.usdt, s.usdc, s.xrp, s.ada, s.buy_btc, s.buy_eth, s.buy_usdt,
         s.buy_usdc, s.buy_xrp, s.buy_ada, s.cost_btc, s.cost_eth, s.cost_usdt, s.cost_usdc,
         s.cost_xrp, s.cost_ada, s.fees, s.trades, s.runs)
+    OR (NOT (c.runs > 0 AND c.last_slot IS NULL) AND NOT (s.runs > 0 AND s.last_slot IS NULL)
+        AND c.last_slot IS DISTINCT FROM s.last_slot)
  ORDER BY 1
  LIMIT 100
 
@@ -352,7 +356,7 @@ TRUNCATE pg_temp.sim_since
 INSERT INTO pg_temp.sim_since
 SELECT 0, user_id, usd, btc, eth, usdt, usdc, xrp, ada,
        buy_btc, buy_eth, buy_usdt, buy_usdc, buy_xrp, buy_ada,
-       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs
+       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs, last_slot
   FROM sim_checkpoint_users
  WHERE checkpoint_id = $1 AND user_id > $2 AND user_id <= $3
 
@@ -397,7 +401,9 @@ DO $$ BEGIN PERFORM set_config('temp_buffers', '256MB', false);
 
 -- checkpoint_add_window --
 -- The new checkpoint's totals ($1), users ($3, $4]: the previous one's ($2) plus its window
--- (pg_temp.sim_parts, summed per user here), one insert per user.
+-- (pg_temp.sim_parts, summed per user here), one insert per user. The latest slot: the later of
+-- the previous one's and the window's; where the previous checkpoint does not know it (taken
+-- before 0016), the user's latest run up to the new cut ($5), looked up once.
 INSERT INTO sim_checkpoint_users
 SELECT $1, coalesce(p.user_id, w.user_id),
        coalesce(p.usd, 0) + coalesce(w.usd, 0),
@@ -411,7 +417,11 @@ SELECT $1, coalesce(p.user_id, w.user_id),
        coalesce(p.cost_usdt, 0) + coalesce(w.cost_usdt, 0), coalesce(p.cost_usdc, 0) + coalesce(w.cost_usdc, 0),
        coalesce(p.cost_xrp, 0) + coalesce(w.cost_xrp, 0), coalesce(p.cost_ada, 0) + coalesce(w.cost_ada, 0),
        coalesce(p.fees, 0) + coalesce(w.fees, 0),
-       coalesce(p.trades, 0) + coalesce(w.trades, 0), coalesce(p.runs, 0) + coalesce(w.runs, 0)
+       coalesce(p.trades, 0) + coalesce(w.trades, 0), coalesce(p.runs, 0) + coalesce(w.runs, 0),
+       CASE WHEN p.runs > 0 AND p.last_slot IS NULL
+            THEN (SELECT max(r.scheduled_for) FROM sim_runs r
+                   WHERE r.user_id = p.user_id AND r.id <= $5::bigint)
+            ELSE greatest(p.last_slot, w.last_slot) END
   FROM (SELECT * FROM sim_checkpoint_users WHERE checkpoint_id = $2 AND user_id > $3 AND user_id <= $4) p
   FULL JOIN (SELECT user_id,
                sum(usd) AS usd,
@@ -435,6 +445,34 @@ SELECT $1, coalesce(p.user_id, w.user_id),
                sum(cost_ada) AS cost_ada,
                sum(fees) AS fees,
                sum(trades) AS trades,
-               sum(runs) AS runs
+               sum(runs) AS runs,
+               max(last_slot) AS last_slot
           FROM pg_temp.sim_parts WHERE user_id > $3 AND user_id <= $4 GROUP BY user_id) w
     ON w.user_id = p.user_id
+
+-- judge_last_run --
+-- Users ($1, $2] and the slot of their latest run as reconcile knows it, for the valuation check
+-- (store/prices.py valuations_query): the later of the base checkpoint's ($3; 0 = none), the
+-- latest among the rows since it (pg_temp.sim_since and sim_parts) and the runs committed after
+-- the reconcile's cut ($4: the few since it began, through each partition's primary key). No
+-- user's runs are looked up, except where the base or the walk does not know the slot (a
+-- checkpoint taken before 0016: NULL with runs), as before 0016.
+SELECT u.id AS user_id,
+       CASE WHEN (cp.runs > 0 AND cp.last_slot IS NULL) OR sn.unknown
+            THEN (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id)
+            ELSE greatest(cp.last_slot, sn.last_slot, late.last_slot) END AS slot
+  FROM users u
+  LEFT JOIN (SELECT user_id, runs, last_slot FROM sim_checkpoint_users
+              WHERE checkpoint_id = $3 AND user_id > $1 AND user_id <= $2) cp ON cp.user_id = u.id
+  LEFT JOIN (SELECT user_id, max(last_slot) AS last_slot,
+                    bool_or(coalesce(runs, 0) > 0 AND last_slot IS NULL) AS unknown
+               FROM (SELECT user_id, runs, last_slot FROM pg_temp.sim_since
+                      WHERE user_id > $1 AND user_id <= $2
+                     UNION ALL
+                     SELECT user_id, runs, last_slot FROM pg_temp.sim_parts
+                      WHERE user_id > $1 AND user_id <= $2) x
+              GROUP BY user_id) sn ON sn.user_id = u.id
+  LEFT JOIN (SELECT user_id, max(scheduled_for) AS last_slot FROM sim_runs
+              WHERE id > $4 AND user_id > $1 AND user_id <= $2
+              GROUP BY user_id) late ON late.user_id = u.id
+ WHERE u.id > $1 AND u.id <= $2

@@ -689,18 +689,23 @@ SELECT id, user_id, trade_type, asset, generated_at, price_usd, stored_usd, expe
  WHERE expected_usd IS NULL OR price_usd <> expected_usd
  ORDER BY id
 
--- reconcile_valuations --
--- Every user's stored portfolio value against holdings × the stored prices of their last run's
--- slot (the prices that run and any later holding change valued it at), rounded half-even to
--- 8 decimals as the engine rounds a valuation. Users without runs are not checked here.
-WITH m AS (
+-- valuations_last_run --
+-- Users with ids in ($1, $2] and the slot of their latest run: one backward probe of
+-- (user_id, scheduled_for) each. (Reconcile knows the slots from its checkpoint instead:
+-- judge_last_run in sql/history.sql.)
+SELECT u.id AS user_id,
+       (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id) AS slot
+  FROM users u WHERE u.id > $1 AND u.id <= $2
+
+-- valuations_at_slots --
+-- Not a statement: the rest of one after `WITH last_run AS MATERIALIZED (...), ` (store/prices.py
+-- valuations_query; materialized: inlined, a lookup of the slot would be repeated for every use).
+-- Every user of last_run (user_id, slot) in ($1, $2]: the stored portfolio value against
+-- holdings × the stored prices of the last run's slot (the prices that run and any later holding
+-- change valued it at), rounded half-even to 8 decimals as the engine rounds a valuation. Users
+-- without runs (slot NULL) are not checked here.
+m AS (
     SELECT make_interval(secs => tick_s) AS tick, epoch FROM sim_market WHERE version = 1
-), last_run AS MATERIALIZED (
-    -- Users with ids in ($1, $2]: one backward probe of (user_id, scheduled_for) each
-    -- (materialized: inlined, the probe would be repeated for every use of the slot).
-    SELECT u.id AS user_id,
-           (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id) AS slot
-      FROM users u WHERE u.id > $1 AND u.id <= $2
 ), held AS (
     SELECT l.user_id, l.slot, h.asset, h.quantity, p.usd_value,
            s.asset IS NOT NULL AND l.slot BETWEEN s.first_at AND s.last_at AS imported,

@@ -156,7 +156,7 @@ RETURNING pruned_through
 INSERT INTO sim_checkpoint_users
 SELECT $1, user_id, usd, btc, eth, usdt, usdc, xrp, ada,
        buy_btc, buy_eth, buy_usdt, buy_usdc, buy_xrp, buy_ada,
-       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs
+       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs, last_slot
   FROM pg_temp.sim_since
 
 -- prune_set_keep_days --

@@ -33,6 +33,7 @@ from store.audit import early_runs, future_prices
 from store.db import Conn, Record, retrying_lock_timeouts
 from store.errors import Refused, StoreError
 from store.ledger import Discrepancy
+from store.prices import valuations_query
 from store.sqlfiles import queries, query
 
 # One transaction sums and hashes at most this many ids of one table (64 blocks); fewer when
@@ -55,7 +56,7 @@ _WINDOW_COLS: dict[str, tuple[str, ...]] = {
         "trades",
     ),
     "transactions": ("usd",),
-    "sim_runs": ("runs",),
+    "sim_runs": ("runs", "last_slot"),
 }
 # Per table, the sim_checkpoints / sim_history columns of its cut, floor, hash and row count.
 CUT = {"trades": "trades_cut", "transactions": "transactions_cut", "sim_runs": "runs_cut"}
@@ -66,6 +67,12 @@ ROWS = {"trades": "trades_rows", "transactions": "transactions_rows", "sim_runs"
 
 def q(name: str) -> str:
     return queries("history.sql")[name]
+
+
+def _valuations() -> str:
+    """The valuation check at each user's latest slot as the base checkpoint and the rows
+    since give it (judge_last_run): no lookup of a user's runs where the checkpoint knows it."""
+    return valuations_query(q("judge_last_run"))
 
 
 async def _one(conn: Conn, name: str, *args: object) -> Record:
@@ -229,6 +236,8 @@ _SUM_COLS = (
     "trades",
     "runs",
 )
+# Kept as the latest, not summed: the user's latest slot (0016).
+_MAX_COLS = ("last_slot",)
 # Per-user sums of the engine's rows, one row per user and range of ids: a session's own table
 # (no WAL, nothing another session sees), NULL where a range has nothing for a column. The
 # statements that need a user's total (the new checkpoint's totals, the live comparison) add
@@ -236,10 +245,10 @@ _SUM_COLS = (
 # once, never upserted. A walk over many windows (reconcile --full, prune's re-verification)
 # folds them into pg_temp.sim_since every _FOLD_ROWS rows instead.
 _FOLD_ROWS = 200_000
-_NUMERIC = {"trades": "bigint", "runs": "bigint"}
+_NUMERIC = {"trades": "bigint", "runs": "bigint", "last_slot": "timestamptz"}
 _PARTS_CREATE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS sim_parts (checkpoint_id bigint, user_id bigint, "
-    + ", ".join(f"{c} {_NUMERIC.get(c, 'numeric')}" for c in _SUM_COLS)
+    + ", ".join(f"{c} {_NUMERIC.get(c, 'numeric')}" for c in (*_SUM_COLS, *_MAX_COLS))
     + "); CREATE INDEX IF NOT EXISTS sim_parts_user ON pg_temp.sim_parts (user_id)"
 )
 _PARTS_CLEAR = "TRUNCATE pg_temp.sim_parts"
@@ -261,13 +270,23 @@ def _parts_insert(table: str) -> str:
 def _fold(target: str) -> str:
     """Add the parts of users ($1, $2] into `target`: a range of users per transaction, so no
     fold holds a snapshot for longer than a range takes (temporary tables or not, a
-    transaction's snapshot holds back vacuum everywhere)."""
-    cols = ", ".join(_SUM_COLS)
-    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _SUM_COLS)
-    sets = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in _SUM_COLS)
+    transaction's snapshot holds back vacuum everywhere). A latest slot stays unknown (NULL
+    with runs) once it is: a walk that starts from a checkpoint taken before 0016."""
+    cols = ", ".join((*_SUM_COLS, *_MAX_COLS))
+    aggs = ", ".join(
+        [f"coalesce(sum({c}), 0)" for c in _SUM_COLS] + [f"max({c})" for c in _MAX_COLS]
+    )
+    sets = ", ".join(
+        [f"{c} = t.{c} + EXCLUDED.{c}" for c in _SUM_COLS]
+        + [
+            f"{c} = CASE WHEN t.runs > 0 AND t.{c} IS NULL THEN NULL "
+            f"ELSE greatest(t.{c}, EXCLUDED.{c}) END"
+            for c in _MAX_COLS
+        ]
+    )
     return (
         f"INSERT INTO {target} AS t (checkpoint_id, user_id, {cols}) "  # noqa: S608
-        f"SELECT checkpoint_id, user_id, {sums} FROM pg_temp.sim_parts "
+        f"SELECT checkpoint_id, user_id, {aggs} FROM pg_temp.sim_parts "
         f"WHERE user_id > $1 AND user_id <= $2 GROUP BY checkpoint_id, user_id "
         f"ON CONFLICT (checkpoint_id, user_id) DO UPDATE SET {sets}"
     )
@@ -412,7 +431,7 @@ async def _judge(
             rows = await conn.fetch(
                 q("compare_users"), lo, hi, base_id, now.trades, now.transactions
             )
-            values = await conn.fetch(query("reconcile_valuations"), lo, hi)
+            values = await conn.fetch(_valuations(), lo, hi, base_id, now.runs)
         for r in rows:
             judged.discrepancies += _describe(r)
         judged.discrepancies += [
@@ -616,7 +635,12 @@ async def checkpoint(
         for lo, hi in await user_ranges(conn, None):
             async with timer.tx(conn):
                 await conn.execute(
-                    q("checkpoint_add_window"), cid, 0 if prev is None else prev["id"], lo, hi
+                    q("checkpoint_add_window"),
+                    cid,
+                    0 if prev is None else prev["id"],
+                    lo,
+                    hi,
+                    cut.runs,
                 )
             await lease.renew()
         hashes = {

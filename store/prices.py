@@ -190,6 +190,12 @@ async def show_prices(
     return [dict(r.items()) for r in rows]
 
 
+def valuations_query(last_run: str) -> str:
+    """The valuation check of users ($1, $2] (sql/queries.sql, valuations_at_slots), each at
+    the slot `last_run` gives them: a statement returning (user_id, slot) for those users."""
+    return f"WITH last_run AS MATERIALIZED ({last_run}), {query('valuations_at_slots')}"
+
+
 async def audit_prices(
     conn: Conn, slippage_bps: int, user_id: int | None = None
 ) -> list[Discrepancy]:
@@ -202,7 +208,7 @@ async def audit_prices(
             query("reconcile_trade_prices"), user_id, slippage_bps, 0, ALL_IDS
         )
         lo, hi = (0, ALL_IDS) if user_id is None else (user_id - 1, user_id)
-        values = await conn.fetch(query("reconcile_valuations"), lo, hi)
+        values = await conn.fetch(valuations_query(query("valuations_last_run")), lo, hi)
     for r in trades:
         what = f"trade {r['id']} {r['trade_type']} {r['asset']} at {r['generated_at'].isoformat()}"
         if r["stored_usd"] is None:

@@ -28,6 +28,20 @@ async def run_round(pg: asyncpg.Connection, runner: BatchRunner) -> int:
     return len(outcome.applied)
 
 
+async def run_at(
+    pg: asyncpg.Connection, runner: BatchRunner, ago_s: int, users: str = "true"
+) -> int:
+    """The users `users` selects, run once at a slot ago_s seconds ago (slots minutes apart
+    fall in different ticks of the market, priced apart): the number of runs applied."""
+    rows = await pg.fetch(
+        "UPDATE users SET sim_next_run_at = now() - make_interval(secs => $1)"  # noqa: S608
+        f" WHERE {users} RETURNING id, sim_next_run_at",
+        ago_s,
+    )
+    done = await runner.run(sorted(Claim(r["id"], r["sim_next_run_at"]) for r in rows))
+    return len(done.applied)
+
+
 def json_of(result: object) -> dict[str, object]:
     out = json.loads(result.stdout)  # type: ignore[attr-defined]
     assert isinstance(out, dict)
@@ -223,5 +237,104 @@ async def test_a_checkpoint_falls_due_by_rows_written_as_well_as_by_time(
         cp = await history.checkpoint(conn, "test", slippage_bps=5)
         assert cp.state == "verified" and sum(cp.rows.values()) == written
         assert not await history.checkpoint_due(conn, 3600, 1)
+    finally:
+        await conn.close()
+
+
+async def test_a_checkpoint_keeps_each_users_latest_slot_and_reconcile_values_at_it(
+    pg: asyncpg.Connection, runner: BatchRunner, env: dict[str, str]
+) -> None:
+    latest = (
+        "SELECT c.user_id, c.last_slot, (SELECT max(r.scheduled_for) FROM sim_runs r"
+        "  WHERE r.user_id = c.user_id) AS ran FROM sim_checkpoint_users c"
+        " WHERE c.checkpoint_id = (SELECT max(id) FROM sim_checkpoints) ORDER BY 1"
+    )
+
+    await seed_due(pg, 20)
+    for ago in (300, 180):  # the first checkpoint from its window, the second from the first's
+        assert await run_at(pg, runner, ago) == 20
+        assert simctl(["checkpoint"], env).returncode == 0
+        slots = await pg.fetch(latest)
+        assert len(slots) == 20 and all(r["last_slot"] == r["ran"] for r in slots)
+    cid = await pg.fetchval("SELECT max(id) FROM sim_checkpoints")
+    # Half the users run after it: their slots come from the rows since.
+    assert await run_at(pg, runner, 5, "id % 2 = 0") == 10
+    assert simctl(["reconcile"], env).returncode == 0
+
+    # A stored slot moved to another tick (one the market never priced): the quick reconcile
+    # values that user's holdings there and says so; the full one names the stored total.
+    uid = await pg.fetchval(
+        "SELECT min(p.user_id) FROM portfolio p JOIN users u ON u.id = p.user_id"
+        " WHERE u.id % 2 = 1 AND p.usd_value > 0"
+    )
+    assert uid is not None
+    await pg.execute(
+        "UPDATE sim_checkpoint_users SET last_slot = last_slot - interval '3 days'"
+        " WHERE checkpoint_id = $1 AND user_id = $2",
+        cid,
+        uid,
+    )
+    quick = simctl(["reconcile", "--json"], env)
+    assert quick.returncode == 1
+    assert [(d["user_id"], d["field"]) for d in json_of(quick)["discrepancies"]] == [  # type: ignore[attr-defined]
+        (uid, "portfolio value at the stored prices of the last run")
+    ]
+    full = simctl(["reconcile", "--full"], env)
+    assert full.returncode == 1
+    assert f"checkpoint {cid}: user {uid}: stored totals differ from its rows': last_slot" in (
+        full.stdout
+    )
+
+    # A checkpoint taken before 0016 knows no slot: reconcile looks the runs up as before (a
+    # value off its last run's prices is still named), and the next checkpoint stores them.
+    await pg.execute("UPDATE sim_checkpoint_users SET last_slot = NULL")
+    assert simctl(["reconcile"], env).returncode == 0
+    assert simctl(["reconcile", "--full"], env).returncode == 0
+    await pg.execute("UPDATE portfolio SET usd_value = usd_value + 1000 WHERE user_id = $1", uid)
+    await pg.execute(
+        "UPDATE users SET portfolio_value_usd = portfolio_value_usd + 1000 WHERE id = $1", uid
+    )
+    quick = simctl(["reconcile", "--json"], env)
+    assert [(d["user_id"], d["field"]) for d in json_of(quick)["discrepancies"]] == [  # type: ignore[attr-defined]
+        (uid, "portfolio value at the stored prices of the last run")
+    ]
+    await pg.execute("UPDATE portfolio SET usd_value = usd_value - 1000 WHERE user_id = $1", uid)
+    await pg.execute(
+        "UPDATE users SET portfolio_value_usd = portfolio_value_usd - 1000 WHERE id = $1", uid
+    )
+    assert simctl(["checkpoint"], env).returncode == 0
+    slots = await pg.fetch(latest)
+    assert len(slots) == 20 and all(r["last_slot"] == r["ran"] for r in slots)
+    assert simctl(["reconcile", "--full"], env).returncode == 0
+
+
+async def test_runs_committed_after_the_reconciles_cut_are_valued_at_their_own_slots(
+    pg: asyncpg.Connection,
+    runner: BatchRunner,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await seed_due(pg, 12)
+    assert await run_at(pg, runner, 300) == 12
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        assert (await history.checkpoint(conn, "test", slippage_bps=5)).state == "verified"
+        # Every user runs again between the reconcile's cut and its snapshots of the users:
+        # neither the checkpoint nor the rows up to the cut know those slots.
+        real, ran = history.take_cut, list[int]()
+
+        async def cut_then_run(
+            c: asyncpg.Connection, timer: history.Timer | None = None
+        ) -> history.Cut:
+            cut = await real(c, timer)
+            if not ran:
+                ran.append(await run_at(pg, runner, 5))
+            return cut
+
+        monkeypatch.setattr(history, "take_cut", cut_then_run)
+        judged = await history.reconcile(conn, slippage_bps=5)
+        assert ran == [12]
+        assert judged.clean, (judged.discrepancies, judged.findings)
+        assert judged.rows_since["sim_runs"] == 0  # they came after the cut
     finally:
         await conn.close()

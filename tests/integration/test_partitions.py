@@ -484,13 +484,19 @@ async def test_a_populated_0014_database_migrates_keeping_every_run_and_the_slot
             await fast_forward(
                 conn, runner, uid, [start + timedelta(minutes=5 * i + n) for i in range(30)]
             )
+        # Today's checkpoint needs 0016's column; added ahead as 0016 adds it, and emptied as a
+        # checkpoint taken before 0016 has it (no user's latest slot known).
+        await conn.execute(
+            "ALTER TABLE sim_checkpoint_users ADD COLUMN IF NOT EXISTS last_slot timestamptz"
+        )
         report = await checkpoint(conn, "test", slippage_bps=settings.sim_slippage_bps)
         assert report.state == "verified"
+        await conn.execute("UPDATE sim_checkpoint_users SET last_slot = NULL")
         before = [tuple(r) for r in await conn.fetch(RUNS)]
         assert len(before) == 90
 
         applied = await migrate(conn)
-        assert applied.applied == ["0015"]
+        assert applied.applied == ["0015", "0016"]
         assert (
             await conn.fetchval(
                 "SELECT relkind::text FROM pg_class WHERE oid = 'sim_runs'::regclass"
@@ -524,6 +530,15 @@ async def test_a_populated_0014_database_migrates_keeping_every_run_and_the_slot
         # The chain taken before the migration still verifies, and so does the next checkpoint.
         report = await checkpoint(conn, "test", slippage_bps=settings.sim_slippage_bps)
         assert report.state == "verified", report.problems
+        # ... and knows each user's latest slot, looked up once where the last did not.
+        slots = await conn.fetch(
+            "SELECT c.last_slot, (SELECT max(scheduled_for) FROM sim_runs r"
+            "  WHERE r.user_id = c.user_id) AS latest"
+            "  FROM sim_checkpoint_users c WHERE c.checkpoint_id = $1",
+            report.id,
+        )
+        assert len(slots) == 3
+        assert all(r["last_slot"] is not None and r["last_slot"] == r["latest"] for r in slots)
         their_env = {**env, "DATABASE_URL": url}
         clean(their_env, "reconcile", "--full")
     finally:

@@ -1,0 +1,12 @@
+-- 0016: each user's latest slot in a checkpoint's totals, so reconcile values a portfolio at the
+-- prices of the user's last run without looking the run up (store/history.py; docs/architecture.md,
+-- "History").
+--
+-- `last_slot` is the latest `scheduled_for` among the user's runs up to the checkpoint's cut, as
+-- its rows give it: the previous checkpoint's, or the window's latest where later (NULL: no run).
+-- A checkpoint taken before this migration has NULL there for every user: where its `runs` is
+-- above 0, the slot is unknown, and what reads it looks the run up instead, as before; the next
+-- checkpoint finds each such user's latest slot through (user_id, scheduled_for) once and
+-- stores it, and from then on each one adds its window to the last. Nothing is rewritten here:
+-- adding a column with no default is a change to the catalogue alone.
+ALTER TABLE sim_checkpoint_users ADD COLUMN IF NOT EXISTS last_slot timestamptz;
