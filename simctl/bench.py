@@ -25,7 +25,8 @@ def bench(
         typer.Option(
             "--pinned",
             help="Also measure the pinned shape: a private Postgres cluster (initdb, the "
-            "server's settings) on one core, everything else on the others. Needs 2 cores.",
+            "server's settings) on one core, everything else on the others (with --history: "
+            "run the history bench in that shape instead). Needs 2 cores.",
         ),
     ] = False,
     json_out: Annotated[
@@ -177,10 +178,12 @@ def bench(
     with its trades per run. Then a soak
     of --soak-min minutes on a fresh database, the users on slots at --soak-rate runs/s, with
     checkpoints and `simctl prune --keep-days 0` on a cadence, and how late runs started while a prune ran and while none
-    did (skipped, saying so, where this checkout has no prune).
+    did (skipped, saying so, where this checkout has no prune). With --pinned, all of it in
+    the deployment's shape: the cluster's postmaster (and every backend) on the first core,
+    the bench, the engine, redis and the commands on the others.
     Exit 1 if a ledger or the history does not check out.
 
-    Examples (the last two: where a run's CPU goes; what history costs):
+    Examples (the last three: where a run's CPU goes; what history costs, shared and pinned):
 
     \b
       simctl bench --quick --json bench.json
@@ -188,6 +191,7 @@ def bench(
       simctl bench --steps 50000
       simctl bench --history --runs 1M --soak-min 10 --json hist.json
       simctl bench --history --runs 10M --mid-runs 1M --json hist.json
+      simctl bench --history --pinned --runs 10M --soak-min 0 --beside 3
     """
     s = settings()
     from simtools.bench.pinned import refusal
@@ -214,11 +218,13 @@ def bench(
         "--sample-s": sample_s != 60.0,
     }
     if history:
-        if pinned or quick or steps is not None:
+        if quick or steps is not None:
             raise Exit(
                 2,
-                "bench: --history runs on a private cluster of its own; it takes no --pinned, --quick or --steps",
+                "bench: --history runs on a private cluster of its own; it takes no --quick or --steps",
             )
+        if pinned and (reason := refusal()) is not None:
+            raise Exit(2, f"bench: {reason}")
         if docs and not bench_docs.is_file():
             raise Exit(
                 2,
@@ -262,24 +268,29 @@ def bench(
             checkpoint_s=checkpoint_s,
             prune_s=prune_s,
             sample_s=sample_s,
+            pinned=pinned,
         )
-        command = "simctl bench --history" + "".join(
-            f" {name} {value}"
-            for name, value in (
-                ("--runs", runs),
-                ("--mid-runs", mid_runs),
-                ("--users", users),
-                ("--measure-s", f"{measure_s:g}"),
-                ("--beside", beside),
-                ("--soak-min", f"{soak_min:g}"),
-                ("--soak-rate", f"{soak_rate:g}"),
-                ("--pg-set", " --pg-set ".join(pg_set or [])),
-                ("--checkpoint-s", f"{checkpoint_s:g}"),
-                ("--checkpoint-rows", checkpoint_rows),
-                ("--prune-s", f"{prune_s:g}"),
-                ("--sample-s", f"{sample_s:g}"),
+        command = (
+            "simctl bench --history"
+            + (" --pinned" if pinned else "")
+            + "".join(
+                f" {name} {value}"
+                for name, value in (
+                    ("--runs", runs),
+                    ("--mid-runs", mid_runs),
+                    ("--users", users),
+                    ("--measure-s", f"{measure_s:g}"),
+                    ("--beside", beside),
+                    ("--soak-min", f"{soak_min:g}"),
+                    ("--soak-rate", f"{soak_rate:g}"),
+                    ("--pg-set", " --pg-set ".join(pg_set or [])),
+                    ("--checkpoint-s", f"{checkpoint_s:g}"),
+                    ("--checkpoint-rows", checkpoint_rows),
+                    ("--prune-s", f"{prune_s:g}"),
+                    ("--sample-s", f"{sample_s:g}"),
+                )
+                if history_options[name]
             )
-            if history_options[name]
         )
         try:
             hist = run_async(lambda: run_history(s, plan, command, say))

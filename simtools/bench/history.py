@@ -69,11 +69,11 @@ from simtools.bench.history_results import (
     rows_since,
     sized,
 )
-from simtools.bench.pinned import ALWAYS, copied
+from simtools.bench.pinned import ALWAYS, copied, cores
 from simtools.bench.procs import BenchError, cpu_s, tree_cpu_s
 from simtools.bench.shapes import local_postmaster
 from simtools.harness.procs import Proc, last_line, run_simctl, simctl_argv, stop
-from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError
+from simtools.harness.services import PrivateCluster, PrivateRedis, ServiceError, cpu_list
 from store.db import Conn, connect
 
 Say = Callable[[str], None]
@@ -120,6 +120,10 @@ class HistoryPlan:
     # Empty-database windows interleaved with the history's after the N point's (--beside; 0:
     # none): history, empty, history, ...
     beside: int = 2
+    # The deployment's shape (--pinned): the cluster's postmaster (and every backend it forks)
+    # on the first core, everything else (the bench, the engine, redis, the commands) on the
+    # others; False: all of them share every core.
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,43 @@ def checkpoint_interval(seconds: float) -> int:
         if (le := getattr(bound, "le", None)) is not None:
             value = min(value, int(le))
     return value
+
+
+def bind_process(cpus: list[int]) -> None:
+    """This process on `cpus`: every thread of it (an affinity is a thread's, and a child takes
+    the one of the thread that started it: asyncio.to_thread's are already there)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Where the processes run: `server` the cores of the cluster's postmaster and backends,
+    `client` those of everything else (None for both: all share every core)."""
+
+    every: list[int]
+    server: list[int] | None = None
+    client: list[int] | None = None
+
+    @classmethod
+    def of(cls, pinned: bool) -> Shape:
+        have = cores()
+        if not pinned:
+            return cls(have)
+        if len(have) < 2:
+            raise BenchError(f"history: --pinned needs 2 cores; this process may use {len(have)}")
+        return cls(have, have[:1], have[1:])
+
+    def describe(self) -> str:
+        if self.server is None or self.client is None:
+            return f"shared: Postgres and everything else on the same {len(self.every)} cores"
+        return (
+            f"pinned: Postgres on core {cpu_list(self.server)}, the bench, the engine, redis and "
+            f"the commands on {cpu_list(self.client)}"
+        )
 
 
 class Engine:
@@ -562,12 +603,17 @@ async def run_history(
         f"on, shared_buffers {sized(conf, 'shared_buffers', 8192)}, max_wal_size "
         f"{sized(conf, 'max_wal_size', 2**20)})"
     )
+    shape = Shape.of(plan.pinned)
     try:
         await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(cluster.start, shape.server)
     except ServiceError as exc:
         await asyncio.to_thread(cluster.close)
         raise BenchError(f"history: {exc}") from None
+    if shape.client is not None:
+        say(f"history: pinned: {shape.describe()}")
+        # Everything this process starts from here on inherits the client cores.
+        bind_process(shape.client)
     redis = PrivateRedis()
     try:
         try:
@@ -601,6 +647,8 @@ async def run_history(
     finally:
         redis.close()
         await asyncio.to_thread(cluster.close)
+        if shape.client is not None:
+            bind_process(shape.every)
     result = HistoryResult(
         when=when,
         command=command,
@@ -626,6 +674,7 @@ async def run_history(
             "checkpoints": checkpoints_by,
             "pg_set": dict(plan.pg_set),
             "beside": plan.beside,
+            "shape": shape.describe(),
         },
         cluster=conf,
         zero=zero,

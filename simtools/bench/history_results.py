@@ -490,7 +490,9 @@ def markdown(result: HistoryResult) -> str:
         + "; "
         f"{result.settings.get('users'):,} users back to back (interval "
         f"{result.settings.get('interval_s')} s), 1 scheduler + {result.settings.get('workers')} "
-        f"workers; checkpoints: {result.settings.get('checkpoints')}. Ran {result.seconds} s; "
+        f"workers; checkpoints: {result.settings.get('checkpoints')}; "
+        f"{result.settings.get('shape') or 'shared: every process on every core'}. "
+        f"Ran {result.seconds} s; "
         f"load average before / after: {result.machine.get('load_average_before')} / "
         f"{result.machine.get('load_average_after')} (other jobs on the box count in every "
         "figure).",

@@ -8,11 +8,12 @@ that checks out."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.procs import simctl
+from tests.support.procs import SIMCTL, simctl
 from tests.support.services import ROOT, server_url
 
 pytestmark = pytest.mark.timeout(600)
@@ -208,5 +209,17 @@ def test_history_options_need_history_and_a_count(env: dict[str, str]) -> None:
     for item in ("shared_buffers", "=4GB", "shared_buffers=4GB\narchive_command=x"):
         refused = simctl(["bench", "--history", "--pg-set", item], env)
         assert refused.returncode == 2 and "--pg-set takes NAME=VALUE" in refused.stderr, item
-    mixed = simctl(["bench", "--history", "--pinned"], env)
+    mixed = simctl(["bench", "--history", "--quick"], env)
     assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1
+    assert "takes no --quick or --steps" in mixed.stderr
+    # The pinned shape needs a core for Postgres and one for the rest: refused before it starts.
+    one = subprocess.run(
+        ["taskset", "-c", "0", *SIMCTL, "bench", "--history", "--pinned", "--runs", "8k"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert one.returncode == 2
+    assert "--pinned needs at least 2 cores" in one.stderr and "may use 1" in one.stderr

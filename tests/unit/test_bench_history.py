@@ -5,15 +5,23 @@ the soak's summary against its first full window."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from simconfig import Settings
 from simctl.bench import _CHECKPOINT_ROWS
+from simtools.bench import history
 from simtools.bench.history import (
     CHECKPOINT_ROWS,
     NO_CHECKPOINTS,
+    Shape,
+    bind_process,
     mid_runs_for,
     primary_sizing,
     summarise_soak,
@@ -40,6 +48,7 @@ from simtools.bench.history_results import (
     markdown,
     ratios,
 )
+from simtools.bench.procs import BenchError
 
 
 def _line(at: datetime, **fields: object) -> str:
@@ -346,3 +355,52 @@ def test_the_private_cluster_is_sized_as_a_primary_where_the_server_has_less() -
     # A server that has more keeps its own.
     big = {"shared_buffers": str(16 * gib // 8192), "max_wal_size": "65536"}
     assert primary_sizing(big, 64 * gib) == {}
+
+
+def test_the_pinned_shape_puts_postgres_on_the_first_core_and_the_rest_on_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(history, "cores", lambda: [0, 1, 2, 3])
+    shared, pinned = Shape.of(False), Shape.of(True)
+    assert (shared.server, shared.client) == (None, None)
+    assert (pinned.every, pinned.server, pinned.client) == ([0, 1, 2, 3], [0], [1, 2, 3])
+    assert pinned.describe() == (
+        "pinned: Postgres on core 0, the bench, the engine, redis and the commands on 1,2,3"
+    )
+    monkeypatch.setattr(history, "cores", lambda: [5])
+    with pytest.raises(BenchError, match="--pinned needs 2 cores; this process may use 1"):
+        Shape.of(True)
+    assert Shape.of(False).describe() == "shared: Postgres and everything else on the same 1 cores"
+
+
+def test_binding_the_process_moves_every_thread_and_what_they_start() -> None:
+    have = sorted(os.sched_getaffinity(0))
+    if len(have) < 2:
+        pytest.skip("needs 2 cores to move a thread between")
+    ready, done = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def idle() -> None:  # a thread started before the binding, as asyncio.to_thread's are
+        ready.set()
+        done.wait(10)
+        seen["thread"] = sorted(os.sched_getaffinity(0))
+        child = subprocess.run(
+            ["python3", "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen["child"] = child.stdout.strip()
+
+    worker = threading.Thread(target=idle)
+    worker.start()
+    ready.wait(10)
+    try:
+        bind_process(have[1:])
+        done.set()
+        worker.join(10)
+        assert sorted(os.sched_getaffinity(0)) == have[1:]
+    finally:
+        bind_process(have)
+    assert seen == {"thread": have[1:], "child": str(have[1:])}
+    assert sorted(os.sched_getaffinity(0)) == have
