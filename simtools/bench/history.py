@@ -611,7 +611,7 @@ async def run_history(
         await asyncio.to_thread(cluster.close)
         raise BenchError(f"history: {exc}") from None
     if shape.client is not None:
-        say(f"history: pinned: {shape.describe()}")
+        say(f"history: {shape.describe()}")
         # Everything this process starts from here on inherits the client cores.
         bind_process(shape.client)
     redis = PrivateRedis()
