@@ -352,13 +352,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS sim_since_user ON pg_temp.sim_since (checkpoin
 TRUNCATE pg_temp.sim_since
 
 -- since_from_checkpoint --
--- A checkpoint's totals, users ($2, $3], as the start of a walk.
+-- A checkpoint's totals, users ($2, $3], as the start of a walk (from the checkpoint retention
+-- pruned through). Where it does not know a user's latest slot (taken before 0016), the user's
+-- latest run up to its cut, looked up: retention keeps each user's latest run, so that is the
+-- slot, or none is left at or below the cut, and '-infinity' says so (the user's latest run
+-- came after the cut: a later window or the rows since hold it, and the later slot wins).
 INSERT INTO pg_temp.sim_since
-SELECT 0, user_id, usd, btc, eth, usdt, usdc, xrp, ada,
-       buy_btc, buy_eth, buy_usdt, buy_usdc, buy_xrp, buy_ada,
-       cost_btc, cost_eth, cost_usdt, cost_usdc, cost_xrp, cost_ada, fees, trades, runs, last_slot
-  FROM sim_checkpoint_users
- WHERE checkpoint_id = $1 AND user_id > $2 AND user_id <= $3
+SELECT 0, c.user_id, c.usd, c.btc, c.eth, c.usdt, c.usdc, c.xrp, c.ada,
+       c.buy_btc, c.buy_eth, c.buy_usdt, c.buy_usdc, c.buy_xrp, c.buy_ada,
+       c.cost_btc, c.cost_eth, c.cost_usdt, c.cost_usdc, c.cost_xrp, c.cost_ada, c.fees, c.trades,
+       c.runs,
+       CASE WHEN c.runs > 0 AND c.last_slot IS NULL
+            THEN coalesce((SELECT max(r.scheduled_for) FROM sim_runs r
+                            WHERE r.user_id = c.user_id AND r.id <= k.runs_cut), '-infinity')
+            ELSE c.last_slot END
+  FROM sim_checkpoint_users c
+  JOIN sim_checkpoints k ON k.id = c.checkpoint_id
+ WHERE c.checkpoint_id = $1 AND c.user_id > $2 AND c.user_id <= $3
 
 -- window_of --
 -- The verified checkpoint whose window holds a row ($1 table, $2 id); NULL: after every cut.
@@ -403,7 +413,9 @@ DO $$ BEGIN PERFORM set_config('temp_buffers', '256MB', false);
 -- The new checkpoint's totals ($1), users ($3, $4]: the previous one's ($2) plus its window
 -- (pg_temp.sim_parts, summed per user here), one insert per user. The latest slot: the later of
 -- the previous one's and the window's; where the previous checkpoint does not know it (taken
--- before 0016), the user's latest run up to the new cut ($5), looked up once.
+-- before 0016), the user's latest run up to the new cut ($5), looked up once ('-infinity' where
+-- retention left none there: the user's latest run came after the cut, and a later window's
+-- slot wins over it).
 INSERT INTO sim_checkpoint_users
 SELECT $1, coalesce(p.user_id, w.user_id),
        coalesce(p.usd, 0) + coalesce(w.usd, 0),
@@ -419,8 +431,8 @@ SELECT $1, coalesce(p.user_id, w.user_id),
        coalesce(p.fees, 0) + coalesce(w.fees, 0),
        coalesce(p.trades, 0) + coalesce(w.trades, 0), coalesce(p.runs, 0) + coalesce(w.runs, 0),
        CASE WHEN p.runs > 0 AND p.last_slot IS NULL
-            THEN (SELECT max(r.scheduled_for) FROM sim_runs r
-                   WHERE r.user_id = p.user_id AND r.id <= $5::bigint)
+            THEN coalesce((SELECT max(r.scheduled_for) FROM sim_runs r
+                            WHERE r.user_id = p.user_id AND r.id <= $5::bigint), '-infinity')
             ELSE greatest(p.last_slot, w.last_slot) END
   FROM (SELECT * FROM sim_checkpoint_users WHERE checkpoint_id = $2 AND user_id > $3 AND user_id <= $4) p
   FULL JOIN (SELECT user_id,
@@ -456,9 +468,12 @@ SELECT $1, coalesce(p.user_id, w.user_id),
 -- latest among the rows since it (pg_temp.sim_since and sim_parts) and the runs committed after
 -- the reconcile's cut ($4: the few since it began, through each partition's primary key). No
 -- user's runs are looked up, except where the base or the walk does not know the slot (a
--- checkpoint taken before 0016: NULL with runs), as before 0016.
+-- checkpoint taken before 0016: NULL with runs), as before 0016, or where all it knows is that
+-- the latest run came after a cut ('-infinity') and nothing later holds it (never, if the
+-- rows are as written).
 SELECT u.id AS user_id,
        CASE WHEN (cp.runs > 0 AND cp.last_slot IS NULL) OR sn.unknown
+                 OR greatest(cp.last_slot, sn.last_slot, late.last_slot) = '-infinity'
             THEN (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id)
             ELSE greatest(cp.last_slot, sn.last_slot, late.last_slot) END AS slot
   FROM users u

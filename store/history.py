@@ -802,7 +802,9 @@ async def reconcile(
 def _differences(stored: dict[str, Any] | None, walked: dict[str, Any] | None) -> str:
     """The totals that differ, as `name stored -> walked`."""
     a, b = stored or {}, walked or {}
-    keys = [k for k in (a.keys() | b.keys()) if k not in ("checkpoint_id", "user_id")]
+    unknown = a.get("last_slot") is None or b.get("last_slot") is None  # compared only if known
+    skip = ("checkpoint_id", "user_id", *(("last_slot",) if unknown else ()))
+    keys = [k for k in (a.keys() | b.keys()) if k not in skip]
     diffs = [
         f"{k} {a.get(k, 0)} -> {b.get(k, 0)}"
         for k in sorted(keys)

@@ -206,7 +206,9 @@ class Shape:
         if not pinned:
             return cls(have)
         if len(have) < 2:
-            raise BenchError(f"history: --pinned needs 2 cores; this process may use {len(have)}")
+            raise BenchError(
+                f"history: --pinned needs at least 2 cores; this process may use {len(have)}"
+            )
         return cls(have, have[:1], have[1:])
 
     def describe(self) -> str:
@@ -614,9 +616,10 @@ async def run_history(
         say(f"history: {shape.describe()}")
         # Everything this process starts from here on inherits the client cores.
         bind_process(shape.client)
-    redis = PrivateRedis()
+    redis: PrivateRedis | None = None
     try:
         try:
+            redis = PrivateRedis()
             await asyncio.to_thread(redis.start)
         except ServiceError as exc:
             raise BenchError(f"history: {exc}") from None
@@ -645,10 +648,13 @@ async def run_history(
         )
         soak = await run_soak(cluster, env, plan, settings, avail, scheduler_cp, logdir, say)
     finally:
-        redis.close()
-        await asyncio.to_thread(cluster.close)
-        if shape.client is not None:
-            bind_process(shape.every)
+        try:
+            if redis is not None:
+                redis.close()
+            await asyncio.to_thread(cluster.close)
+        finally:
+            if shape.client is not None:
+                bind_process(shape.every)
     result = HistoryResult(
         when=when,
         command=command,

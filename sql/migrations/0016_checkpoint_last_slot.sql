@@ -7,6 +7,8 @@
 -- A checkpoint taken before this migration has NULL there for every user: where its `runs` is
 -- above 0, the slot is unknown, and what reads it looks the run up instead, as before; the next
 -- checkpoint finds each such user's latest slot through (user_id, scheduled_for) once and
--- stores it, and from then on each one adds its window to the last. Nothing is rewritten here:
--- adding a column with no default is a change to the catalogue alone.
-ALTER TABLE sim_checkpoint_users ADD COLUMN IF NOT EXISTS last_slot timestamptz;
+-- stores it, and from then on each one adds its window to the last. '-infinity' there says that
+-- retention left none of the user's runs at or below the cut (its latest run, which retention
+-- keeps, came after it). Nothing is rewritten here: adding a column with no default is a change
+-- to the catalogue alone.
+ALTER TABLE sim_checkpoint_users ADD COLUMN last_slot timestamptz;

@@ -484,14 +484,12 @@ async def test_a_populated_0014_database_migrates_keeping_every_run_and_the_slot
             await fast_forward(
                 conn, runner, uid, [start + timedelta(minutes=5 * i + n) for i in range(30)]
             )
-        # Today's checkpoint needs 0016's column; added ahead as 0016 adds it, and emptied as a
-        # checkpoint taken before 0016 has it (no user's latest slot known).
-        await conn.execute(
-            "ALTER TABLE sim_checkpoint_users ADD COLUMN IF NOT EXISTS last_slot timestamptz"
-        )
+        # Today's checkpoint needs 0016's column: added for it, and dropped again, so the
+        # database is one whose checkpoint was taken before 0016 (no user's latest slot).
+        await conn.execute("ALTER TABLE sim_checkpoint_users ADD COLUMN last_slot timestamptz")
         report = await checkpoint(conn, "test", slippage_bps=settings.sim_slippage_bps)
         assert report.state == "verified"
-        await conn.execute("UPDATE sim_checkpoint_users SET last_slot = NULL")
+        await conn.execute("ALTER TABLE sim_checkpoint_users DROP COLUMN last_slot")
         before = [tuple(r) for r in await conn.fetch(RUNS)]
         assert len(before) == 90
 

@@ -772,3 +772,75 @@ async def test_an_archived_batch_whose_rows_differ_from_its_lines_deletes_nothin
     report = await do_prune(pg, 0, actor=ACTOR, archive_dir=archive, limits=Limits(pause_ms=0))
     assert report.complete and report.rows["trades"] > 0
     assert archived_lines(archive) == expected
+
+
+async def test_latest_slots_stay_exact_through_prunes_from_a_checkpoint_taken_before_0016(
+    pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, admin_env: dict[str, str]
+) -> None:
+    """A database upgraded to 0016 whose first checkpoint knows no slot, and a prune through
+    it: the walk of the next prune starts from it, every later checkpoint's slots are each
+    user's latest run up to its cut, and `reconcile --full` compares them (a moved one is
+    named)."""
+    uids = await make_history(pg, runner, settings, users=2, runs=16)
+    first = await pg.fetchval("SELECT min(id) FROM sim_checkpoints")
+    await pg.execute("UPDATE sim_checkpoint_users SET last_slot = NULL")  # taken before 0016
+    await pg.execute(
+        "UPDATE sim_checkpoints SET cut_at = cut_at - interval '10 days' WHERE id = $1", first
+    )
+    done = prune(admin_env, "--keep-days", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["checkpoint_id"] == first
+    # Three more checkpoints (only the newest two keep their totals: the next prune rebuilds
+    # the first of them from the walk that starts at the pruned, slotless one).
+    later = START + timedelta(days=1)
+    for n in range(3):
+        for uid in uids:
+            slots = [later + timedelta(hours=n) + i * timedelta(minutes=5) for i in range(4)]
+            await fast_forward(pg, runner, uid, slots)
+        report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
+        assert report.state == "verified", report.problems
+    ids = [r["id"] for r in await pg.fetch("SELECT id FROM sim_checkpoints ORDER BY id")]
+    target = ids[1]
+    cut = await pg.fetchval("SELECT runs_cut FROM sim_checkpoints WHERE id = $1", target)
+    expected = {
+        r["user_id"]: r["slot"]
+        for r in await pg.fetch(
+            "SELECT user_id, max(scheduled_for) AS slot FROM sim_runs WHERE id <= $1"
+            " GROUP BY user_id",
+            cut,
+        )
+    }
+    await pg.execute(
+        "UPDATE sim_checkpoints SET cut_at = cut_at - interval '8 days' WHERE id = $1", target
+    )
+    done = prune(admin_env, "--keep-days", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["checkpoint_id"] == target
+    rebuilt = {
+        r["user_id"]: r["last_slot"]
+        for r in await pg.fetch(
+            "SELECT user_id, last_slot FROM sim_checkpoint_users WHERE checkpoint_id = $1", target
+        )
+    }
+    assert rebuilt == expected and len(expected) == len(uids)
+    newest = await pg.fetch(
+        "SELECT user_id, last_slot, (SELECT max(scheduled_for) FROM sim_runs r"
+        "  WHERE r.user_id = c.user_id AND r.id <= k.runs_cut) AS ran"
+        "  FROM sim_checkpoint_users c JOIN sim_checkpoints k ON k.id = c.checkpoint_id"
+        " WHERE c.checkpoint_id = $1",
+        ids[-1],
+    )
+    assert len(newest) == len(uids) and all(r["last_slot"] == r["ran"] for r in newest)
+    reconcile_clean(admin_env)
+    await pg.execute(
+        "UPDATE sim_checkpoint_users SET last_slot = last_slot - interval '1 hour'"
+        " WHERE checkpoint_id = $1 AND user_id = $2",
+        ids[-1],
+        uids[0],
+    )
+    full = simctl(["reconcile", "--full"], admin_env, timeout=120)
+    assert full.returncode == 1
+    assert (
+        f"checkpoint {ids[-1]}: user {uids[0]}: stored totals differ from its rows': last_slot"
+        in full.stdout
+    )
