@@ -68,6 +68,19 @@ async def make_history(
     return uids
 
 
+async def hourly_checkpoints(
+    pg: asyncpg.Connection, runner: BatchRunner, settings: Settings, uids: list[int], n: int
+) -> None:
+    """`n` verified checkpoints a day after START, an hour apart, each after 4 runs a user."""
+    later = START + timedelta(days=1)
+    for k in range(n):
+        for uid in uids:
+            slots = [later + timedelta(hours=k) + i * timedelta(minutes=5) for i in range(4)]
+            await fast_forward(pg, runner, uid, slots)
+        report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
+        assert report.state == "verified", report.problems
+
+
 async def counts(pg: asyncpg.Connection) -> dict[str, int]:
     return {t: int(await pg.fetchval(sql)) for t, sql in ENGINE.items()}
 
@@ -524,13 +537,7 @@ async def test_p_older_than_the_kept_totals_gets_its_totals_rebuilt_from_verifie
     """Checkpoints keep per-user totals for the newest two only; a window of days reaches an
     older one, whose totals the prune rebuilds from the windows it verifies."""
     uids = await make_history(pg, runner, settings, users=2, runs=16)
-    later = START + timedelta(days=1)
-    for n in range(2):
-        for uid in uids:
-            slots = [later + timedelta(hours=n) + i * timedelta(minutes=5) for i in range(4)]
-            await fast_forward(pg, runner, uid, slots)
-        report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
-        assert report.state == "verified"
+    await hourly_checkpoints(pg, runner, settings, uids, 2)
     first = await pg.fetchval("SELECT min(id) FROM sim_checkpoints")
     await pg.execute(
         "UPDATE sim_checkpoints SET cut_at = cut_at - interval '10 days' WHERE id = $1", first
@@ -792,13 +799,7 @@ async def test_latest_slots_stay_exact_through_prunes_from_a_checkpoint_taken_be
     assert json.loads(done.stdout)["checkpoint_id"] == first
     # Three more checkpoints (only the newest two keep their totals: the next prune rebuilds
     # the first of them from the walk that starts at the pruned, slotless one).
-    later = START + timedelta(days=1)
-    for n in range(3):
-        for uid in uids:
-            slots = [later + timedelta(hours=n) + i * timedelta(minutes=5) for i in range(4)]
-            await fast_forward(pg, runner, uid, slots)
-        report = await checkpoint(pg, "test", slippage_bps=settings.sim_slippage_bps)
-        assert report.state == "verified", report.problems
+    await hourly_checkpoints(pg, runner, settings, uids, 3)
     ids = [r["id"] for r in await pg.fetch("SELECT id FROM sim_checkpoints ORDER BY id")]
     target = ids[1]
     cut = await pg.fetchval("SELECT runs_cut FROM sim_checkpoints WHERE id = $1", target)
