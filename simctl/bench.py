@@ -183,7 +183,7 @@ def bench(
     the bench, the engine, redis and the commands on the others.
     Exit 1 if a ledger or the history does not check out.
 
-    Examples (the last three: where a run's CPU goes; what history costs, shared and pinned):
+    Examples (the last three: where a run's CPU goes; what history costs):
 
     \b
       simctl bench --quick --json bench.json
