@@ -289,8 +289,8 @@ SELECT * FROM expected
 -- compare_checkpoint_users --
 -- A retained checkpoint's stored totals ($1) against the totals walked from the rows
 -- (pg_temp.sim_since), users ($2, $3]: the users where any differs. The latest slot is compared
--- where both sides know it (unknown: NULL with runs, a checkpoint taken before 0016 or a walk
--- that started from one).
+-- where the checkpoint knows it (unknown: NULL with runs, a checkpoint taken before 0016; a walk
+-- always knows it, since_from_checkpoint looking up what its start does not).
 SELECT coalesce(c.user_id, s.user_id) AS user_id, to_jsonb(c) AS stored, to_jsonb(s) AS walked
   FROM (SELECT * FROM sim_checkpoint_users WHERE checkpoint_id = $1 AND user_id > $2 AND user_id <= $3) c
   FULL JOIN (SELECT * FROM pg_temp.sim_since WHERE user_id > $2 AND user_id <= $3) s
@@ -302,8 +302,7 @@ SELECT coalesce(c.user_id, s.user_id) AS user_id, to_jsonb(c) AS stored, to_json
        (s.usd, s.btc, s.eth, s.usdt, s.usdc, s.xrp, s.ada, s.buy_btc, s.buy_eth, s.buy_usdt,
         s.buy_usdc, s.buy_xrp, s.buy_ada, s.cost_btc, s.cost_eth, s.cost_usdt, s.cost_usdc,
         s.cost_xrp, s.cost_ada, s.fees, s.trades, s.runs)
-    OR (NOT (c.runs > 0 AND c.last_slot IS NULL) AND NOT (s.runs > 0 AND s.last_slot IS NULL)
-        AND c.last_slot IS DISTINCT FROM s.last_slot)
+    OR (NOT (c.runs > 0 AND c.last_slot IS NULL) AND c.last_slot IS DISTINCT FROM s.last_slot)
  ORDER BY 1
  LIMIT 100
 
@@ -467,24 +466,23 @@ SELECT $1, coalesce(p.user_id, w.user_id),
 -- (store/prices.py valuations_query): the later of the base checkpoint's ($3; 0 = none), the
 -- latest among the rows since it (pg_temp.sim_since and sim_parts) and the runs committed after
 -- the reconcile's cut ($4: the few since it began, through each partition's primary key). No
--- user's runs are looked up, except where the base or the walk does not know the slot (a
--- checkpoint taken before 0016: NULL with runs), as before 0016, or where all it knows is that
+-- user's runs are looked up, except where the base checkpoint does not know the slot (taken
+-- before 0016: NULL with runs; a walk always knows it), as before 0016, or where all it knows is that
 -- the latest run came after a cut ('-infinity') and nothing later holds it (never, if the
 -- rows are as written).
 SELECT u.id AS user_id,
-       CASE WHEN (cp.runs > 0 AND cp.last_slot IS NULL) OR sn.unknown
+       CASE WHEN (cp.runs > 0 AND cp.last_slot IS NULL)
                  OR greatest(cp.last_slot, sn.last_slot, late.last_slot) = '-infinity'
             THEN (SELECT max(r.scheduled_for) FROM sim_runs r WHERE r.user_id = u.id)
             ELSE greatest(cp.last_slot, sn.last_slot, late.last_slot) END AS slot
   FROM users u
   LEFT JOIN (SELECT user_id, runs, last_slot FROM sim_checkpoint_users
               WHERE checkpoint_id = $3 AND user_id > $1 AND user_id <= $2) cp ON cp.user_id = u.id
-  LEFT JOIN (SELECT user_id, max(last_slot) AS last_slot,
-                    bool_or(coalesce(runs, 0) > 0 AND last_slot IS NULL) AS unknown
-               FROM (SELECT user_id, runs, last_slot FROM pg_temp.sim_since
+  LEFT JOIN (SELECT user_id, max(last_slot) AS last_slot
+               FROM (SELECT user_id, last_slot FROM pg_temp.sim_since
                       WHERE user_id > $1 AND user_id <= $2
                      UNION ALL
-                     SELECT user_id, runs, last_slot FROM pg_temp.sim_parts
+                     SELECT user_id, last_slot FROM pg_temp.sim_parts
                       WHERE user_id > $1 AND user_id <= $2) x
               GROUP BY user_id) sn ON sn.user_id = u.id
   LEFT JOIN (SELECT user_id, max(scheduled_for) AS last_slot FROM sim_runs

@@ -237,7 +237,7 @@ _SUM_COLS = (
     "runs",
 )
 # Kept as the latest, not summed: the user's latest slot (0016).
-_MAX_COLS = ("last_slot",)
+_SLOT = "last_slot"
 # Per-user sums of the engine's rows, one row per user and range of ids: a session's own table
 # (no WAL, nothing another session sees), NULL where a range has nothing for a column. The
 # statements that need a user's total (the new checkpoint's totals, the live comparison) add
@@ -248,7 +248,7 @@ _FOLD_ROWS = 200_000
 _NUMERIC = {"trades": "bigint", "runs": "bigint", "last_slot": "timestamptz"}
 _PARTS_CREATE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS sim_parts (checkpoint_id bigint, user_id bigint, "
-    + ", ".join(f"{c} {_NUMERIC.get(c, 'numeric')}" for c in (*_SUM_COLS, *_MAX_COLS))
+    + ", ".join(f"{c} {_NUMERIC.get(c, 'numeric')}" for c in (*_SUM_COLS, _SLOT))
     + "); CREATE INDEX IF NOT EXISTS sim_parts_user ON pg_temp.sim_parts (user_id)"
 )
 _PARTS_CLEAR = "TRUNCATE pg_temp.sim_parts"
@@ -270,19 +270,12 @@ def _parts_insert(table: str) -> str:
 def _fold(target: str) -> str:
     """Add the parts of users ($1, $2] into `target`: a range of users per transaction, so no
     fold holds a snapshot for longer than a range takes (temporary tables or not, a
-    transaction's snapshot holds back vacuum everywhere). A latest slot stays unknown (NULL
-    with runs) once it is: a walk that starts from a checkpoint taken before 0016."""
-    cols = ", ".join((*_SUM_COLS, *_MAX_COLS))
-    aggs = ", ".join(
-        [f"coalesce(sum({c}), 0)" for c in _SUM_COLS] + [f"max({c})" for c in _MAX_COLS]
-    )
+    transaction's snapshot holds back vacuum everywhere). The latest slot is the later one."""
+    cols = ", ".join((*_SUM_COLS, _SLOT))
+    aggs = ", ".join([f"coalesce(sum({c}), 0)" for c in _SUM_COLS] + [f"max({_SLOT})"])
     sets = ", ".join(
         [f"{c} = t.{c} + EXCLUDED.{c}" for c in _SUM_COLS]
-        + [
-            f"{c} = CASE WHEN t.runs > 0 AND t.{c} IS NULL THEN NULL "
-            f"ELSE greatest(t.{c}, EXCLUDED.{c}) END"
-            for c in _MAX_COLS
-        ]
+        + [f"{_SLOT} = greatest(t.{_SLOT}, EXCLUDED.{_SLOT})"]
     )
     return (
         f"INSERT INTO {target} AS t (checkpoint_id, user_id, {cols}) "  # noqa: S608
@@ -802,8 +795,8 @@ async def reconcile(
 def _differences(stored: dict[str, Any] | None, walked: dict[str, Any] | None) -> str:
     """The totals that differ, as `name stored -> walked`."""
     a, b = stored or {}, walked or {}
-    unknown = a.get("last_slot") is None or b.get("last_slot") is None  # compared only if known
-    skip = ("checkpoint_id", "user_id", *(("last_slot",) if unknown else ()))
+    unknown = a.get(_SLOT) is None  # stored before 0016 (a walk always knows it): not compared
+    skip = ("checkpoint_id", "user_id", *((_SLOT,) if unknown else ()))
     keys = [k for k in (a.keys() | b.keys()) if k not in skip]
     diffs = [
         f"{k} {a.get(k, 0)} -> {b.get(k, 0)}"
